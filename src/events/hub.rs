@@ -1,0 +1,314 @@
+//! One session's event window and its fan-out to any number of watchers.
+//!
+//! The poll loop appends; watchers read from the shared window at their own pace, each with its
+//! own cursor. Nothing per watcher is queued, so a stalled watcher costs no memory and cannot
+//! slow the poll loop or anyone else: it simply falls out of the window and is told so.
+
+use super::event::Event;
+use crate::gateway::RawEvent;
+use crate::telemetry::Metrics;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// Why a session's event stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Signed out through the bridge: streams complete normally.
+    SignedOut,
+    /// The gateway ended the session (forced sign-out, timeout, Guid lost) or it was replaced.
+    SessionEnded,
+    /// The bridge is shutting down.
+    Shutdown,
+}
+
+/// What a watcher gets next.
+#[derive(Debug)]
+pub enum Next {
+    /// The next event in sequence.
+    Event(Arc<Event>),
+    /// The stream is over.
+    Ended(End),
+    /// The watcher fell behind the window; `last_sent` is the last sequence it was given.
+    Overrun {
+        /// Last sequence handed to this watcher (0 if none).
+        last_sent: u64,
+        /// Oldest sequence the window still holds.
+        oldest: u64,
+    },
+}
+
+/// Why a subscription could not start where asked.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The requested position is no longer (or not yet) in the window.
+    #[error("resume_after {requested} is outside the retained window (oldest held: {oldest}, newest: {newest})")]
+    OutOfRange {
+        /// What the caller asked for.
+        requested: u64,
+        /// Oldest sequence still held.
+        oldest: u64,
+        /// Newest sequence issued.
+        newest: u64,
+    },
+}
+
+struct Window {
+    events: VecDeque<Arc<Event>>,
+    next_seq: u64,
+    end: Option<End>,
+}
+
+impl Window {
+    fn first_seq(&self) -> u64 {
+        self.next_seq - self.events.len() as u64
+    }
+}
+
+/// The per-session event hub.
+pub struct Hub {
+    window: RwLock<Window>,
+    tick: watch::Sender<()>,
+    watchers: AtomicU32,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// A hub retaining at most `capacity` events (at least 1).
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            window: RwLock::new(Window {
+                events: VecDeque::with_capacity(capacity.clamp(1, 64)),
+                next_seq: 1,
+                end: None,
+            }),
+            tick: watch::Sender::new(()),
+            watchers: AtomicU32::new(0),
+            capacity: capacity.max(1),
+            metrics,
+        }
+    }
+
+    /// Numbers and stores an event, wakes every watcher. Events after the end are dropped.
+    pub fn publish(&self, raw: RawEvent) -> Option<Arc<Event>> {
+        let event = {
+            let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
+            if w.end.is_some() {
+                return None;
+            }
+            let event = Arc::new(Event::new(w.next_seq, raw));
+            w.next_seq += 1;
+            if w.events.len() == self.capacity {
+                w.events.pop_front();
+            }
+            w.events.push_back(event.clone());
+            event
+        };
+        self.metrics.event_received();
+        self.tick.send_replace(());
+        Some(event)
+    }
+
+    /// Ends the stream for every watcher (the first reason given wins).
+    pub fn close(&self, end: End) {
+        {
+            let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
+            if w.end.is_some() {
+                return;
+            }
+            w.end = Some(end);
+        }
+        self.tick.send_replace(());
+    }
+
+    /// How the stream ended, if it did.
+    pub fn end(&self) -> Option<End> {
+        self.window.read().unwrap_or_else(|p| p.into_inner()).end
+    }
+
+    /// Sequence of the newest event (0 before the first).
+    pub fn last_sequence(&self) -> u64 {
+        self.window.read().unwrap_or_else(|p| p.into_inner()).next_seq - 1
+    }
+
+    /// Open watchers right now.
+    pub fn watchers(&self) -> u32 {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    /// Starts a cursor: live from the next event, or after `resume_after` if still held.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        resume_after: Option<u64>,
+    ) -> Result<Subscription, SubscribeError> {
+        let mut rx = self.tick.subscribe();
+        rx.borrow_and_update();
+        let next = {
+            let w = self.window.read().unwrap_or_else(|p| p.into_inner());
+            match resume_after {
+                None => w.next_seq,
+                Some(after) => {
+                    let oldest = w.first_seq();
+                    if after + 1 < oldest || after >= w.next_seq {
+                        return Err(SubscribeError::OutOfRange {
+                            requested: after,
+                            oldest,
+                            newest: w.next_seq - 1,
+                        });
+                    }
+                    after + 1
+                }
+            }
+        };
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.watchers_add(1);
+        Ok(Subscription {
+            hub: self.clone(),
+            rx,
+            next,
+        })
+    }
+}
+
+/// One watcher's cursor into a hub. Dropping it releases the watcher at once.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    rx: watch::Receiver<()>,
+    next: u64,
+}
+
+impl Subscription {
+    /// Waits for the next event, the end of the stream, or an overrun.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            // Mark notifications seen *before* looking, so a publish racing with the look
+            // still wakes the wait below.
+            self.rx.borrow_and_update();
+            {
+                let w = self.hub.window.read().unwrap_or_else(|p| p.into_inner());
+                let first = w.first_seq();
+                if self.next < first {
+                    self.hub.metrics.watcher_overrun();
+                    return Next::Overrun {
+                        last_sent: self.next - 1,
+                        oldest: first,
+                    };
+                }
+                if self.next < w.next_seq {
+                    let event = w.events[(self.next - first) as usize].clone();
+                    self.next += 1;
+                    return Next::Event(event);
+                }
+                if let Some(end) = w.end {
+                    return Next::Ended(end);
+                }
+            }
+            if self.rx.changed().await.is_err() {
+                return Next::Ended(End::Shutdown);
+            }
+        }
+    }
+
+    /// The sequence the next delivered event will have at the earliest.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.hub.metrics.watchers_add(-1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn raw(name: &str) -> RawEvent {
+        RawEvent {
+            event_type: name.into(),
+            content: Value::Null,
+        }
+    }
+
+    fn hub(cap: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(cap, Arc::new(Metrics::default())))
+    }
+
+    async fn seq(sub: &mut Subscription) -> u64 {
+        match sub.next().await {
+            Next::Event(e) => e.sequence,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn live_watchers_see_every_event_in_order() {
+        let h = hub(8);
+        let mut a = h.subscribe(None).unwrap();
+        let mut b = h.subscribe(None).unwrap();
+        for n in ["A", "B", "C"] {
+            h.publish(raw(n));
+        }
+        for s in 1..=3 {
+            assert_eq!(seq(&mut a).await, s);
+            assert_eq!(seq(&mut b).await, s);
+        }
+        assert_eq!(h.watchers(), 2);
+        drop(a);
+        assert_eq!(h.watchers(), 1);
+        h.close(End::SignedOut);
+        assert!(matches!(b.next().await, Next::Ended(End::SignedOut)));
+    }
+
+    #[tokio::test]
+    async fn resume_within_and_outside_the_window() {
+        let h = hub(4);
+        for _ in 0..6 {
+            h.publish(raw("X"));
+        }
+        // holds 3..=6
+        let mut r = h.subscribe(Some(2)).unwrap();
+        assert_eq!(seq(&mut r).await, 3);
+        assert_eq!(
+            h.subscribe(Some(1)).err(),
+            Some(SubscribeError::OutOfRange {
+                requested: 1,
+                oldest: 3,
+                newest: 6
+            })
+        );
+        assert!(h.subscribe(Some(6)).is_err(), "future positions are refused");
+        assert!(h.subscribe(Some(5)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_told_where_it_stopped() {
+        let h = hub(4);
+        let mut slow = h.subscribe(None).unwrap();
+        h.publish(raw("A"));
+        assert_eq!(seq(&mut slow).await, 1);
+        for _ in 0..10 {
+            h.publish(raw("B"));
+        }
+        match slow.next().await {
+            Next::Overrun { last_sent, oldest } => assert_eq!((last_sent, oldest), (1, 8)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_watcher_wakes_on_publish() {
+        let h = hub(4);
+        let mut w = h.subscribe(None).unwrap();
+        let waiter = tokio::spawn(async move { seq(&mut w).await });
+        tokio::task::yield_now().await;
+        h.publish(raw("A"));
+        assert_eq!(waiter.await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,163 @@
+//! The one long-poll loop per signed-in agent: heartbeat, Guid carrier and event source.
+//!
+//! Polling never pauses while the agent is signed in, watchers or not: the gateway signs out an
+//! agent it has not heard from for 120 s, and in dynamic auth the poll answer is how new Guids
+//! arrive. Transport failures back off with jitter (capped well below the 120 s idle limit)
+//! and never end the session; only the gateway saying the agent is gone does.
+
+use super::event::SHUTDOWN_SERVICE;
+use super::hub::Hub;
+use crate::gateway::{AgentAuth, GatewayClient, GatewayError, Interface};
+use crate::telemetry::Metrics;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// Pacing of the loop (api-notes §3.1: re-poll 200–500 ms after an answer).
+#[derive(Debug, Clone)]
+pub struct PollSettings {
+    /// Pause after an empty answer (an event is followed by an immediate re-poll).
+    pub gap: Duration,
+    /// First back-off after a failure.
+    pub backoff_min: Duration,
+    /// Back-off ceiling; must stay far below the gateway's idle sign-out (120 s).
+    pub backoff_max: Duration,
+}
+
+impl Default for PollSettings {
+    fn default() -> Self {
+        Self {
+            gap: Duration::from_millis(200),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the loop stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollEnd {
+    /// Cancelled by the bridge (sign-out, replacement, shutdown).
+    Cancelled,
+    /// The gateway delivered `AgentOther_ShutdownService`.
+    SignedOutByGateway,
+    /// The poll was refused: the agent is no longer signed in (`100-006`/`000-003`).
+    NotSignedIn(String),
+}
+
+/// Everything one agent's loop needs.
+pub struct Poller {
+    /// Shared gateway client.
+    pub gateway: GatewayClient,
+    /// The agent being polled.
+    pub agent_id: Arc<str>,
+    /// Its Guid and cookies (the loop adopts every `Set-GUID` through it).
+    pub auth: Arc<AgentAuth>,
+    /// Where events go.
+    pub hub: Arc<Hub>,
+    /// Unix ms of the last answered poll, for `Session.last_poll_at`.
+    pub last_poll_at: Arc<AtomicU64>,
+    /// Stops the loop.
+    pub cancel: CancellationToken,
+    /// Pacing.
+    pub settings: PollSettings,
+    /// Poll error counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Poller {
+    /// Runs until the agent is signed out or the loop is cancelled.
+    pub async fn run(self) -> PollEnd {
+        let mut failures: u32 = 0;
+        loop {
+            let sent = self.auth.current();
+            let answer = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return PollEnd::Cancelled,
+                a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
+            };
+            let pause = match answer {
+                Ok(envelope) => {
+                    failures = 0;
+                    self.last_poll_at.store(unix_ms(), Ordering::Relaxed);
+                    match envelope.event {
+                        Some(raw) => {
+                            let shutdown = raw.event_type == SHUTDOWN_SERVICE;
+                            self.hub.publish(raw);
+                            if shutdown {
+                                return PollEnd::SignedOutByGateway;
+                            }
+                            Duration::ZERO
+                        }
+                        None => self.settings.gap,
+                    }
+                }
+                Err(e) if e.is_auth_rejection() => {
+                    if self.auth.current().generation != sent.generation {
+                        // A Guid arrived meanwhile (e.g. from a call's answer); use it.
+                        continue;
+                    }
+                    self.metrics.poll_error("not_signed_in");
+                    return PollEnd::NotSignedIn(e.retcode().unwrap_or_default().to_owned());
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.metrics.poll_error(error_kind(&e));
+                    tracing::warn!(agent_id = %self.agent_id, error = %e, failures, "event poll failed; backing off");
+                    backoff(&self.settings, failures)
+                }
+            };
+            if !pause.is_zero() {
+                tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => return PollEnd::Cancelled,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+fn error_kind(e: &GatewayError) -> &'static str {
+    match e {
+        GatewayError::Retcode { .. } => "retcode",
+        GatewayError::Unreachable(_) => "unreachable",
+        GatewayError::HttpStatus(_) => "http_status",
+        GatewayError::Timeout(_) => "timeout",
+        GatewayError::OutcomeUnknown(_) => "bad_answer",
+    }
+}
+
+/// Exponential back-off with full jitter: `rand(min, min·2^(n-1))`, capped.
+pub fn backoff(settings: &PollSettings, failures: u32) -> Duration {
+    let exp = settings
+        .backoff_min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(settings.backoff_max);
+    let lo = settings.backoff_min.min(exp).as_millis() as u64;
+    let hi = exp.as_millis() as u64;
+    Duration::from_millis(fastrand::u64(lo..=hi.max(lo)))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        let s = PollSettings::default();
+        for n in 1..40 {
+            let d = backoff(&s, n);
+            assert!(d >= s.backoff_min && d <= s.backoff_max, "{n}: {d:?}");
+        }
+        assert_eq!(backoff(&s, 1), s.backoff_min);
+    }
+}

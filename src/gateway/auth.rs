@@ -1,0 +1,134 @@
+//! Per-agent authentication state: the current Guid and the cookie jar.
+//!
+//! The gateway client adopts every `Set-GUID` it sees into this state before the answer is
+//! returned, so "the newest Guid wins" (design §1) holds no matter which call or poll brought it.
+//! A `watch` channel lets a caller whose request was refused for its Guid wait for the poll loop
+//! to deliver the next one instead of guessing.
+
+use crate::secret::Guid;
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// The Guid an agent currently holds, with a counter bumped on every change.
+#[derive(Clone, Debug, Default)]
+pub struct GuidState {
+    /// `None` until the first sign-in answered.
+    pub guid: Option<Guid>,
+    /// Incremented each time a different Guid is adopted.
+    pub generation: u64,
+}
+
+/// One agent's Guid and cookies, shared by its poll loop and every call made for it.
+#[derive(Debug)]
+pub struct AgentAuth {
+    guid: watch::Sender<GuidState>,
+    cookies: Mutex<Option<String>>,
+}
+
+impl Default for AgentAuth {
+    fn default() -> Self {
+        Self {
+            guid: watch::Sender::new(GuidState::default()),
+            cookies: Mutex::new(None),
+        }
+    }
+}
+
+impl AgentAuth {
+    /// A snapshot of the current Guid and its generation.
+    pub fn current(&self) -> GuidState {
+        self.guid.borrow().clone()
+    }
+
+    /// Watches Guid changes (used to wait for a rotation that is in flight).
+    pub fn subscribe(&self) -> watch::Receiver<GuidState> {
+        self.guid.subscribe()
+    }
+
+    /// Adopts a Guid from a `Set-GUID` header; a repeat of the current value changes nothing.
+    pub fn adopt(&self, new: Guid) -> bool {
+        self.guid.send_if_modified(|state| {
+            if state.guid.as_ref() == Some(&new) {
+                return false;
+            }
+            state.guid = Some(new);
+            state.generation += 1;
+            true
+        })
+    }
+
+    /// The `Cookie` header value to send, if the gateway (or its load balancer) set any.
+    pub fn cookie_header(&self) -> Option<String> {
+        self.cookies.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Stores `name=value` pairs from `Set-Cookie` headers (attributes dropped; same name replaced).
+    ///
+    /// Deliberately minimal: the gateway's cookies exist for load-balancer stickiness
+    /// (api-notes §2 "Cookies"), so expiry and path scoping are not modelled.
+    pub fn store_cookies<'a>(&self, set_cookies: impl Iterator<Item = &'a str>) {
+        let Ok(mut jar) = self.cookies.lock() else {
+            return;
+        };
+        for raw in set_cookies {
+            let pair = raw.split(';').next().unwrap_or("").trim();
+            let Some((name, _)) = pair.split_once('=') else {
+                continue;
+            };
+            let mut kept: Vec<&str> = jar
+                .as_deref()
+                .unwrap_or("")
+                .split("; ")
+                .filter(|c| !c.is_empty() && c.split_once('=').map(|(n, _)| n) != Some(name))
+                .collect();
+            kept.push(pair);
+            *jar = Some(kept.join("; "));
+        }
+    }
+}
+
+/// Extracts the Guid from a `Set-GUID` value: the text after the first `=`, cut at the first `;`.
+///
+/// Huawei's examples are `JSESSIONID=<guid>`; attributes were never seen but are tolerated
+/// (api-notes §9.9). A value without `=` is taken whole. Empty results are rejected.
+pub fn parse_set_guid(value: &str) -> Option<Guid> {
+    let after = value.split_once('=').map_or(value, |(_, v)| v);
+    let guid = after.split(';').next().unwrap_or("").trim();
+    (!guid.is_empty()).then(|| Guid::new(guid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_guid_vectors_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vectors.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for case in v["set_guid_headers"].as_array().unwrap() {
+            let parsed = parse_set_guid(case["header"].as_str().unwrap()).unwrap();
+            assert_eq!(parsed.expose(), case["guid"].as_str().unwrap());
+        }
+        assert!(parse_set_guid("JSESSIONID=").is_none());
+        assert!(parse_set_guid("").is_none());
+        assert_eq!(parse_set_guid("abc.Node1").unwrap().expose(), "abc.Node1");
+    }
+
+    #[test]
+    fn adopting_bumps_generation_once_per_change() {
+        let auth = AgentAuth::default();
+        assert!(auth.adopt(Guid::new("a")));
+        assert!(!auth.adopt(Guid::new("a")));
+        assert!(auth.adopt(Guid::new("b")));
+        assert_eq!(auth.current().generation, 2);
+    }
+
+    #[test]
+    fn cookies_replace_by_name() {
+        let auth = AgentAuth::default();
+        auth.store_cookies(["a=1; Path=/", "b=2"].into_iter());
+        auth.store_cookies(["a=3; HttpOnly"].into_iter());
+        assert_eq!(auth.cookie_header().as_deref(), Some("b=2; a=3"));
+    }
+}

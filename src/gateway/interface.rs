@@ -1,0 +1,114 @@
+//! The CC-Gateway interfaces the bridge calls: method, path and whether a Guid is sent.
+//!
+//! One table, so that the spelling of every vendor path (`forefast`, `backfast`, `stopplay`…)
+//! lives in exactly one place (api-notes §0).
+
+use reqwest::Method;
+use std::fmt::Write;
+
+/// One vendor interface. `Copy` and tiny: it also serves as the metrics/log label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interface {
+    /// `PUT /onlineagent/{id}`
+    Login,
+    /// `PUT /onlineagent/{id}/forcelogin`
+    ForceLogin,
+    /// `DELETE /onlineagent/{id}/logout`
+    Logout,
+    /// `GET /agentevent/{id}` — the long poll, also the agent's heartbeat.
+    Poll,
+    /// `PUT /recordplay/{id}/play`
+    BeginPlay,
+    /// `DELETE /recordplay/{id}/stopplay`
+    StopPlay,
+    /// `POST /recordplay/{id}/pauseplay`
+    PausePlay,
+    /// `POST /recordplay/{id}/resumeplay`
+    ResumePlay,
+    /// `POST /recordplay/{id}/forefast/{seconds}`
+    FastForward(u32),
+    /// `POST /recordplay/{id}/backfast/{seconds}`
+    Rewind(u32),
+}
+
+impl Interface {
+    /// The vendor's log name (api-notes §0); stable, so it is also the metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Interface::Login => "login",
+            Interface::ForceLogin => "forceLogin",
+            Interface::Logout => "logout",
+            Interface::Poll => "getAgentEvent",
+            Interface::BeginPlay => "beginPlay",
+            Interface::StopPlay => "stopPlay",
+            Interface::PausePlay => "pausePlay",
+            Interface::ResumePlay => "resumePlay",
+            Interface::FastForward(_) => "foreFastPlay",
+            Interface::Rewind(_) => "backFastPlay",
+        }
+    }
+
+    /// HTTP method the gateway routes this interface on.
+    pub fn method(self) -> Method {
+        match self {
+            Interface::Login | Interface::ForceLogin | Interface::BeginPlay => Method::PUT,
+            Interface::Logout | Interface::StopPlay => Method::DELETE,
+            Interface::Poll => Method::GET,
+            Interface::PausePlay
+            | Interface::ResumePlay
+            | Interface::FastForward(_)
+            | Interface::Rewind(_) => Method::POST,
+        }
+    }
+
+    /// Sign-in interfaces run before any Guid exists.
+    pub fn sends_guid(self) -> bool {
+        !matches!(self, Interface::Login | Interface::ForceLogin)
+    }
+
+    /// Appends `/…` for `agent_id` to `url` (which already ends in `/agentgateway/resource`).
+    pub fn write_path(self, url: &mut String, agent_id: &str) {
+        // Writing into a String cannot fail.
+        let _ = match self {
+            Interface::Login => write!(url, "/onlineagent/{agent_id}"),
+            Interface::ForceLogin => write!(url, "/onlineagent/{agent_id}/forcelogin"),
+            Interface::Logout => write!(url, "/onlineagent/{agent_id}/logout"),
+            Interface::Poll => write!(url, "/agentevent/{agent_id}"),
+            Interface::BeginPlay => write!(url, "/recordplay/{agent_id}/play"),
+            Interface::StopPlay => write!(url, "/recordplay/{agent_id}/stopplay"),
+            Interface::PausePlay => write!(url, "/recordplay/{agent_id}/pauseplay"),
+            Interface::ResumePlay => write!(url, "/recordplay/{agent_id}/resumeplay"),
+            Interface::FastForward(s) => write!(url, "/recordplay/{agent_id}/forefast/{s}"),
+            Interface::Rewind(s) => write!(url, "/recordplay/{agent_id}/backfast/{s}"),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_methods_follow_the_vendor_table() {
+        let cases = [
+            (Interface::Login, "PUT", "/onlineagent/101"),
+            (Interface::ForceLogin, "PUT", "/onlineagent/101/forcelogin"),
+            (Interface::Logout, "DELETE", "/onlineagent/101/logout"),
+            (Interface::Poll, "GET", "/agentevent/101"),
+            (Interface::BeginPlay, "PUT", "/recordplay/101/play"),
+            (Interface::StopPlay, "DELETE", "/recordplay/101/stopplay"),
+            (Interface::PausePlay, "POST", "/recordplay/101/pauseplay"),
+            (Interface::ResumePlay, "POST", "/recordplay/101/resumeplay"),
+            (Interface::FastForward(7), "POST", "/recordplay/101/forefast/7"),
+            (Interface::Rewind(9), "POST", "/recordplay/101/backfast/9"),
+        ];
+        for (iface, method, path) in cases {
+            let mut url = String::new();
+            iface.write_path(&mut url, "101");
+            assert_eq!(url, path);
+            assert_eq!(iface.method().as_str(), method);
+        }
+        assert!(!Interface::Login.sends_guid() && !Interface::ForceLogin.sends_guid());
+        assert!(Interface::Poll.sends_guid());
+    }
+}

@@ -1,0 +1,275 @@
+//! The CC-Gateway HTTPS client: URIs, headers, JSON bodies, `Set-GUID`, retcodes and TLS.
+//!
+//! One pooled `reqwest::Client` serves every agent, so calls reuse keep-alive connections and pay
+//! no TLS handshake each (the sidecar's CPU per call is its price). Per-agent state (Guid,
+//! cookies) travels with each call in an [`AgentAuth`] instead of living in the client.
+
+mod auth;
+pub mod bodies;
+mod envelope;
+mod error;
+mod interface;
+pub mod retcodes;
+
+pub use auth::{parse_set_guid, AgentAuth, GuidState};
+pub use envelope::{DecodeError, Envelope, RawEvent};
+pub use error::{chain, GatewayError};
+pub use interface::Interface;
+
+use crate::secret::Guid;
+use crate::telemetry::Metrics;
+use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where the gateway is and how to talk to it. Built and checked by `config`.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// Scheme, host and port only, e.g. `https://10.0.0.5:8043`.
+    pub base_url: String,
+    /// PEM bundle of CAs trusted for the gateway; `None` uses the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate followed by its key, for gateways that require mutual TLS.
+    pub client_identity_pem: Option<Vec<u8>>,
+    /// Accept any gateway certificate. Only for labs; `main` warns loudly.
+    pub insecure_skip_verify: bool,
+    /// Upper bound for an operation call when the caller set no shorter deadline.
+    pub request_timeout: Duration,
+    /// Read timeout for the long poll; must exceed the gateway's hold (10 s by default).
+    pub poll_timeout: Duration,
+    /// TCP + TLS connect bound.
+    pub connect_timeout: Duration,
+    /// Answers larger than this are refused (a misbehaving proxy must not exhaust memory).
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("base_url", &self.base_url)
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_identity_pem.is_some())
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("request_timeout", &self.request_timeout)
+            .field("poll_timeout", &self.poll_timeout)
+            .finish()
+    }
+}
+
+/// Why the HTTPS client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    /// The CA bundle or client identity is not usable PEM.
+    #[error("TLS material: {0}")]
+    Tls(String),
+}
+
+/// The shared, cheaply clonable gateway client.
+#[derive(Clone)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    base: Arc<str>,
+    config: Arc<GatewayConfig>,
+    metrics: Arc<Metrics>,
+}
+
+static JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl GatewayClient {
+    /// Builds the pooled HTTPS client from validated configuration.
+    pub fn new(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, ClientBuildError> {
+        let mut builder = reqwest::Client::builder()
+            // The gateway is a Tomcat application; HTTP/1.1 keep-alive is what it speaks, and
+            // h2 stream limits would make held polls starve operation calls.
+            .http1_only()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ccgw-bridge/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientBuildError::Tls(format!("--ca-cert: {}", chain(&e))))?;
+            if certs.is_empty() {
+                return Err(ClientBuildError::Tls(
+                    "--ca-cert holds no PEM certificate".into(),
+                ));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(pem) = &config.client_identity_pem {
+            let identity = reqwest::Identity::from_pem(pem)
+                .map_err(|e| ClientBuildError::Tls(format!("--client-cert/--client-key: {}", chain(&e))))?;
+            builder = builder.identity(identity);
+        }
+        if config.insecure_skip_verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientBuildError::Tls(chain(&e)))?;
+        let base = format!(
+            "{}/agentgateway/resource",
+            config.base_url.trim_end_matches('/')
+        );
+        Ok(Self {
+            http,
+            base: base.into(),
+            config: Arc::new(config),
+            metrics,
+        })
+    }
+
+    /// Calls one interface for one agent and decodes the answer.
+    ///
+    /// Adopts any `Set-GUID` into `auth` before returning, whatever the retcode. `guid` is the
+    /// Guid to present (the caller snapshots it, so it knows which one a refusal was about).
+    /// The request is bounded by `deadline` (the caller's gRPC deadline) and the configured
+    /// timeout, whichever is sooner; a deadline already passed is not sent at all.
+    pub async fn call(
+        &self,
+        iface: Interface,
+        agent_id: &str,
+        auth: &AgentAuth,
+        guid: Option<&Guid>,
+        body: Option<bytes::Bytes>,
+        deadline: Option<Instant>,
+    ) -> Result<Envelope, GatewayError> {
+        let started = Instant::now();
+        let result = self.exchange(iface, agent_id, auth, guid, body, deadline).await;
+        let outcome = match &result {
+            Ok(_) => "0",
+            Err(GatewayError::Retcode { retcode, .. }) => retcodes::label(retcode),
+            Err(GatewayError::Unreachable(_)) => "unreachable",
+            Err(GatewayError::HttpStatus(_)) => "http_status",
+            Err(GatewayError::Timeout(_)) => "timeout",
+            Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
+        };
+        let elapsed = started.elapsed();
+        self.metrics.gateway_request(iface.name(), outcome, elapsed);
+        tracing::debug!(
+            interface = iface.name(),
+            agent_id,
+            retcode = outcome,
+            latency_us = elapsed.as_micros() as u64,
+            "gateway request"
+        );
+        result
+    }
+
+    async fn exchange(
+        &self,
+        iface: Interface,
+        agent_id: &str,
+        auth: &AgentAuth,
+        guid: Option<&Guid>,
+        body: Option<bytes::Bytes>,
+        deadline: Option<Instant>,
+    ) -> Result<Envelope, GatewayError> {
+        let default = if iface == Interface::Poll {
+            self.config.poll_timeout
+        } else {
+            self.config.request_timeout
+        };
+        let timeout = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(default),
+            None => default,
+        };
+        if timeout < Duration::from_millis(1) {
+            return Err(GatewayError::Timeout(timeout));
+        }
+
+        let mut url = String::with_capacity(self.base.len() + 48);
+        url.push_str(&self.base);
+        iface.write_path(&mut url, agent_id);
+        let mut request = self
+            .http
+            .request(iface.method(), url)
+            .timeout(timeout)
+            .header(CONTENT_TYPE, JSON_UTF8.clone())
+            .header(ACCEPT, JSON.clone());
+        if iface.sends_guid() {
+            if let Some(guid) = guid {
+                let mut value = HeaderValue::from_str(guid.expose()).map_err(|_| {
+                    GatewayError::Unreachable("the held Guid is not a valid header value".into())
+                })?;
+                value.set_sensitive(true);
+                request = request.header("Guid", value);
+            }
+        }
+        if let Some(cookie) = auth.cookie_header() {
+            request = request.header(COOKIE, cookie);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+
+        let mut response = request.send().await.map_err(|e| classify(&e, timeout))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(GatewayError::HttpStatus(status.as_u16()));
+        }
+        let headers = response.headers();
+        if let Some(guid) = headers
+            .get_all("set-guid")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(parse_set_guid)
+            .last()
+        {
+            if auth.adopt(guid) {
+                self.metrics.guid_adopted();
+            }
+        }
+        auth.store_cookies(
+            headers
+                .get_all(SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        if let Some(ct) = headers.get(CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            if !(ct.contains("json") || ct.starts_with("text/plain")) {
+                return Err(GatewayError::OutcomeUnknown(format!(
+                    "answer has content type {ct:?}, not JSON"
+                )));
+            }
+        }
+        let limit = self.config.max_body_bytes;
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(GatewayError::OutcomeUnknown(format!(
+                "answer larger than the {limit}-byte limit"
+            )));
+        }
+        let mut buf = Vec::with_capacity(response.content_length().unwrap_or(256) as usize);
+        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, timeout))? {
+            if buf.len() + chunk.len() > limit {
+                return Err(GatewayError::OutcomeUnknown(format!(
+                    "answer larger than the {limit}-byte limit"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let envelope =
+            Envelope::decode(&buf).map_err(|e| GatewayError::OutcomeUnknown(e.to_string()))?;
+        if envelope.is_success() {
+            Ok(envelope)
+        } else {
+            Err(GatewayError::Retcode {
+                retcode: envelope.retcode,
+                message: envelope.message,
+            })
+        }
+    }
+}
+
+fn classify(err: &reqwest::Error, timeout: Duration) -> GatewayError {
+    if err.is_timeout() {
+        GatewayError::Timeout(timeout)
+    } else if err.is_connect() {
+        GatewayError::Unreachable(chain(err))
+    } else {
+        GatewayError::OutcomeUnknown(chain(err))
+    }
+}

@@ -1,0 +1,20 @@
+//! ccgw-bridge: a gRPC bridge in front of the Huawei CC-Gateway agent REST API.
+//!
+//! Callers speak gRPC (`proto/ccgw/v1`); the bridge signs agents in, keeps their Guids fresh,
+//! polls their events and fans them out, so no caller ever handles a Guid.
+
+pub mod events;
+pub mod gateway;
+pub mod secret;
+pub mod session;
+pub mod telemetry;
+
+/// Generated gRPC types and services of `ccgw.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("ccgw.v1");
+
+    /// Encoded descriptor set of the `ccgw.v1` protos, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/ccgw_descriptor.bin"));
+}

@@ -1,0 +1,224 @@
+//! Logs and Prometheus metrics.
+//!
+//! Metric labels are bounded by construction: method and interface names are static, retcodes
+//! are interned through the retcode table (unknown ones become `other`), and no label ever holds
+//! an agent password or Guid.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+type Labels2 = [(&'static str, &'static str); 2];
+type Labels1 = [(&'static str, &'static str); 1];
+
+/// Every metric the bridge exports, registered once at start.
+pub struct Metrics {
+    registry: Registry,
+    rpc_total: Family<Labels2, Counter>,
+    rpc_seconds: Family<Labels1, Histogram>,
+    gateway_total: Family<Labels2, Counter>,
+    gateway_seconds: Family<Labels1, Histogram>,
+    sessions: Family<Labels1, Gauge>,
+    guid_adoptions: Counter,
+    resign_ins: Counter,
+    poll_errors: Family<Labels1, Counter>,
+    watchers: Gauge,
+    events_received: Counter,
+    events_delivered: Counter,
+    watcher_overruns: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~27 s: covers a loopback call and a held long poll.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ccgw");
+        let rpc_total = Family::<Labels2, Counter>::default();
+        let rpc_seconds =
+            Family::<Labels1, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let gateway_total = Family::<Labels2, Counter>::default();
+        let gateway_seconds =
+            Family::<Labels1, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let sessions = Family::<Labels1, Gauge>::default();
+        let guid_adoptions = Counter::default();
+        let resign_ins = Counter::default();
+        let poll_errors = Family::<Labels1, Counter>::default();
+        let watchers = Gauge::default();
+        let events_received = Counter::default();
+        let events_delivered = Counter::default();
+        let watcher_overruns = Counter::default();
+        registry.register(
+            "grpc_server_handled",
+            "gRPC calls completed, by method and status code",
+            rpc_total.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "gRPC unary call latency, by method",
+            rpc_seconds.clone(),
+        );
+        registry.register(
+            "gateway_requests",
+            "CC-Gateway requests, by interface and retcode (or transport outcome)",
+            gateway_total.clone(),
+        );
+        registry.register(
+            "gateway_request_seconds",
+            "CC-Gateway request latency, by interface",
+            gateway_seconds.clone(),
+        );
+        registry.register("sessions", "Agent sessions held, by state", sessions.clone());
+        registry.register(
+            "guid_adoptions",
+            "New Guids adopted from Set-GUID headers",
+            guid_adoptions.clone(),
+        );
+        registry.register(
+            "resign_ins",
+            "Sign-ins the bridge made by itself with held credentials",
+            resign_ins.clone(),
+        );
+        registry.register(
+            "poll_errors",
+            "Failed event polls, by kind",
+            poll_errors.clone(),
+        );
+        registry.register("watchers", "Open event streams", watchers.clone());
+        registry.register(
+            "events_received",
+            "Agent events received from the gateway",
+            events_received.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events sent to watchers (one per watcher per event)",
+            events_delivered.clone(),
+        );
+        registry.register(
+            "watcher_overruns",
+            "Watchers ended because they fell behind the retained window",
+            watcher_overruns.clone(),
+        );
+        Self {
+            registry,
+            rpc_total,
+            rpc_seconds,
+            gateway_total,
+            gateway_seconds,
+            sessions,
+            guid_adoptions,
+            resign_ins,
+            poll_errors,
+            watchers,
+            events_received,
+            events_delivered,
+            watcher_overruns,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished gRPC call.
+    pub fn rpc(&self, method: &'static str, code: &'static str, elapsed: Option<Duration>) {
+        self.rpc_total
+            .get_or_create(&[("grpc_method", method), ("grpc_code", code)])
+            .inc();
+        if let Some(elapsed) = elapsed {
+            self.rpc_seconds
+                .get_or_create(&[("grpc_method", method)])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Records one gateway exchange.
+    pub fn gateway_request(&self, interface: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.gateway_total
+            .get_or_create(&[("interface", interface), ("retcode", outcome)])
+            .inc();
+        self.gateway_seconds
+            .get_or_create(&[("interface", interface)])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Moves one session between states (`None` = not held).
+    pub fn session_state(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if let Some(from) = from {
+            self.sessions.get_or_create(&[("state", from)]).dec();
+        }
+        if let Some(to) = to {
+            self.sessions.get_or_create(&[("state", to)]).inc();
+        }
+    }
+
+    /// A `Set-GUID` brought a new Guid.
+    pub fn guid_adopted(&self) {
+        self.guid_adoptions.inc();
+    }
+
+    /// The bridge signed an agent in again by itself.
+    pub fn resigned_in(&self) {
+        self.resign_ins.inc();
+    }
+
+    /// A poll failed (`kind` is a static outcome label).
+    pub fn poll_error(&self, kind: &'static str) {
+        self.poll_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// A watcher stream opened (+1) or closed (-1).
+    pub fn watchers_add(&self, delta: i64) {
+        self.watchers.inc_by(delta);
+    }
+
+    /// An event arrived from the gateway.
+    pub fn event_received(&self) {
+        self.events_received.inc();
+    }
+
+    /// An event was handed to one watcher.
+    pub fn event_delivered(&self) {
+        self.events_delivered.inc();
+    }
+
+    /// A watcher fell out of the retained window.
+    pub fn watcher_overrun(&self) {
+        self.watcher_overruns.inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global tracing subscriber; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
