@@ -3,9 +3,12 @@
 //! Callers speak gRPC (`proto/ccgw/v1`); the bridge signs agents in, keeps their Guids fresh,
 //! polls their events and fans them out, so no caller ever handles a Guid.
 
+pub mod config;
 pub mod events;
 pub mod gateway;
+pub mod grpc;
 pub mod secret;
+pub mod server;
 pub mod session;
 pub mod telemetry;
 
@@ -18,3 +21,5 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/ccgw_descriptor.bin"));
 }
+pub mod sim;
+pub use server::{run, Listeners, RunError};

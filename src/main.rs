@@ -1,1 +1,165 @@
-fn main() {}
+//! The `ccgw-bridge` binary: parse and validate configuration, bind, run until a signal.
+//!
+//! Everything else lives in the library (`ccgw_bridge::run`), which the tests call too.
+
+use ccgw_bridge::config::{Cli, Command, Config, PinnedAgent, SimulateArgs};
+use ccgw_bridge::secret::Password;
+use ccgw_bridge::session::SignInParams;
+use ccgw_bridge::sim::{AuthMode, SimConfig, Simulator};
+use ccgw_bridge::telemetry::{init_logging, LogFormat};
+use ccgw_bridge::{run, Listeners};
+use clap::Parser;
+use std::process::ExitCode;
+
+/// `EX_USAGE`: bad configuration, detected before any port is bound.
+const EX_USAGE: u8 = 64;
+/// `EX_UNAVAILABLE`: a port could not be bound or the bridge failed to start.
+const EX_UNAVAILABLE: u8 = 69;
+
+/// Agent signed in automatically under `--simulate`, so one client command can play to it.
+const DEMO_AGENT: &str = "1001";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Simulate(args)) => simulate_only(args).await,
+        None => bridge(cli).await,
+    }
+}
+
+async fn bridge(cli: Cli) -> ExitCode {
+    init_logging(cli.bridge.log_format);
+    // Under --simulate the gateway is ours: start it first so its URL and CA enter the config.
+    let simulator = if cli.bridge.simulate {
+        let config = SimConfig {
+            play_duration: std::time::Duration::from_secs(10),
+            ..SimConfig::default()
+        };
+        match Simulator::start(config, ([127, 0, 0, 1], 0).into()).await {
+            Ok(sim) => Some(sim),
+            Err(e) => {
+                eprintln!("ccgw-bridge: cannot start the simulator: {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        }
+    } else {
+        None
+    };
+    let gateway = simulator
+        .as_ref()
+        .map(|s| (s.url(), s.ca_pem().as_bytes().to_vec()));
+    let mut config: Config = match cli.bridge.validate(gateway) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ccgw-bridge: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if let Some(sim) = &simulator {
+        config.agents.push(PinnedAgent {
+            agent_id: DEMO_AGENT.into(),
+            params: SignInParams {
+                password: Password::new(String::new()),
+                phone_number: "88001".into(),
+                force: true,
+                auto_answer: None,
+                auto_enter_idle: None,
+                release_phone: None,
+                agent_type: None,
+                status: None,
+            },
+        });
+        tracing::info!(gateway = %sim.url(), ca = %sim.ca_path().display(), agent = DEMO_AGENT, "simulator started; demo agent will be signed in");
+    }
+    let grpc = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "ccgw-bridge: cannot listen on {} (--listen): {e}",
+                config.listen
+            );
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let admin = match tokio::net::TcpListener::bind(config.admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "ccgw-bridge: cannot listen on {} (--admin-listen): {e}",
+                config.admin_listen
+            );
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let listeners = Listeners {
+        grpc,
+        admin: Some(admin),
+    };
+    match run(listeners, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ccgw-bridge: {e}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
+async fn shutdown_signal() {
+    wait_signal().await;
+    tracing::info!("signal received; draining (send it again to exit at once)");
+    tokio::spawn(async {
+        wait_signal().await;
+        eprintln!("ccgw-bridge: second signal; exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the bridge can only be killed; never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn simulate_only(args: SimulateArgs) -> ExitCode {
+    init_logging(LogFormat::Text);
+    let config = SimConfig {
+        poll_hold: args.poll_hold,
+        play_duration: args.play_duration,
+        auth: match args.rotate_every {
+            Some(rotate_every) => AuthMode::Dynamic {
+                rotate_every,
+                strict: args.strict,
+                overlap: if args.strict {
+                    std::time::Duration::ZERO
+                } else {
+                    rotate_every
+                },
+            },
+            None => AuthMode::Static,
+        },
+        ..SimConfig::default()
+    };
+    let sim = match Simulator::start(config, args.listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ccgw-bridge simulate: cannot start on {}: {e}", args.listen);
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    println!("url={}", sim.url());
+    println!("ca={}", sim.ca_path().display());
+    wait_signal().await;
+    sim.shutdown();
+    ExitCode::SUCCESS
+}

@@ -78,6 +78,9 @@ mod tests {
             agenttype: None,
             status: Some(4),
         });
-        assert_eq!(&s[..], br#"{"password":"","phonenum":"88001","autoenteridle":false,"status":4}"#);
+        assert_eq!(
+            &s[..],
+            br#"{"password":"","phonenum":"88001","autoenteridle":false,"status":4}"#
+        );
     }
 }

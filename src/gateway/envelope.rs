@@ -139,7 +139,10 @@ mod tests {
         for polled in v["poll_events"].as_array().unwrap() {
             let e = decode(polled);
             let ev = e.event.expect("event");
-            assert_eq!(ev.event_type, polled["event"]["eventType"].as_str().unwrap());
+            assert_eq!(
+                ev.event_type,
+                polled["event"]["eventType"].as_str().unwrap()
+            );
             assert_eq!(ev.content, polled["event"]["content"]);
         }
         assert_eq!(decode(&v["poll_not_signed_in"]).retcode, "100-006");
@@ -156,7 +159,10 @@ mod tests {
             ev(serde_json::json!("1456403549-15")).content_object()["value"],
             "1456403549-15"
         );
-        assert_eq!(ev(serde_json::json!({"cause": 0})).content_object()["cause"], 0);
+        assert_eq!(
+            ev(serde_json::json!({"cause": 0})).content_object()["cause"],
+            0
+        );
     }
 
     #[test]
@@ -166,7 +172,10 @@ mod tests {
             Err(DecodeError::NotJson(_))
         ));
         assert_eq!(Envelope::decode(b"[1,2]"), Err(DecodeError::NoRetcode));
-        assert_eq!(Envelope::decode(b"{\"message\":\"x\"}"), Err(DecodeError::NoRetcode));
+        assert_eq!(
+            Envelope::decode(b"{\"message\":\"x\"}"),
+            Err(DecodeError::NoRetcode)
+        );
         assert!(Envelope::decode(b"{\"retcode\":\"0\",\"event\":{}}")
             .unwrap()
             .event

@@ -99,7 +99,11 @@ mod tests {
             (Interface::StopPlay, "DELETE", "/recordplay/101/stopplay"),
             (Interface::PausePlay, "POST", "/recordplay/101/pauseplay"),
             (Interface::ResumePlay, "POST", "/recordplay/101/resumeplay"),
-            (Interface::FastForward(7), "POST", "/recordplay/101/forefast/7"),
+            (
+                Interface::FastForward(7),
+                "POST",
+                "/recordplay/101/forefast/7",
+            ),
             (Interface::Rewind(9), "POST", "/recordplay/101/backfast/9"),
         ];
         for (iface, method, path) in cases {

@@ -71,6 +71,7 @@ pub struct GatewayClient {
     base: Arc<str>,
     config: Arc<GatewayConfig>,
     metrics: Arc<Metrics>,
+    reachable: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 static JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
@@ -99,8 +100,9 @@ impl GatewayClient {
             builder = builder.tls_certs_only(certs);
         }
         if let Some(pem) = &config.client_identity_pem {
-            let identity = reqwest::Identity::from_pem(pem)
-                .map_err(|e| ClientBuildError::Tls(format!("--client-cert/--client-key: {}", chain(&e))))?;
+            let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
+                ClientBuildError::Tls(format!("--client-cert/--client-key: {}", chain(&e)))
+            })?;
             builder = builder.identity(identity);
         }
         if config.insecure_skip_verify {
@@ -118,6 +120,7 @@ impl GatewayClient {
             base: base.into(),
             config: Arc::new(config),
             metrics,
+            reachable: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -137,7 +140,9 @@ impl GatewayClient {
         deadline: Option<Instant>,
     ) -> Result<Envelope, GatewayError> {
         let started = Instant::now();
-        let result = self.exchange(iface, agent_id, auth, guid, body, deadline).await;
+        let result = self
+            .exchange(iface, agent_id, auth, guid, body, deadline)
+            .await;
         let outcome = match &result {
             Ok(_) => "0",
             Err(GatewayError::Retcode { retcode, .. }) => retcodes::label(retcode),
@@ -146,6 +151,11 @@ impl GatewayClient {
             Err(GatewayError::Timeout(_)) => "timeout",
             Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
         };
+        match &result {
+            Err(GatewayError::Unreachable(_)) => self.set_reachable(false),
+            Err(GatewayError::Timeout(_)) => {}
+            _ => self.set_reachable(true),
+        }
         let elapsed = started.elapsed();
         self.metrics.gateway_request(iface.name(), outcome, elapsed);
         tracing::debug!(
@@ -156,6 +166,36 @@ impl GatewayClient {
             "gateway request"
         );
         result
+    }
+
+    /// Whether the last exchange reached the gateway; watched by readiness.
+    pub fn reachability(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.reachable.subscribe()
+    }
+
+    fn set_reachable(&self, now: bool) {
+        self.reachable
+            .send_if_modified(|was| std::mem::replace(was, now) != now);
+    }
+
+    /// Checks that the gateway answers HTTPS at all (any HTTP status counts), for readiness
+    /// while no agent traffic shows it. Touches no agent.
+    pub async fn probe(&self) -> bool {
+        let result = self
+            .http
+            .get(format!("{}/", self.base))
+            .timeout(self.config.connect_timeout)
+            .send()
+            .await;
+        let ok = match result {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %chain(&e), "gateway probe failed");
+                false
+            }
+        };
+        self.set_reachable(ok);
+        ok
     }
 
     async fn exchange(

@@ -132,10 +132,7 @@ impl Sessions {
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {
-        self.shared
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn slot(&self, agent_id: &str) -> Result<Arc<Slot>, SessionError> {
@@ -154,10 +151,7 @@ impl Sessions {
     ) -> Result<(Arc<Slot>, tokio::sync::OwnedMutexGuard<()>), SessionError> {
         loop {
             let slot = if create {
-                self.slots()
-                    .entry(Arc::from(agent_id))
-                    .or_default()
-                    .clone()
+                self.slots().entry(Arc::from(agent_id)).or_default().clone()
             } else {
                 self.slot(agent_id)?
             };
@@ -241,7 +235,14 @@ impl Sessions {
             // The gateway still counts the agent as signed in under the Guid the bridge lost:
             // it is the bridge's own session, so taking it over is safe.
             result = gw
-                .call(Interface::ForceLogin, agent_id, &auth, None, Some(body), deadline)
+                .call(
+                    Interface::ForceLogin,
+                    agent_id,
+                    &auth,
+                    None,
+                    Some(body),
+                    deadline,
+                )
                 .await;
         }
         result?;
@@ -268,7 +269,9 @@ impl Sessions {
         if let Some(previous) = previous {
             self.end(&previous, End::SessionEnded);
         }
-        self.shared.metrics.session_state(None, Some(State::SignedIn.label()));
+        self.shared
+            .metrics
+            .session_state(None, Some(State::SignedIn.label()));
         tracing::info!(agent_id, session_id = %session.session_id, "agent signed in");
         self.start_polling(slot.clone(), session.clone());
         Ok(session)
@@ -390,8 +393,10 @@ impl Sessions {
         let session = self
             .login(&slot, agent_id, &creds, take_over, deadline)
             .await?;
-        self.shared.metrics.resigned_in();
-        tracing::info!(agent_id, "signed the agent in again with held credentials");
+        if current.is_some() {
+            self.shared.metrics.resigned_in();
+            tracing::info!(agent_id, "signed the agent in again with held credentials");
+        }
         Ok(session)
     }
 
@@ -410,7 +415,14 @@ impl Sessions {
         let session = self.current(agent_id, deadline).await?;
         let sent = session.auth.current();
         let refusal = match gw
-            .call(iface, agent_id, &session.auth, sent.guid.as_ref(), body.clone(), deadline)
+            .call(
+                iface,
+                agent_id,
+                &session.auth,
+                sent.guid.as_ref(),
+                body.clone(),
+                deadline,
+            )
             .await
         {
             Ok(envelope) => return Ok((session, envelope)),
@@ -427,7 +439,14 @@ impl Sessions {
         };
         let sent = session.auth.current();
         let envelope = gw
-            .call(iface, agent_id, &session.auth, sent.guid.as_ref(), body, deadline)
+            .call(
+                iface,
+                agent_id,
+                &session.auth,
+                sent.guid.as_ref(),
+                body,
+                deadline,
+            )
             .await?;
         Ok((session, envelope))
     }
@@ -458,7 +477,14 @@ impl Sessions {
         let sent = session.auth.current();
         let agent_id = &session.agent_id;
         let mut result = gw
-            .call(Interface::Logout, agent_id, &session.auth, sent.guid.as_ref(), None, deadline)
+            .call(
+                Interface::Logout,
+                agent_id,
+                &session.auth,
+                sent.guid.as_ref(),
+                None,
+                deadline,
+            )
             .await;
         if matches!(&result, Err(e) if e.is_auth_rejection())
             && newer_guid(
@@ -470,7 +496,14 @@ impl Sessions {
         {
             let guid = session.auth.current().guid;
             result = gw
-                .call(Interface::Logout, agent_id, &session.auth, guid.as_ref(), None, deadline)
+                .call(
+                    Interface::Logout,
+                    agent_id,
+                    &session.auth,
+                    guid.as_ref(),
+                    None,
+                    deadline,
+                )
                 .await;
         }
         match result {
@@ -490,11 +523,7 @@ impl Sessions {
     /// Signs an agent in now and keeps it signed in (re-sign-in with back-off after the
     /// gateway ends its session) until it is signed out or the bridge stops. For `--agents-file`.
     pub fn keep_signed_in(&self, agent_id: &str, params: SignInParams) {
-        let slot = self
-            .slots()
-            .entry(Arc::from(agent_id))
-            .or_default()
-            .clone();
+        let slot = self.slots().entry(Arc::from(agent_id)).or_default().clone();
         {
             let mut inner = slot.lock();
             inner.creds = Some(params);

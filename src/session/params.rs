@@ -42,7 +42,10 @@ impl SignInParams {
     /// Whether another sign-in request is for the same agent identity and settings, so that
     /// returning the held session does not hand it to a caller with other credentials.
     pub fn same_credentials(&self, other: &SignInParams) -> bool {
-        let (a, b) = (self.password.expose().as_bytes(), other.password.expose().as_bytes());
+        let (a, b) = (
+            self.password.expose().as_bytes(),
+            other.password.expose().as_bytes(),
+        );
         // Length is not secret here; compare the bytes without an early exit.
         a.len() == b.len()
             && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

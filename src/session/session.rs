@@ -54,9 +54,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Whether the session still runs (its stream has not ended).
+    /// Whether the session still runs. Its event streams may already have ended (a drain ends
+    /// streams first) while unary calls and the final sign-out still use it.
     pub fn is_live(&self) -> bool {
-        self.hub.end().is_none()
+        !self.cancel.is_cancelled()
     }
 
     /// The session's state for reporting.

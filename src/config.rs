@@ -1,0 +1,485 @@
+//! Command line, environment and the agents file, validated into a [`Config`] before any port
+//! is bound (a bad value exits with code 64 and one clear message).
+
+use crate::gateway::GatewayConfig;
+use crate::grpc::validate::{Limits, VoicePathPolicy};
+use crate::secret::Password;
+use crate::session::{SessionSettings, SignInParams};
+use crate::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `ccgw-bridge`: gRPC in front of the Huawei CC-Gateway agent interface.
+#[derive(Debug, Parser)]
+#[command(name = "ccgw-bridge", version, about, long_about = None)]
+pub struct Cli {
+    /// Run a helper command instead of the bridge.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Bridge settings (when no command is given).
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+}
+
+/// Helper commands of the same binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run only the CC-Gateway simulator, printing its URL and CA path.
+    Simulate(SimulateArgs),
+}
+
+/// Settings of the standalone simulator.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to serve HTTPS on.
+    #[arg(long, env = "CCGW_SIM_LISTEN", default_value = "127.0.0.1:8043")]
+    pub listen: SocketAddr,
+    /// Long-poll hold when no event is pending.
+    #[arg(long, env = "CCGW_SIM_POLL_HOLD", default_value = "10s", value_parser = duration)]
+    pub poll_hold: Duration,
+    /// How long a started playback runs before it ends by itself.
+    #[arg(long, env = "CCGW_SIM_PLAY_DURATION", default_value = "30s", value_parser = duration)]
+    pub play_duration: Duration,
+    /// Dynamic authentication: rotate Guids this often (static Guids when unset).
+    #[arg(long, env = "CCGW_SIM_ROTATE_EVERY", value_parser = duration)]
+    pub rotate_every: Option<Duration>,
+    /// With --rotate-every: refuse the old Guid as soon as the new one was delivered.
+    #[arg(long, env = "CCGW_SIM_STRICT")]
+    pub strict: bool,
+}
+
+/// Every knob of the bridge; each flag has a `CCGW_*` environment twin.
+#[derive(Debug, Args, Clone)]
+pub struct BridgeArgs {
+    /// gRPC API address. Pod-local by default: the caller is the sidecar's neighbour.
+    #[arg(long, env = "CCGW_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Admin address (gRPC health, /metrics, /livez, /readyz); on the pod IP for kubelet probes.
+    #[arg(long, env = "CCGW_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// The CC-Gateway: scheme, host and port only, e.g. https://10.0.0.5:8043.
+    #[arg(long, env = "CCGW_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// PEM bundle of CAs trusted for the gateway (default: the system roots).
+    #[arg(long, env = "CCGW_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for gateways that require mutual TLS (with --client-key).
+    #[arg(long, env = "CCGW_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "CCGW_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Accept any gateway certificate. Lab use only: logged as a warning at start.
+    #[arg(long, env = "CCGW_INSECURE_SKIP_VERIFY")]
+    pub insecure_skip_verify: bool,
+    /// TOML file of agents to sign in at start and keep signed in (see README).
+    #[arg(long, env = "CCGW_AGENTS_FILE")]
+    pub agents_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "CCGW_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Start the embedded CC-Gateway simulator on loopback and use it, with demo agent 1001.
+    #[arg(long, env = "CCGW_SIMULATE")]
+    pub simulate: bool,
+    /// Lowest agent id accepted.
+    #[arg(long, env = "CCGW_AGENT_ID_MIN", default_value_t = 101)]
+    pub agent_id_min: u64,
+    /// Highest agent id accepted (59999 for gateways older than the 2025-11 release).
+    #[arg(long, env = "CCGW_AGENT_ID_MAX", default_value_t = 999_999)]
+    pub agent_id_max: u64,
+    /// Voice paths callers may play: comma-separated globs or path prefixes (default: any).
+    #[arg(long, env = "CCGW_VOICE_PATH_ALLOW", value_delimiter = ',')]
+    pub voice_path_allow: Vec<String>,
+    /// Upper bound of one gateway operation call when the caller sets no shorter deadline.
+    #[arg(long, env = "CCGW_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub request_timeout: Duration,
+    /// Read timeout of the event long poll; must exceed the gateway's hold (10 s).
+    #[arg(long, env = "CCGW_POLL_TIMEOUT", default_value = "15s", value_parser = duration)]
+    pub poll_timeout: Duration,
+    /// Pause between an empty poll answer and the next poll (vendor: 200–500 ms).
+    #[arg(long, env = "CCGW_POLL_GAP", default_value = "200ms", value_parser = duration)]
+    pub poll_gap: Duration,
+    /// TCP + TLS connect timeout to the gateway.
+    #[arg(long, env = "CCGW_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Largest gateway answer accepted, in bytes.
+    #[arg(long, env = "CCGW_MAX_RESPONSE_BYTES", default_value_t = 1 << 20)]
+    pub max_response_bytes: usize,
+    /// Events retained per session for resume.
+    #[arg(long, env = "CCGW_EVENT_WINDOW", default_value_t = 4096)]
+    pub event_window: usize,
+    /// Do not keep agent passwords after sign-in: a session the gateway ends then needs a new
+    /// SignIn instead of an automatic one.
+    #[arg(long, env = "CCGW_NO_RESIGN_IN")]
+    pub no_resign_in: bool,
+    /// Leave agents signed in at the gateway when the bridge stops.
+    #[arg(long, env = "CCGW_NO_SIGN_OUT_ON_SHUTDOWN")]
+    pub no_sign_out_on_shutdown: bool,
+    /// Upper bound of the graceful drain after SIGTERM.
+    #[arg(long, env = "CCGW_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 10s, 2m)"))
+}
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag or file is wrong; the text says which and why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// An agent from `--agents-file`, to sign in at start and keep signed in.
+#[derive(Debug, Clone)]
+pub struct PinnedAgent {
+    /// Agent (work) number.
+    pub agent_id: String,
+    /// Its sign-in.
+    pub params: SignInParams,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC API address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin_listen: SocketAddr,
+    /// Gateway client settings.
+    pub gateway: GatewayConfig,
+    /// Session settings.
+    pub sessions: SessionSettings,
+    /// Validation limits.
+    pub limits: Limits,
+    /// Agents to keep signed in.
+    pub agents: Vec<PinnedAgent>,
+    /// Sign agents out when stopping.
+    pub sign_out_on_shutdown: bool,
+    /// Drain bound.
+    pub drain_timeout: Duration,
+}
+
+impl BridgeArgs {
+    /// Validates everything and reads the referenced files. `gateway_override` replaces
+    /// `--gateway-url`/`--ca-cert` (used by `--simulate`).
+    pub fn validate(
+        &self,
+        gateway_override: Option<(String, Vec<u8>)>,
+    ) -> Result<Config, ConfigError> {
+        let (base_url, ca_pem) = match gateway_override {
+            Some((url, ca)) => (url, Some(ca)),
+            None => {
+                let url = self.gateway_url.clone().ok_or_else(|| {
+                    invalid("--gateway-url (CCGW_GATEWAY_URL) is required, e.g. https://10.0.0.5:8043; or use --simulate")
+                })?;
+                let ca = self
+                    .ca_cert
+                    .as_deref()
+                    .map(|p| read(p, "--ca-cert"))
+                    .transpose()?;
+                (url, ca)
+            }
+        };
+        validate_gateway_url(&base_url)?;
+        let client_identity_pem = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert, "--client-cert")?;
+                pem.push(b'\n');
+                pem.extend(read(key, "--client-key")?);
+                Some(pem)
+            }
+            _ => None,
+        };
+        if self.poll_timeout <= Duration::from_secs(10) {
+            return Err(invalid(format!(
+                "--poll-timeout {:?} must exceed the gateway's 10 s long-poll hold",
+                self.poll_timeout
+            )));
+        }
+        if self.agent_id_min == 0 || self.agent_id_min > self.agent_id_max {
+            return Err(invalid(
+                "--agent-id-min must be at least 1 and not above --agent-id-max",
+            ));
+        }
+        if self.event_window == 0 || self.event_window > 1 << 20 {
+            return Err(invalid("--event-window must be between 1 and 1048576"));
+        }
+        if self.max_response_bytes < 1024 {
+            return Err(invalid("--max-response-bytes must be at least 1024"));
+        }
+        let voice_paths = if self.voice_path_allow.is_empty() {
+            None
+        } else {
+            Some(
+                VoicePathPolicy::new(&self.voice_path_allow)
+                    .map_err(|e| invalid(format!("--voice-path-allow: {e}")))?,
+            )
+        };
+        let limits = Limits {
+            agent_id_min: self.agent_id_min,
+            agent_id_max: self.agent_id_max,
+            voice_paths,
+        };
+        let agents = match &self.agents_file {
+            Some(path) => load_agents(path, &limits, &|name| std::env::var(name).ok())?,
+            None => Vec::new(),
+        };
+        let mut sessions = SessionSettings {
+            event_window: self.event_window,
+            hold_credentials: !self.no_resign_in,
+            ..SessionSettings::default()
+        };
+        sessions.poll.gap = self.poll_gap;
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            gateway: GatewayConfig {
+                base_url,
+                ca_pem,
+                client_identity_pem,
+                insecure_skip_verify: self.insecure_skip_verify,
+                request_timeout: self.request_timeout,
+                poll_timeout: self.poll_timeout,
+                connect_timeout: self.connect_timeout,
+                max_body_bytes: self.max_response_bytes,
+            },
+            sessions,
+            limits,
+            agents,
+            sign_out_on_shutdown: !self.no_sign_out_on_shutdown,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+fn validate_gateway_url(url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| invalid(format!("--gateway-url {url:?}: {e}")))?;
+    if parsed.scheme() != "https" {
+        return Err(invalid(format!(
+            "--gateway-url {url:?}: the CC-Gateway is reached over https only"
+        )));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() {
+        return Err(invalid(format!(
+            "--gateway-url {url:?}: give scheme, host and port only; the bridge appends /agentgateway/resource/…"
+        )));
+    }
+    Ok(())
+}
+
+fn read(path: &Path, flag: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| invalid(format!("{flag} {}: {e}", path.display())))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsFile {
+    #[serde(default)]
+    agent: Vec<AgentEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentEntry {
+    id: String,
+    phone_number: String,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    #[serde(default)]
+    force: bool,
+    auto_answer: Option<bool>,
+    auto_enter_idle: Option<bool>,
+    release_phone: Option<bool>,
+    agent_type: Option<u32>,
+    status: Option<u32>,
+}
+
+/// Reads the agents file; `env` looks up `password_env` names (injected so tests need not
+/// touch the process environment).
+pub fn load_agents(
+    path: &Path,
+    limits: &Limits,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<PinnedAgent>, ConfigError> {
+    refuse_world_readable(path, "--agents-file")?;
+    let text = String::from_utf8(read(path, "--agents-file")?)
+        .map_err(|_| invalid(format!("--agents-file {}: not UTF-8", path.display())))?;
+    let file: AgentsFile = toml::from_str(&text)
+        .map_err(|e| invalid(format!("--agents-file {}: {e}", path.display())))?;
+    let mut seen = std::collections::HashSet::new();
+    file.agent
+        .into_iter()
+        .map(|a| {
+            let ctx = format!("--agents-file {}: agent {:?}", path.display(), a.id);
+            let mut v = crate::grpc::status::Violations::default();
+            limits.agent_id(&mut v, "id", &a.id);
+            crate::grpc::validate::phone_number(&mut v, "phone_number", &a.phone_number);
+            crate::grpc::validate::agent_type(&mut v, "agent_type", a.agent_type);
+            crate::grpc::validate::status(&mut v, "status", a.status);
+            v.check().map_err(|s| invalid(format!("{ctx}: {}", s.message())))?;
+            if !seen.insert(a.id.clone()) {
+                return Err(invalid(format!("{ctx}: listed twice")));
+            }
+            let password = match (&a.password_file, &a.password_env) {
+                (Some(file), None) => {
+                    refuse_world_readable(file, &ctx)?;
+                    let raw = read(file, &format!("{ctx}: password_file"))?;
+                    String::from_utf8(raw)
+                        .map_err(|_| invalid(format!("{ctx}: password_file is not UTF-8")))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned()
+                }
+                (None, Some(name)) => env(name).ok_or_else(|| {
+                    invalid(format!("{ctx}: environment variable {name} is not set"))
+                })?,
+                _ => {
+                    return Err(invalid(format!(
+                        "{ctx}: give exactly one of password_file or password_env (never the password itself)"
+                    )))
+                }
+            };
+            let mut v = crate::grpc::status::Violations::default();
+            crate::grpc::validate::password(&mut v, "password", &password);
+            v.check().map_err(|s| invalid(format!("{ctx}: {}", s.message())))?;
+            Ok(PinnedAgent {
+                agent_id: a.id,
+                params: SignInParams {
+                    password: Password::new(password),
+                    phone_number: a.phone_number,
+                    force: a.force,
+                    auto_answer: a.auto_answer,
+                    auto_enter_idle: a.auto_enter_idle,
+                    release_phone: a.release_phone,
+                    agent_type: a.agent_type,
+                    status: a.status,
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+fn refuse_world_readable(path: &Path, what: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| invalid(format!("{what} {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(invalid(format!(
+            "{what} {}: readable by every user (mode {:o}); it holds or points at passwords: chmod o-r it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_world_readable(_: &Path, _: &str) -> Result<(), ConfigError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["ccgw-bridge", "--gateway-url", "https://10.0.0.5:8043"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.bridge.validate(None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = args(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.limits.agent_id_max, 999_999);
+        assert!(c.sign_out_on_shutdown && c.sessions.hold_credentials);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (extra, needle) in [
+            (&["--poll-timeout", "5s"][..], "--poll-timeout"),
+            (
+                &["--agent-id-min", "5000", "--agent-id-max", "10"][..],
+                "--agent-id-min",
+            ),
+            (&["--ca-cert", "/nonexistent/ca.pem"][..], "--ca-cert"),
+            (&["--event-window", "0"][..], "--event-window"),
+            (&["--request-timeout", "soon"][..], "request-timeout"),
+        ] {
+            let err = args(extra).unwrap_err();
+            assert!(err.contains(needle), "{extra:?}: {err}");
+        }
+        for url in ["http://h:1", "https://h:1/agentgateway", "not a url"] {
+            let cli = Cli::try_parse_from(["ccgw-bridge", "--gateway-url", url]).unwrap();
+            assert!(cli.bridge.validate(None).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn agents_file_reads_passwords_from_files_or_env_only() {
+        let dir = std::env::temp_dir().join(format!("ccgw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = dir.join("agents.toml");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&file, text).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let env = |name: &str| (name == "PW_1002").then(|| "envpw".to_owned());
+        let limits = Limits::default();
+        write(
+            &format!(
+                "[[agent]]\nid = \"1001\"\nphone_number = \"88001\"\npassword_file = \"{}\"\n\n[[agent]]\nid = \"1002\"\nphone_number = \"88002\"\npassword_env = \"PW_1002\"\nforce = true\n",
+                pw.display()
+            ),
+            0o600,
+        );
+        let agents = load_agents(&file, &limits, &env).unwrap();
+        assert_eq!(agents[0].params.password.expose(), "secret");
+        assert_eq!(agents[1].params.password.expose(), "envpw");
+        assert!(agents[1].params.force);
+
+        write(
+            "[[agent]]\nid = \"1001\"\nphone_number = \"1\"\npassword = \"x\"\n",
+            0o600,
+        );
+        assert!(
+            load_agents(&file, &limits, &env).is_err(),
+            "inline passwords refused"
+        );
+        write(
+            "[[agent]]\nid = \"1001\"\nphone_number = \"1\"\npassword_env = \"NOPE\"\n",
+            0o600,
+        );
+        assert!(load_agents(&file, &limits, &env)
+            .unwrap_err()
+            .to_string()
+            .contains("NOPE"));
+        write(
+            "[[agent]]\nid = \"1001\"\nphone_number = \"1\"\npassword_env = \"PW_1002\"\n",
+            0o644,
+        );
+        assert!(load_agents(&file, &limits, &env)
+            .unwrap_err()
+            .to_string()
+            .contains("readable by every user"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,164 @@
+//! `ccgw.v1.AgentSessionService`.
+
+use super::status::Violations;
+use super::watch::{self, EventStream};
+use super::{deadline, validate, Bridge};
+use crate::proto::agent_session_service_server::AgentSessionService;
+use crate::proto::*;
+use crate::secret::Password;
+use crate::session::{SessionInfo, SignInParams, State};
+use std::time::{Duration, UNIX_EPOCH};
+use tonic::{Request, Response, Status};
+
+/// The agent-session service over a [`Bridge`].
+#[derive(Clone)]
+pub struct AgentSessionApi(pub Bridge);
+
+fn session_proto(info: SessionInfo) -> Session {
+    let state = match info.state {
+        State::SigningIn => SessionState::SigningIn,
+        State::SignedIn => SessionState::SignedIn,
+        State::SigningOut => SessionState::SigningOut,
+        State::Ended => SessionState::Ended,
+    };
+    Session {
+        agent_id: info.agent_id,
+        session_id: info.session_id,
+        state: state as i32,
+        signed_in_at: info.signed_in_at.map(Into::into),
+        watchers: info.watchers,
+        last_poll_at: (info.last_poll_at_ms > 0)
+            .then(|| (UNIX_EPOCH + Duration::from_millis(info.last_poll_at_ms)).into()),
+        last_sequence: info.last_sequence,
+        can_resign_in: info.can_resign_in,
+    }
+}
+
+#[tonic::async_trait]
+impl AgentSessionService for AgentSessionApi {
+    async fn sign_in(&self, request: Request<SignInRequest>) -> Result<Response<Session>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let bridge = &self.0;
+        bridge
+            .observe("SignIn", &r.agent_id, async {
+                let mut v = Violations::default();
+                bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
+                validate::password(&mut v, "password", &r.password);
+                validate::phone_number(&mut v, "phone_number", &r.phone_number);
+                validate::agent_type(&mut v, "agent_type", r.agent_type);
+                validate::status(&mut v, "status", r.status);
+                v.check()?;
+                let params = SignInParams {
+                    password: Password::new(r.password),
+                    phone_number: r.phone_number,
+                    force: r.force,
+                    auto_answer: r.auto_answer,
+                    auto_enter_idle: r.auto_enter_idle,
+                    release_phone: r.release_phone,
+                    agent_type: r.agent_type,
+                    status: r.status,
+                };
+                bridge
+                    .sessions
+                    .sign_in(&r.agent_id, params, deadline)
+                    .await?;
+                Ok(Response::new(session_proto(
+                    bridge.sessions.info(&r.agent_id)?,
+                )))
+            })
+            .await
+    }
+
+    async fn sign_out(
+        &self,
+        request: Request<SignOutRequest>,
+    ) -> Result<Response<SignOutResponse>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let bridge = &self.0;
+        bridge
+            .observe("SignOut", &r.agent_id, async {
+                let mut v = Violations::default();
+                bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
+                v.check()?;
+                bridge.sessions.sign_out(&r.agent_id, deadline).await?;
+                Ok(Response::new(SignOutResponse {
+                    message: String::new(),
+                }))
+            })
+            .await
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<GetSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
+        let r = request.into_inner();
+        let bridge = &self.0;
+        bridge
+            .observe("GetSession", &r.agent_id, async {
+                let mut v = Violations::default();
+                bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
+                v.check()?;
+                Ok(Response::new(session_proto(
+                    bridge.sessions.info(&r.agent_id)?,
+                )))
+            })
+            .await
+    }
+
+    async fn list_sessions(
+        &self,
+        _request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let bridge = &self.0;
+        bridge
+            .observe("ListSessions", "", async {
+                let sessions = bridge
+                    .sessions
+                    .list()
+                    .into_iter()
+                    .map(session_proto)
+                    .collect();
+                Ok(Response::new(ListSessionsResponse { sessions }))
+            })
+            .await
+    }
+
+    type WatchAgentEventsStream = EventStream<AgentEvent>;
+
+    async fn watch_agent_events(
+        &self,
+        request: Request<WatchAgentEventsRequest>,
+    ) -> Result<Response<Self::WatchAgentEventsStream>, Status> {
+        let r = request.into_inner();
+        let bridge = &self.0;
+        bridge
+            .observe("WatchAgentEvents", &r.agent_id, async {
+                let mut v = Violations::default();
+                bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
+                if r.resume_after.is_some() && r.session_id.is_empty() {
+                    v.add(
+                        "session_id",
+                        "must be set with resume_after (sequences restart with every session)",
+                    );
+                }
+                v.check()?;
+                let (session, sub) =
+                    watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;
+                let stream = watch::stream(session, sub, bridge.metrics.clone(), |s, e| {
+                    Some(AgentEvent {
+                        sequence: e.sequence,
+                        session_id: s.session_id.to_string(),
+                        agent_id: s.agent_id.to_string(),
+                        event_type: e.event_type.clone(),
+                        received_at: Some(e.received_at.into()),
+                        content: Some(e.content.clone()),
+                    })
+                });
+                Ok(Response::new(stream))
+            })
+            .await
+    }
+}

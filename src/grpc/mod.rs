@@ -1,0 +1,99 @@
+//! The gRPC layer: validation, proto ⇄ domain mapping, and failures → `tonic::Status`.
+
+mod agent_session;
+mod recordplay;
+pub mod status;
+pub mod validate;
+mod watch;
+
+pub use agent_session::AgentSessionApi;
+pub use recordplay::RecordPlayApi;
+
+use crate::session::Sessions;
+use crate::telemetry::Metrics;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Status};
+use tracing::Instrument;
+use validate::Limits;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Bridge {
+    /// The session registry.
+    pub sessions: Sessions,
+    /// Validation limits and policy.
+    pub limits: Arc<Limits>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Bound for calls whose caller set no deadline (e.g. BeginPlay with await_outcome).
+    pub default_timeout: Duration,
+}
+
+impl Bridge {
+    /// Runs one unary handler inside a span, recording its status and latency.
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        agent_id: &str,
+        handler: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let span = tracing::info_span!("rpc", method, agent_id, code = tracing::field::Empty);
+        let result = handler.instrument(span.clone()).await;
+        let code = match &result {
+            Ok(_) => "OK",
+            Err(s) => status::code_label(s.code()),
+        };
+        span.record("code", code);
+        self.metrics.rpc(method, code, Some(started.elapsed()));
+        if let Err(s) = &result {
+            tracing::debug!(parent: &span, method, agent_id, code, message = s.message(), "rpc failed");
+        }
+        result
+    }
+}
+
+/// The caller's deadline from `grpc-timeout`, made slightly earlier than tonic's own timer so
+/// the bridge answers DEADLINE_EXCEEDED itself (tonic's timer answers CANCELLED).
+pub fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = parse_grpc_timeout(raw)?;
+    let margin = (timeout / 20).min(Duration::from_millis(20));
+    Some(Instant::now() + timeout - margin)
+}
+
+/// Parses the gRPC wire format `<1-8 digits><H|M|S|m|u|n>`.
+pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! `ccgw.v1.RecordPlayService`.
+
+use super::status::{with_info, Violations, BRIDGE_DOMAIN};
+use super::watch::{self, EventStream};
+use super::{deadline, validate, Bridge};
+use crate::events::{Event, Next};
+use crate::gateway::bodies::{to_bytes, PlayBody};
+use crate::gateway::Interface;
+use crate::proto::record_play_service_server::RecordPlayService;
+use crate::proto::*;
+use crate::session::Session;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Code, Request, Response, Status};
+
+/// The record-play service over a [`Bridge`].
+#[derive(Clone)]
+pub struct RecordPlayApi(pub Bridge);
+
+impl RecordPlayApi {
+    /// A control call without body (stop, pause, resume, jumps).
+    async fn control(
+        &self,
+        method: &'static str,
+        agent_id: &str,
+        iface: Interface,
+        deadline: Option<Instant>,
+        check: impl FnOnce(&mut Violations),
+    ) -> Result<Response<PlayControlResponse>, Status> {
+        self.0
+            .observe(method, agent_id, async {
+                let mut v = Violations::default();
+                self.0.limits.agent_id(&mut v, "agent_id", agent_id);
+                check(&mut v);
+                v.check()?;
+                let (_, envelope) = self
+                    .0
+                    .sessions
+                    .call(agent_id, iface, None, deadline)
+                    .await?;
+                Ok(Response::new(PlayControlResponse {
+                    message: envelope.message,
+                }))
+            })
+            .await
+    }
+
+    /// Waits for the agent's next `_Play_Succ` / `_Play_Fail` from `sub`'s position.
+    async fn await_outcome(
+        &self,
+        session: &Arc<Session>,
+        mut sub: crate::events::Subscription,
+        deadline: Instant,
+    ) -> Result<u64, Status> {
+        let wait =
+            async {
+                loop {
+                    match sub.next().await {
+                        Next::Event(e) => match e.play_type {
+                            Some(PlayEventType::PlaySucceeded) => return Ok(e.sequence),
+                            Some(PlayEventType::PlayFailed) => return Err(with_info(
+                                Code::FailedPrecondition,
+                                format!(
+                                    "the gateway reported AgentMediaEvent_Play_Fail (sequence {})",
+                                    e.sequence
+                                ),
+                                BRIDGE_DOMAIN,
+                                "PLAY_FAILED",
+                                &[("sequence", e.sequence.to_string())],
+                            )),
+                            _ => {}
+                        },
+                        Next::Ended(end) => return Err(watch::ended_status(session, end)),
+                        Next::Overrun { .. } => return Err(with_info(
+                            Code::Unknown,
+                            "events arrived faster than the retained window; outcome not observed",
+                            BRIDGE_DOMAIN,
+                            "OUTCOME_NOT_OBSERVED",
+                            &[],
+                        )),
+                    }
+                }
+            };
+        match tokio::time::timeout_at(deadline.into(), wait).await {
+            Ok(result) => result,
+            Err(_) => Err(with_info(
+                Code::DeadlineExceeded,
+                "the gateway accepted the play request but reported no outcome before the deadline",
+                BRIDGE_DOMAIN,
+                "PLAY_OUTCOME_TIMEOUT",
+                &[],
+            )),
+        }
+    }
+}
+
+fn play_event(session: &Session, e: &Event) -> PlayEvent {
+    PlayEvent {
+        sequence: e.sequence,
+        session_id: session.session_id.to_string(),
+        agent_id: session.agent_id.to_string(),
+        r#type: e.play_type.unwrap_or_default() as i32,
+        event_type: e.event_type.clone(),
+        received_at: Some(e.received_at.into()),
+        content: Some(e.content.clone()),
+    }
+}
+
+#[tonic::async_trait]
+impl RecordPlayService for RecordPlayApi {
+    async fn begin_play(
+        &self,
+        request: Request<BeginPlayRequest>,
+    ) -> Result<Response<BeginPlayResponse>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let bridge = &self.0;
+        bridge
+            .observe("BeginPlay", &r.agent_id, async {
+                let mut v = Violations::default();
+                bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
+                bridge
+                    .limits
+                    .voice_path(&mut v, "voice_path", &r.voice_path);
+                validate::start_position(
+                    &mut v,
+                    "start_position_seconds",
+                    r.start_position_seconds,
+                );
+                validate::five_digits(&mut v, "volume", r.volume);
+                validate::five_digits(&mut v, "speed", r.speed);
+                validate::times(&mut v, "times", r.times);
+                validate::location_id(&mut v, "location_id", r.location_id);
+                v.check()?;
+                let body = to_bytes(&PlayBody {
+                    voicepath: &r.voice_path,
+                    startpostion: r.start_position_seconds,
+                    volumechange: r.volume.map(|n| n.to_string()),
+                    speedchange: r.speed.map(|n| n.to_string()),
+                    times: r.times,
+                    location_id: r.location_id,
+                });
+                // Subscribe before sending, so an outcome arriving before the answer is seen.
+                let before = if r.await_outcome {
+                    let session = bridge.sessions.current(&r.agent_id, deadline).await?;
+                    let sub = session
+                        .hub
+                        .subscribe(None)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    Some((session, sub))
+                } else {
+                    None
+                };
+                let (used, envelope) = bridge
+                    .sessions
+                    .call(&r.agent_id, Interface::BeginPlay, Some(body), deadline)
+                    .await?;
+                let outcome_sequence = match before {
+                    None => None,
+                    Some((session, sub)) => {
+                        let (session, sub) = if Arc::ptr_eq(&session, &used) {
+                            (session, sub)
+                        } else {
+                            // Signed in again during the call: the outcome is in the new session.
+                            let sub = used
+                                .hub
+                                .subscribe(Some(0))
+                                .map_err(|e| Status::internal(e.to_string()))?;
+                            (used, sub)
+                        };
+                        let until =
+                            deadline.unwrap_or_else(|| Instant::now() + bridge.default_timeout);
+                        Some(self.await_outcome(&session, sub, until).await?)
+                    }
+                };
+                Ok(Response::new(BeginPlayResponse {
+                    message: envelope.message,
+                    outcome_sequence,
+                }))
+            })
+            .await
+    }
+
+    async fn stop_play(
+        &self,
+        request: Request<StopPlayRequest>,
+    ) -> Result<Response<PlayControlResponse>, Status> {
+        let d = deadline(&request);
+        let r = request.into_inner();
+        self.control("StopPlay", &r.agent_id, Interface::StopPlay, d, |_| {})
+            .await
+    }
+
+    async fn pause_play(
+        &self,
+        request: Request<PausePlayRequest>,
+    ) -> Result<Response<PlayControlResponse>, Status> {
+        let d = deadline(&request);
+        let r = request.into_inner();
+        self.control("PausePlay", &r.agent_id, Interface::PausePlay, d, |_| {})
+            .await
+    }
+
+    async fn resume_play(
+        &self,
+        request: Request<ResumePlayRequest>,
+    ) -> Result<Response<PlayControlResponse>, Status> {
+        let d = deadline(&request);
+        let r = request.into_inner();
+        self.control("ResumePlay", &r.agent_id, Interface::ResumePlay, d, |_| {})
+            .await
+    }
+
+    async fn fast_forward(
+        &self,
+        request: Request<FastForwardRequest>,
+    ) -> Result<Response<PlayControlResponse>, Status> {
+        let d = deadline(&request);
+        let r = request.into_inner();
+        self.control(
+            "FastForward",
+            &r.agent_id,
+            Interface::FastForward(r.seconds),
+            d,
+            |v| validate::jump_seconds(v, "seconds", r.seconds),
+        )
+        .await
+    }
+
+    async fn rewind(
+        &self,
+        request: Request<RewindRequest>,
+    ) -> Result<Response<PlayControlResponse>, Status> {
+        let d = deadline(&request);
+        let r = request.into_inner();
+        self.control(
+            "Rewind",
+            &r.agent_id,
+            Interface::Rewind(r.seconds),
+            d,
+            |v| validate::jump_seconds(v, "seconds", r.seconds),
+        )
+        .await
+    }
+
+    type WatchPlayEventsStream = EventStream<PlayEvent>;
+
+    async fn watch_play_events(
+        &self,
+        request: Request<WatchPlayEventsRequest>,
+    ) -> Result<Response<Self::WatchPlayEventsStream>, Status> {
+        let r = request.into_inner();
+        let bridge = &self.0;
+        bridge
+            .observe("WatchPlayEvents", &r.agent_id, async {
+                let mut v = Violations::default();
+                bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
+                let mut types = Vec::with_capacity(r.types.len());
+                for (i, t) in r.types.iter().enumerate() {
+                    match PlayEventType::try_from(*t) {
+                        Ok(PlayEventType::Unspecified) | Err(_) => v.add(
+                            format!("types[{i}]"),
+                            format!("{t} is not a play event type"),
+                        ),
+                        Ok(t) => types.push(t),
+                    }
+                }
+                if r.resume_after.is_some() && r.session_id.is_empty() {
+                    v.add(
+                        "session_id",
+                        "must be set with resume_after (sequences restart with every session)",
+                    );
+                }
+                v.check()?;
+                let (session, sub) =
+                    watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;
+                let stream = watch::stream(session, sub, bridge.metrics.clone(), move |s, e| {
+                    let t = e.play_type?;
+                    (types.is_empty() || types.contains(&t)).then(|| play_event(s, e))
+                });
+                Ok(Response::new(stream))
+            })
+            .await
+    }
+}

@@ -1,0 +1,233 @@
+//! The one table from bridge and gateway failures to gRPC statuses (design §3, README).
+//!
+//! Every non-OK status carries a `google.rpc.ErrorInfo` with a stable UPPER_SNAKE `reason`:
+//! domain `ccgateway` for the gateway's retcodes (metadata `retcode`, `gateway_message`),
+//! domain `ccgw-bridge` for what the bridge itself decided.
+
+use crate::gateway::retcodes::{self, Class};
+use crate::gateway::GatewayError;
+use crate::session::SessionError;
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Domain of statuses caused by a gateway retcode.
+pub const GATEWAY_DOMAIN: &str = "ccgateway";
+/// Domain of statuses the bridge decides itself.
+pub const BRIDGE_DOMAIN: &str = "ccgw-bridge";
+
+/// A status with an `ErrorInfo` detail.
+pub fn with_info(
+    code: Code,
+    message: impl Into<String>,
+    domain: &str,
+    reason: &str,
+    metadata: &[(&str, String)],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, domain, metadata),
+    )
+}
+
+fn class_code(class: Class) -> Code {
+    match class {
+        Class::InvalidArgument => Code::InvalidArgument,
+        Class::FailedPrecondition => Code::FailedPrecondition,
+        Class::AlreadyExists => Code::AlreadyExists,
+        Class::Unauthenticated => Code::Unauthenticated,
+        Class::PermissionDenied => Code::PermissionDenied,
+        Class::Aborted => Code::Aborted,
+        Class::Unavailable => Code::Unavailable,
+    }
+}
+
+/// Maps a gateway failure (after the session layer's retry) onto a status.
+pub fn gateway_status(err: &GatewayError) -> Status {
+    let b = |code, reason: &str, extra: &[(&str, String)]| {
+        with_info(code, err.to_string(), BRIDGE_DOMAIN, reason, extra)
+    };
+    match err {
+        GatewayError::Retcode { retcode, message } => {
+            let (code, reason) = match retcodes::lookup(retcode) {
+                Some((_, reason, class)) => (class_code(class), reason),
+                None => (Code::Unknown, "UNKNOWN_RETCODE"),
+            };
+            with_info(
+                code,
+                format!("gateway refused the operation: retcode {retcode} ({reason})"),
+                GATEWAY_DOMAIN,
+                reason,
+                &[
+                    ("retcode", retcode.clone()),
+                    ("gateway_message", message.clone()),
+                ],
+            )
+        }
+        GatewayError::Unreachable(_) => b(Code::Unavailable, "GATEWAY_UNREACHABLE", &[]),
+        GatewayError::HttpStatus(status) => {
+            let code = match status {
+                429 | 502 | 503 | 504 => Code::Unavailable,
+                500..=599 => Code::Unknown,
+                _ => Code::FailedPrecondition,
+            };
+            b(
+                code,
+                "GATEWAY_HTTP_STATUS",
+                &[("http_status", status.to_string())],
+            )
+        }
+        GatewayError::Timeout(_) => b(Code::DeadlineExceeded, "GATEWAY_TIMEOUT", &[]),
+        GatewayError::OutcomeUnknown(_) => b(Code::Unknown, "OUTCOME_UNKNOWN", &[]),
+    }
+}
+
+impl From<SessionError> for Status {
+    fn from(err: SessionError) -> Self {
+        match &err {
+            SessionError::NotSignedIn { agent_id } => with_info(
+                Code::FailedPrecondition,
+                err.to_string(),
+                BRIDGE_DOMAIN,
+                "AGENT_NOT_SIGNED_IN",
+                &[("agent_id", agent_id.clone())],
+            ),
+            SessionError::CredentialsMismatch { agent_id } => with_info(
+                Code::AlreadyExists,
+                err.to_string(),
+                BRIDGE_DOMAIN,
+                "AGENT_HELD_WITH_OTHER_CREDENTIALS",
+                &[("agent_id", agent_id.clone())],
+            ),
+            SessionError::ShuttingDown => with_info(
+                Code::Unavailable,
+                err.to_string(),
+                BRIDGE_DOMAIN,
+                "SHUTTING_DOWN",
+                &[],
+            ),
+            SessionError::Gateway(g) => gateway_status(g),
+        }
+    }
+}
+
+/// Collects field violations, then becomes one INVALID_ARGUMENT with a `BadRequest`.
+#[derive(Default, Debug)]
+pub struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    /// Records that `field` is invalid, and why.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    /// `Ok` when nothing was recorded.
+    pub fn check(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let message = self
+            .0
+            .iter()
+            .map(|(f, d)| format!("{f}: {d}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut details = ErrorDetails::new();
+        for (field, description) in self.0 {
+            details.add_bad_request_violation(field, description);
+        }
+        Err(Status::with_error_details(
+            Code::InvalidArgument,
+            format!("invalid request: {message}"),
+            details,
+        ))
+    }
+}
+
+/// A status's code as a static metrics label.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_retcode_family_maps_as_designed() {
+        let cases = [
+            ("000-002", Code::InvalidArgument),
+            ("000-006", Code::InvalidArgument),
+            ("100-001", Code::InvalidArgument),
+            ("100-013", Code::InvalidArgument),
+            ("100-006", Code::FailedPrecondition),
+            ("000-003", Code::PermissionDenied),
+            ("500-001", Code::FailedPrecondition),
+            ("500-009", Code::FailedPrecondition),
+            ("100-002", Code::AlreadyExists),
+            ("100-004", Code::Unauthenticated),
+            ("000-007", Code::Aborted),
+            ("100-021", Code::Aborted),
+            ("100-007", Code::Unavailable),
+            ("105-005", Code::Unavailable),
+            ("987-654", Code::Unknown),
+        ];
+        for (retcode, code) in cases {
+            let s = gateway_status(&GatewayError::Retcode {
+                retcode: retcode.into(),
+                message: "m".into(),
+            });
+            assert_eq!(s.code(), code, "{retcode}");
+            let info = s.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.domain, GATEWAY_DOMAIN);
+            assert_eq!(info.metadata["retcode"], retcode);
+            assert_eq!(info.metadata["gateway_message"], "m");
+        }
+    }
+
+    #[test]
+    fn transport_failures_say_whether_the_outcome_is_known() {
+        let code = |e: GatewayError| gateway_status(&e).code();
+        assert_eq!(
+            code(GatewayError::Unreachable("x".into())),
+            Code::Unavailable
+        );
+        assert_eq!(code(GatewayError::HttpStatus(503)), Code::Unavailable);
+        assert_eq!(code(GatewayError::HttpStatus(500)), Code::Unknown);
+        assert_eq!(
+            code(GatewayError::HttpStatus(404)),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(GatewayError::Timeout(std::time::Duration::from_secs(1))),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            code(GatewayError::OutcomeUnknown("x".into())),
+            Code::Unknown
+        );
+    }
+}

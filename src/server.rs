@@ -1,0 +1,252 @@
+//! `run`: the whole bridge on two bound listeners until `shutdown` resolves, then a bounded drain.
+//!
+//! `main` and the end-to-end tests call the same function (the mini-redis shape), so what the
+//! tests prove is what ships.
+
+use crate::config::Config;
+use crate::gateway::{ClientBuildError, GatewayClient};
+use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
+use crate::proto::agent_session_service_server::AgentSessionServiceServer;
+use crate::proto::record_play_service_server::RecordPlayServiceServer;
+use crate::session::Sessions;
+use crate::telemetry::Metrics;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// The two bound sockets `run` serves on (bound by the caller, so tests can use port 0).
+pub struct Listeners {
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// Health, metrics and probes; `None` disables the admin listener.
+    pub admin: Option<TcpListener>,
+}
+
+/// Why the bridge could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The gateway client could not be built from the configuration.
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
+    /// The reflection descriptors are unusable (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// A listener failed.
+    #[error("serving: {0}")]
+    Serve(String),
+}
+
+/// Service names whose health is reported, besides the overall `""`.
+const SERVICES: [&str; 2] = ["ccgw.v1.RecordPlayService", "ccgw.v1.AgentSessionService"];
+
+/// Runs the bridge until `shutdown` resolves, then drains within `config.drain_timeout`:
+/// health → NOT_SERVING, event streams end with UNAVAILABLE, unary calls in flight finish,
+/// agents are signed out (unless configured not to), and `run` returns.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::default());
+    if config.gateway.insecure_skip_verify {
+        tracing::warn!("--insecure-skip-verify: the gateway's certificate is NOT verified; anyone on the path can read agent passwords");
+    }
+    let gateway = GatewayClient::new(config.gateway.clone(), metrics.clone())?;
+    let sessions = Sessions::new(gateway.clone(), config.sessions.clone(), metrics.clone());
+    for agent in &config.agents {
+        sessions.keep_signed_in(&agent.agent_id, agent.params.clone());
+    }
+    let bridge = Bridge {
+        sessions: sessions.clone(),
+        limits: Arc::new(config.limits.clone()),
+        metrics: metrics.clone(),
+        default_timeout: config.gateway.request_timeout,
+    };
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RunError::Reflection(e.to_string()))?;
+
+    let stop_grpc = CancellationToken::new();
+    let grpc_addr = listeners.grpc.local_addr().ok();
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Idle watchers behind proxies and NATs are kept alive by HTTP/2 pings.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health.clone())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RecordPlayServiceServer::new(RecordPlayApi(bridge.clone())))
+        .add_service(AgentSessionServiceServer::new(AgentSessionApi(
+            bridge.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stop_grpc.clone().cancelled_owned(),
+        );
+    let grpc = tokio::spawn(grpc);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop_admin = CancellationToken::new();
+    let admin = listeners.admin.map(|listener| {
+        let grpc_health = tonic::service::Routes::new(health.clone()).into_axum_router();
+        let router = admin_router(grpc_health, metrics.clone(), ready.clone());
+        let stop = stop_admin.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
+    });
+
+    let draining = CancellationToken::new();
+    let readiness = tokio::spawn(readiness_loop(
+        gateway,
+        sessions.clone(),
+        reporter.clone(),
+        ready.clone(),
+        draining.clone(),
+    ));
+    tracing::info!(listen = ?grpc_addr, "ccgw-bridge serving");
+
+    shutdown.await;
+    tracing::info!(timeout = ?config.drain_timeout, "draining");
+    let started = Instant::now();
+    draining.cancel();
+    let _ = readiness.await;
+    ready.store(false, Ordering::Release);
+    set_health(&reporter, ServingStatus::NotServing).await;
+    sessions.end_streams();
+    stop_grpc.cancel();
+    let deadline = started + config.drain_timeout;
+    let mut grpc = grpc;
+    let finished = tokio::time::timeout_at(deadline.into(), &mut grpc).await;
+    if finished.is_err() {
+        tracing::warn!("gRPC calls still open at the drain deadline; closing them");
+        grpc.abort();
+    }
+    if config.sign_out_on_shutdown {
+        // Sign-outs get what is left of the drain, at least a second.
+        let until = deadline.max(Instant::now() + Duration::from_secs(1));
+        if tokio::time::timeout_at(until.into(), sessions.sign_out_all(Some(until)))
+            .await
+            .is_err()
+        {
+            tracing::warn!("sign-outs still running at the drain deadline");
+        }
+    }
+    sessions.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(1), sessions.wait_stopped()).await;
+    stop_admin.cancel();
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
+    Ok(())
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Keeps health in step with reality: SERVING only while the gateway answers and every pinned
+/// agent is signed in. Reacts at once to the gateway client's reachability changes and
+/// re-checks (probing the gateway when no traffic shows it) every second.
+async fn readiness_loop(
+    gateway: GatewayClient,
+    sessions: Sessions,
+    reporter: HealthReporter,
+    ready: Arc<AtomicBool>,
+    draining: CancellationToken,
+) {
+    let mut reachability = gateway.reachability();
+    let mut last: Option<bool> = None;
+    let mut last_probe = Instant::now() - Duration::from_secs(3600);
+    loop {
+        let mut reachable = *reachability.borrow_and_update();
+        let idle = sessions.list().is_empty();
+        if (!reachable || idle) && last_probe.elapsed() >= Duration::from_secs(1) {
+            last_probe = Instant::now();
+            reachable = gateway.probe().await;
+            reachability.borrow_and_update();
+        }
+        let now = reachable && sessions.pinned_ready();
+        if last != Some(now) {
+            ready.store(now, Ordering::Release);
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&reporter, status).await;
+            tracing::info!(serving = now, "readiness changed");
+            last = Some(now);
+        }
+        tokio::select! {
+            () = draining.cancelled() => return,
+            _ = reachability.changed() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Plain-HTTP probes and metrics, merged with the gRPC health service (`grpc_health`) so one
+/// pod-IP port serves the kubelet's HTTP and gRPC probes alike.
+fn admin_router(
+    grpc_health: axum::Router,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> axum::Router {
+    let http = axum::Router::new()
+        .route("/livez", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics_text))
+        .with_state(AdminState { metrics, ready });
+    grpc_health.merge(http)
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
