@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = ["proto/ccgw/v1/recordplay.proto", "proto/ccgw/v1/session.proto"];
+    let files = [
+        "proto/ccgw/v1/recordplay.proto",
+        "proto/ccgw/v1/session.proto",
+    ];
     let fds = protox::compile(files, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(

@@ -74,7 +74,11 @@ impl Default for Metrics {
             "CC-Gateway request latency, by interface",
             gateway_seconds.clone(),
         );
-        registry.register("sessions", "Agent sessions held, by state", sessions.clone());
+        registry.register(
+            "sessions",
+            "Agent sessions held, by state",
+            sessions.clone(),
+        );
         registry.register(
             "guid_adoptions",
             "New Guids adopted from Set-GUID headers",
@@ -138,7 +142,12 @@ impl Metrics {
     }
 
     /// Records one gateway exchange.
-    pub fn gateway_request(&self, interface: &'static str, outcome: &'static str, elapsed: Duration) {
+    pub fn gateway_request(
+        &self,
+        interface: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
         self.gateway_total
             .get_or_create(&[("interface", interface), ("retcode", outcome)])
             .inc();

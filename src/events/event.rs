@@ -68,7 +68,10 @@ fn json_to_proto(value: serde_json::Value) -> prost_types::Value {
             values: items.into_iter().map(json_to_proto).collect(),
         }),
         J::Object(map) => Kind::StructValue(prost_types::Struct {
-            fields: map.into_iter().map(|(k, v)| (k, json_to_proto(v))).collect(),
+            fields: map
+                .into_iter()
+                .map(|(k, v)| (k, json_to_proto(v)))
+                .collect(),
         }),
     };
     prost_types::Value { kind: Some(kind) }

@@ -130,7 +130,11 @@ impl Hub {
 
     /// Sequence of the newest event (0 before the first).
     pub fn last_sequence(&self) -> u64 {
-        self.window.read().unwrap_or_else(|p| p.into_inner()).next_seq - 1
+        self.window
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_seq
+            - 1
     }
 
     /// Open watchers right now.
@@ -283,7 +287,10 @@ mod tests {
                 newest: 6
             })
         );
-        assert!(h.subscribe(Some(6)).is_err(), "future positions are refused");
+        assert!(
+            h.subscribe(Some(6)).is_err(),
+            "future positions are refused"
+        );
         assert!(h.subscribe(Some(5)).is_ok());
     }
 
