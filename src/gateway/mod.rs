@@ -255,8 +255,8 @@ impl GatewayClient {
             .get_all("set-guid")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .filter_map(parse_set_guid)
-            .last()
+            .rev()
+            .find_map(parse_set_guid)
         {
             if auth.adopt(guid) {
                 self.metrics.guid_adopted();

@@ -1,0 +1,262 @@
+//! A CC-Gateway ("AgentGateway") simulator: an HTTPS server that speaks the vendor's agent REST
+//! interface (`/agentgateway/resource/...`) as described in `shared/ccgw/api-notes.md`, so the
+//! bridge can be tested end to end without a real gateway.
+//!
+//! It exists to be *faithful where the vendor is specific* (URIs, Guid rules, retcodes, event
+//! sequences, long-poll holding, idle sign-out) and *configurable where the vendor is vague*
+//! (empty poll body, Guid rotation overlap, `Set-GUID` attributes), and to inject faults that a
+//! real gateway or the network produces rarely but a bridge must survive.
+//!
+//! It shares no code with the bridge's gateway client on purpose: a misunderstanding of the wire
+//! format in one must not be hidden by the same misunderstanding in the other.
+//!
+//! Besides the Rust API there is a small HTTP control plane on the same listener under `/_sim/`
+//! for out-of-process users such as benchmarks or a Python test (see below).
+//!
+//! # Control plane
+//! - `POST /_sim/agents/{id}/signout` — [`Simulator::force_sign_out`]
+//! - `POST /_sim/agents/{id}/kill` — [`Simulator::kill_session`]
+//! - `POST /_sim/agents/{id}/rotate` — [`Simulator::rotate_guid`]
+//! - `POST /_sim/agents/{id}/events` (body: one raw event object) — [`Simulator::queue_event`]
+//! - `GET /_sim/stats` — [`Simulator::stats`] as JSON
+//! - `GET /_sim/requests` — [`Simulator::requests`] as a JSON array
+
+#![warn(missing_docs)]
+
+mod control;
+mod faults;
+mod play;
+mod poll;
+mod record;
+mod routes;
+mod server;
+mod shared;
+mod signin;
+mod state;
+mod tls;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use faults::{Fault, FaultKind, FaultMatch, Interface};
+pub use record::RecordedRequest;
+pub use shared::SimStats;
+
+use shared::Shared;
+
+/// How the simulated gateway authenticates operation requests (vendor setting `AUTHMODE`).
+///
+/// The bridge cannot query the mode of a real gateway, so it must cope with both; the simulator
+/// lets tests choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `AUTHMODE=1`: the Guid from sign-in stays valid for the whole session.
+    Static,
+    /// `AUTHMODE=2`: a new Guid is delivered (`Set-GUID`) on the first poll answer after
+    /// `rotate_every` elapsed; the simulator wakes a held poll when rotation is due, so rotations
+    /// really happen at that interval.
+    ///
+    /// `strict`: the previous Guid is refused (`100-006`) as soon as the new one was delivered.
+    /// Not strict: the previous Guid is still accepted for `overlap` after delivery (the vendor's
+    /// `GUIDTIMEOUT - GUIDINTERVAL` reading of the notes).
+    Dynamic {
+        /// Time between two rotations (vendor `GUIDINTERVAL`, 60 s there).
+        rotate_every: Duration,
+        /// Refuse the previous Guid as soon as the new one was delivered.
+        strict: bool,
+        /// How long the previous Guid stays valid after delivery when not strict.
+        overlap: Duration,
+    },
+}
+
+/// Body of a long-poll answer that carries no event. The vendor does not document it (notes §9.1),
+/// so clients must tolerate every variant; `Rotate` exercises all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyPollStyle {
+    /// `{"message":"","retcode":"0","event":null}`
+    Null,
+    /// `{"message":"","retcode":"0"}`
+    Absent,
+    /// `{"message":"","retcode":"0","event":{}}`
+    EmptyObject,
+    /// Cycle through `Null`, `Absent`, `EmptyObject` (one counter for the whole simulator).
+    Rotate,
+}
+
+/// Behaviour knobs of one simulator instance. Defaults follow the vendor's documented defaults
+/// (10 s poll hold, 120 s idle sign-out) so that an unconfigured simulator behaves like a gateway.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Static or dynamic Guid authentication.
+    pub auth: AuthMode,
+    /// How long a poll is held when no event is pending (vendor: 100 × 100 ms = 10 s).
+    pub poll_hold: Duration,
+    /// An agent is signed out after this long without any authenticated request from it
+    /// (vendor `MAXTIME`, 120 s). A poll that is being held counts as activity.
+    pub idle_timeout: Duration,
+    /// Gap between consecutive events of a play sequence.
+    pub play_step: Duration,
+    /// Time from `AgentMediaEvent_Play_Succ` until playback ends by itself (`StopPlayDone` cause 0).
+    pub play_duration: Duration,
+    /// `Some(p)`: every agent must sign in with `p`, else `100-004`. `None`: any password.
+    pub password: Option<String>,
+    /// Body of an empty poll answer.
+    pub empty_poll: EmptyPollStyle,
+    /// Append `; Path=/agentgateway; Secure; HttpOnly` to every `Set-GUID` value, to test that
+    /// clients parse the header defensively (notes §9.9).
+    pub set_guid_attributes: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            auth: AuthMode::Static,
+            poll_hold: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            play_step: Duration::from_millis(20),
+            play_duration: Duration::from_secs(30),
+            password: None,
+            empty_poll: EmptyPollStyle::Rotate,
+            set_guid_attributes: false,
+        }
+    }
+}
+
+/// A running simulator. Dropping the handle (or calling [`Simulator::shutdown`]) stops the server,
+/// closes every connection and removes the CA file.
+pub struct Simulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    ca_pem: String,
+    ca_path: PathBuf,
+}
+
+impl Simulator {
+    /// Binds `addr` (use `127.0.0.1:0` in tests), generates a self-signed CA and a leaf
+    /// certificate for `localhost`, `127.0.0.1` and `::1`, writes the CA PEM to a temporary file
+    /// and serves HTTPS (HTTP/1.1 and h2 via ALPN) until shut down.
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<Simulator> {
+        let certs = tls::SimCerts::generate()?;
+        let acceptor = tls::acceptor(&certs)?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let ca_path = tls::write_ca_file(&certs.ca_pem, addr.port())?;
+        let shared = Arc::new(Shared::new(config));
+        tokio::spawn(server::serve(listener, acceptor, Arc::clone(&shared)));
+        tokio::spawn(state::reap_idle_agents(Arc::clone(&shared)));
+        Ok(Simulator {
+            shared,
+            addr,
+            ca_pem: certs.ca_pem,
+            ca_path,
+        })
+    }
+
+    /// Base URL, scheme host and port only (`https://127.0.0.1:PORT`), as the bridge's
+    /// `--gateway-url` expects it.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The bound address (useful when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// PEM of the CA that signed the server certificate, for clients that take certificates in
+    /// memory.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// File holding [`Simulator::ca_pem`], for clients configured by path (`--ca-cert`).
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// Every gateway request received so far (control-plane requests excluded), in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.log.all()
+    }
+
+    /// Forgets the recorded requests, so a test can assert on what follows only.
+    pub fn clear_requests(&self) {
+        self.shared.log.clear()
+    }
+
+    /// Resolves with the first recorded request matching `pred`, waiting (event driven, no
+    /// polling) until one arrives if none has yet.
+    pub async fn wait_for_request(
+        &self,
+        pred: impl Fn(&RecordedRequest) -> bool,
+    ) -> RecordedRequest {
+        self.shared.log.wait_for(pred).await
+    }
+
+    /// Adds a fault. Faults apply in insertion order; the first matching one with a remaining
+    /// count wins and consumes one use.
+    pub fn add_fault(&self, fault: Fault) {
+        self.shared.faults.add(fault)
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.shared.faults.clear()
+    }
+
+    /// As if an inspector forced the agent out: `AgentOther_ShutdownService` is delivered by the
+    /// next (or the currently held) poll, and the session is gone (later calls answer `100-006`).
+    pub fn force_sign_out(&self, agent_id: &str) {
+        self.shared.agents.force_sign_out(agent_id)
+    }
+
+    /// The session disappears silently: the next call or poll (a held poll at once) answers
+    /// `100-006`, with no event.
+    pub fn kill_session(&self, agent_id: &str) {
+        self.shared.agents.kill_session(agent_id)
+    }
+
+    /// Issues a new Guid now. It is delivered by `Set-GUID` on the next poll answer (a held poll
+    /// is woken); the old Guid is then refused or kept for the overlap as configured (static mode
+    /// behaves as strict).
+    pub fn rotate_guid(&self, agent_id: &str) {
+        self.shared.agents.rotate_guid(agent_id)
+    }
+
+    /// Queues a raw `event` object, delivered as-is by a poll (a held poll is woken). Ignored if
+    /// the agent is not signed in.
+    pub fn queue_event(&self, agent_id: &str, event: serde_json::Value) {
+        self.shared.agents.queue_raw_event(agent_id, event)
+    }
+
+    /// Whether the agent currently has a session.
+    pub fn signed_in(&self, agent_id: &str) -> bool {
+        self.shared.agents.signed_in(agent_id)
+    }
+
+    /// The Guid the gateway currently expects from the agent (the newest one delivered).
+    pub fn current_guid(&self, agent_id: &str) -> Option<String> {
+        self.shared.agents.current_guid(agent_id)
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats()
+    }
+
+    /// Stops accepting, closes every connection and stops every timer. Idempotent.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.shutdown();
+        // Best effort: a leftover temp file is harmless.
+        let _ = std::fs::remove_file(&self.ca_path);
+    }
+}

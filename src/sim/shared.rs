@@ -1,0 +1,90 @@
+//! State shared by every connection of one simulator: configuration, agents, faults, the request
+//! log and counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::faults::FaultTable;
+use super::record::RequestLog;
+use super::state::Agents;
+use super::{EmptyPollStyle, SimConfig};
+
+/// Counters since the simulator started, so tests and benchmarks can check connection reuse and
+/// load without parsing logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SimStats {
+    /// Gateway requests received (control-plane requests excluded).
+    pub requests: u64,
+    /// Event-poll requests received.
+    pub polls: u64,
+    /// Successful sign-ins (login and forcelogin).
+    pub sign_ins: u64,
+    /// TLS handshakes completed (i.e. connections accepted).
+    pub tls_handshakes: u64,
+    /// Connections currently open.
+    pub active_connections: u64,
+}
+
+/// Everything a request handler or a timer needs.
+pub(crate) struct Shared {
+    pub config: SimConfig,
+    pub agents: Agents,
+    pub faults: FaultTable,
+    pub log: RequestLog,
+    pub shutdown: CancellationToken,
+    pub requests: AtomicU64,
+    pub polls: AtomicU64,
+    pub sign_ins: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub active_connections: AtomicU64,
+    empty_polls: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: SimConfig) -> Shared {
+        Shared {
+            agents: Agents::new(&config),
+            config,
+            faults: FaultTable::default(),
+            log: RequestLog::default(),
+            shutdown: CancellationToken::new(),
+            requests: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            sign_ins: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            active_connections: AtomicU64::new(0),
+            empty_polls: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> SimStats {
+        SimStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            polls: self.polls.load(Ordering::Relaxed),
+            sign_ins: self.sign_ins.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
+            active_connections: self.active_connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The style of the next empty poll answer (advances the rotation when configured so).
+    pub fn next_empty_style(&self) -> EmptyPollStyle {
+        match self.config.empty_poll {
+            EmptyPollStyle::Rotate => match self.empty_polls.fetch_add(1, Ordering::Relaxed) % 3 {
+                0 => EmptyPollStyle::Null,
+                1 => EmptyPollStyle::Absent,
+                _ => EmptyPollStyle::EmptyObject,
+            },
+            fixed => fixed,
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the simulator's state stays usable even if a test panicked
+/// while a guard was alive.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,200 @@
+//! The end-to-end harness: simulator and bridge on ephemeral loopback ports, real TLS between
+#![allow(dead_code)] // each test module uses part of the shared harness
+//! them, real tonic clients in front.
+
+use ccgw_bridge::config::{Cli, Config};
+use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
+use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
+use ccgw_bridge::proto::{Session, SignInRequest};
+use ccgw_bridge::sim::{SimConfig, Simulator};
+use ccgw_bridge::{run, Listeners, RunError};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// Simulator settings that keep tests fast: short long-poll hold, quick play sequence.
+pub fn fast_sim() -> SimConfig {
+    SimConfig {
+        poll_hold: Duration::from_millis(500),
+        play_step: Duration::from_millis(5),
+        play_duration: Duration::from_secs(30),
+        ..SimConfig::default()
+    }
+}
+
+/// A bridge configuration pointed at `sim`, with test-friendly pacing.
+pub fn config_for(sim: &Simulator) -> Config {
+    let cli = Cli::try_parse_from(["ccgw-bridge", "--poll-gap", "10ms", "--drain-timeout", "5s"])
+        .expect("flags parse");
+    let mut config = cli
+        .bridge
+        .validate(Some((sim.url(), sim.ca_pem().as_bytes().to_vec())))
+        .expect("valid config");
+    config.sessions.auth_retry_wait = Duration::from_millis(300);
+    config
+}
+
+/// A running simulator + bridge pair.
+pub struct Harness {
+    /// The simulated CC-Gateway (inspect requests, inject faults).
+    pub sim: Simulator,
+    /// The bridge's gRPC address.
+    pub addr: SocketAddr,
+    /// The bridge's admin address.
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), RunError>>>,
+}
+
+impl Harness {
+    /// Default simulator and configuration.
+    pub async fn start() -> Self {
+        Self::with(fast_sim(), |_| {}).await
+    }
+
+    /// Custom simulator settings and a configuration tweak.
+    pub async fn with(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Self {
+        let sim = Simulator::start(sim_config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("simulator starts");
+        let mut config = config_for(&sim);
+        tweak(&mut config);
+        Self::bridge(sim, config).await
+    }
+
+    /// Starts a bridge with `config` in front of an already running `sim`.
+    pub async fn bridge(sim: Simulator, config: Config) -> Self {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            Listeners {
+                grpc,
+                admin: Some(admin),
+            },
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Harness {
+            sim,
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A fresh HTTP/2 channel to the bridge.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("bridge accepts connections")
+    }
+
+    /// A RecordPlayService client.
+    pub async fn play(&self) -> RecordPlayServiceClient<Channel> {
+        RecordPlayServiceClient::new(self.channel().await)
+    }
+
+    /// An AgentSessionService client.
+    pub async fn sessions(&self) -> AgentSessionServiceClient<Channel> {
+        AgentSessionServiceClient::new(self.channel().await)
+    }
+
+    /// Signs `agent` in with the demo phone number and an empty password.
+    pub async fn sign_in(&self, agent: &str) -> Session {
+        self.sessions()
+            .await
+            .sign_in(sign_in_request(agent))
+            .await
+            .expect("sign-in succeeds")
+            .into_inner()
+    }
+
+    /// Signals shutdown and waits for `run` to return (bounded).
+    pub async fn stop(mut self) -> Result<(), RunError> {
+        self.stop_inner().await
+    }
+
+    async fn stop_inner(&mut self) -> Result<(), RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("run() returns within 30 s")
+                .expect("run() does not panic"),
+            None => Ok(()),
+        }
+    }
+
+    /// Signals shutdown without waiting (the caller awaits [`Harness::stopped`]).
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for `run` to return after [`Harness::begin_stop`].
+    pub async fn stopped(&mut self) -> Result<(), RunError> {
+        self.stop_inner().await
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A SignIn request with the harness's defaults.
+pub fn sign_in_request(agent: &str) -> SignInRequest {
+    SignInRequest {
+        agent_id: agent.into(),
+        password: String::new(),
+        phone_number: "88001".into(),
+        ..Default::default()
+    }
+}
+
+/// Asserts the code of a failed call and returns the status.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code) -> tonic::Status {
+    match r {
+        Ok(v) => panic!("expected {code:?}, got OK: {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "status: {s:?}");
+            s
+        }
+    }
+}
+
+/// The `ErrorInfo` reason of a status ("" when absent).
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// The fields named by a status's `BadRequest` violations.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
