@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run only the CC-Gateway simulator, printing its URL and CA path.
     Simulate(SimulateArgs),
+    /// Call a running bridge's gRPC API (operators and scripts; no grpcurl needed in the pod).
+    Call(crate::cli::CallArgs),
 }
 
 /// Settings of the standalone simulator.

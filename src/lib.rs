@@ -3,6 +3,7 @@
 //! Callers speak gRPC (`proto/ccgw/v1`); the bridge signs agents in, keeps their Guids fresh,
 //! polls their events and fans them out, so no caller ever handles a Guid.
 
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod gateway;

@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Simulate(args)) => simulate_only(args).await,
+        Some(Command::Call(args)) => ccgw_bridge::cli::run(args).await,
         None => bridge(cli).await,
     }
 }

@@ -457,7 +457,8 @@ async fn forcelogin_wakes_the_old_sessions_poll_with_shutdown() {
     })
     .await;
     let old = gw.login(AGENT).await;
-    gw.drain(AGENT, &old).await;
+    gw.collect_until(AGENT, &old, "AgentState_Ready").await;
+    gw.sim.clear_requests();
 
     let held = gw.poll(AGENT, &old);
     let replace = async {
@@ -494,6 +495,7 @@ async fn logout_ends_the_session_and_a_held_poll_answers_not_signed_in() {
     .await;
     let guid = gw.login(AGENT).await;
     gw.collect_until(AGENT, &guid, "AgentState_Ready").await;
+    gw.sim.clear_requests();
     let held = gw.poll(AGENT, &guid);
     let logout = async {
         gw.sim
@@ -749,4 +751,64 @@ async fn serves_h2_and_http1() {
     assert!(std::fs::read_to_string(sim.ca_path())
         .unwrap()
         .contains("BEGIN CERTIFICATE"));
+}
+
+#[tokio::test]
+async fn a_newer_poll_replaces_a_held_one() {
+    let gw = Gateway::start(SimConfig {
+        poll_hold: Duration::from_secs(5),
+        ..Gateway::quick()
+    })
+    .await;
+    let guid = gw.login(AGENT).await;
+    gw.collect_until(AGENT, &guid, "AgentState_Ready").await;
+    gw.sim.clear_requests();
+
+    let started = Instant::now();
+    let first = async {
+        let answer = gw.poll(AGENT, &guid).await.1;
+        (answer, started.elapsed())
+    };
+    let second = async {
+        gw.sim.wait_for_request(|r| r.method == "GET").await;
+        let path = "/agentevent/101?calldata=second";
+        let poll = gw.send(Method::GET, path, Some(&guid), None);
+        let inject = async {
+            gw.sim
+                .wait_for_request(|r| r.query.as_deref() == Some("calldata=second"))
+                .await;
+            gw.sim.queue_event(AGENT, json!({"eventType": "Late"}));
+        };
+        tokio::join!(poll, inject).0.unwrap().1
+    };
+    let ((first, first_took), second) = tokio::join!(first, second);
+    assert!(first_took < Duration::from_secs(2), "replaced at once");
+    assert!(
+        event_type(&first).is_none(),
+        "replaced poll answers empty: {first}"
+    );
+    assert_eq!(second["event"]["eventType"], "Late");
+}
+
+#[tokio::test]
+async fn update_guid_returns_the_new_guid_in_the_body() {
+    let gw = Gateway::start(Gateway::quick()).await;
+    let old = gw.login(AGENT).await;
+    let (headers, answer) = gw
+        .send(Method::PUT, "/onlineagent/101/updateGuid", Some(&old), None)
+        .await
+        .unwrap();
+    assert!(headers.get("set-guid").is_none());
+    assert_eq!(answer["retcode"], "0");
+    let new = answer["result"]["guid"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(gw.sim.current_guid(AGENT), Some(new.clone()));
+    let answer = gw
+        .call(Method::POST, "/recordplay/101/pauseplay", &old)
+        .await;
+    assert_eq!(answer["retcode"], "100-006");
+    let answer = gw
+        .call(Method::POST, "/recordplay/101/pauseplay", &new)
+        .await;
+    assert_eq!(answer["retcode"], "500-003");
 }

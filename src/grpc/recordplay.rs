@@ -58,16 +58,18 @@ impl RecordPlayApi {
                     match sub.next().await {
                         Next::Event(e) => match e.play_type {
                             Some(PlayEventType::PlaySucceeded) => return Ok(e.sequence),
-                            Some(PlayEventType::PlayFailed) => return Err(with_info(
-                                Code::FailedPrecondition,
-                                format!(
+                            Some(PlayEventType::PlayFailed) => {
+                                return Err(with_info(
+                                    Code::FailedPrecondition,
+                                    format!(
                                     "the gateway reported AgentMediaEvent_Play_Fail (sequence {})",
                                     e.sequence
                                 ),
-                                BRIDGE_DOMAIN,
-                                "PLAY_FAILED",
-                                &[("sequence", e.sequence.to_string())],
-                            )),
+                                    BRIDGE_DOMAIN,
+                                    "PLAY_FAILED",
+                                    &[("sequence", e.sequence.to_string())],
+                                ))
+                            }
                             _ => {}
                         },
                         Next::Ended(end) => return Err(watch::ended_status(session, end)),

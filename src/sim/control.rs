@@ -13,6 +13,7 @@ pub(crate) const PREFIX: &str = "/_sim/";
 /// Largest event body accepted.
 const MAX_BODY: usize = 1 << 20;
 
+/// Serves one control-plane request (anything under [`PREFIX`]).
 pub(crate) async fn handle(
     shared: &Shared,
     method: &Method,

@@ -105,12 +105,14 @@ pub(crate) struct FaultTable {
 }
 
 impl FaultTable {
+    /// Appends a fault (one with a count of 0 would never fire and is ignored).
     pub fn add(&self, fault: Fault) {
         if fault.count != Some(0) {
             lock(&self.faults).push(fault);
         }
     }
 
+    /// Removes every fault.
     pub fn clear(&self) {
         lock(&self.faults).clear()
     }

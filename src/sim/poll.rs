@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use http::header::HeaderName;
+use http::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -34,15 +35,14 @@ pub(crate) async fn poll(shared: &Shared, agent_id: &str, guid: Option<&str>) ->
         if let Some(answer) = farewell_for_guid(&mut state, guid) {
             return render(shared, answer);
         }
-        let serial = match state.authenticate(guid, now) {
+        match state.authenticate(guid, now) {
             Ok(session) => {
                 session.polls_in_flight += 1;
-                session.serial
+                session.poll_ticket += 1;
+                (session.serial, session.poll_ticket)
             }
             Err(retcode) => return Reply::retcode(retcode),
-        };
-        state.poll_ticket += 1;
-        (serial, state.poll_ticket)
+        }
     };
     // Let an older held poll notice it has been replaced.
     agent.wake();
@@ -64,6 +64,8 @@ pub(crate) async fn poll(shared: &Shared, agent_id: &str, guid: Option<&str>) ->
         tokio::select! {
             _ = woken => {}
             _ = tokio::time::sleep_until(wake_at) => {}
+            // The connection is going away too; just do not outlive the simulator.
+            _ = shared.shutdown.cancelled() => return Reply::html(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }
@@ -76,14 +78,19 @@ fn farewell_for_guid(state: &mut AgentState, guid: Option<&str>) -> Option<Answe
     if !farewell.guids.iter().any(|g| g == guid) {
         return None;
     }
-    let serial = farewell.serial;
-    Some(take_farewell(state, serial))
+    let (serial, ticket) = (farewell.serial, farewell.poll_ticket);
+    Some(take_farewell(state, serial, ticket))
 }
 
-fn take_farewell(state: &mut AgentState, serial: u64) -> Answer {
+/// The next thing the ended session `serial` owes the poll holding `ticket`.
+fn take_farewell(state: &mut AgentState, serial: u64, ticket: u64) -> Answer {
     let Some(farewell) = state.farewell.as_mut().filter(|f| f.serial == serial) else {
         return Answer::Refused(NOT_SIGNED_IN);
     };
+    if farewell.poll_ticket != ticket {
+        // Replaced by a newer poll of the same session, which gets the farewell.
+        return Answer::Empty(None);
+    }
     let event = farewell.events.pop_front();
     if farewell.events.is_empty() {
         state.farewell = None;
@@ -100,13 +107,13 @@ fn step(
     ticket: u64,
     last_look: bool,
 ) -> Result<Answer, Option<Instant>> {
-    if ticket != state.poll_ticket {
+    let Some(session) = state.session.as_mut().filter(|s| s.serial == serial) else {
+        return Ok(take_farewell(state, serial, ticket));
+    };
+    if session.poll_ticket != ticket {
         // Replaced by a newer poll, which gets whatever is pending.
         return Ok(Answer::Empty(None));
     }
-    let Some(session) = state.session.as_mut().filter(|s| s.serial == serial) else {
-        return Ok(take_farewell(state, serial));
-    };
     let now = Instant::now();
     let has_event = !session.events.is_empty();
     let rotation_due = session.rotation_due(now);

@@ -52,6 +52,7 @@ pub(crate) struct RequestLog {
 }
 
 impl RequestLog {
+    /// Records a request and wakes the waiters.
     pub fn push(&self, request: RecordedRequest) {
         {
             let mut entries = lock(&self.entries);
@@ -63,14 +64,17 @@ impl RequestLog {
         self.added.notify_waiters();
     }
 
+    /// A copy of the recorded requests, oldest first.
     pub fn all(&self) -> Vec<RecordedRequest> {
         lock(&self.entries).iter().cloned().collect()
     }
 
+    /// Forgets every recorded request.
     pub fn clear(&self) {
         lock(&self.entries).clear()
     }
 
+    /// The first recorded request matching `pred`, waiting for new ones until one matches.
     pub async fn wait_for(&self, pred: impl Fn(&RecordedRequest) -> bool) -> RecordedRequest {
         loop {
             let added = self.added.notified();

@@ -185,8 +185,10 @@ pub(crate) async fn handle(
     match fault {
         Some(FaultKind::DropAfterEffect) => Err(Dropped),
         Some(FaultKind::Latency(delay)) => {
-            tokio::time::sleep(delay).await;
-            Ok(reply.into_response())
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => Ok(reply.into_response()),
+                _ = shared.shutdown.cancelled() => Err(Dropped),
+            }
         }
         _ => Ok(reply.into_response()),
     }

@@ -19,6 +19,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// single multiplexed connection.
 const MAX_H2_STREAMS: u32 = 20_000;
 
+/// Accepts connections until shutdown, each served by its own task.
 pub(crate) async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {

@@ -44,6 +44,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Fresh state for a simulator configured by `config`.
     pub fn new(config: SimConfig) -> Shared {
         Shared {
             agents: Agents::new(&config),
@@ -60,6 +61,7 @@ impl Shared {
         }
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> SimStats {
         SimStats {
             requests: self.requests.load(Ordering::Relaxed),

@@ -35,6 +35,7 @@ pub(crate) struct Agents {
 }
 
 impl Agents {
+    /// An empty registry following the auth mode of `config`.
     pub fn new(config: &SimConfig) -> Agents {
         Agents {
             map: RwLock::new(HashMap::new()),
@@ -42,6 +43,7 @@ impl Agents {
         }
     }
 
+    /// The agent, if it ever signed in.
     pub fn get(&self, id: &str) -> Option<Arc<Agent>> {
         self.map
             .read()
@@ -50,6 +52,7 @@ impl Agents {
             .cloned()
     }
 
+    /// The agent, created on its first sign-in.
     pub fn get_or_create(&self, id: &str) -> Arc<Agent> {
         if let Some(agent) = self.get(id) {
             return agent;
@@ -97,6 +100,7 @@ impl Agents {
         });
     }
 
+    /// Queues an event object as given (ignored when the agent has no session).
     pub fn queue_raw_event(&self, id: &str, event: Value) {
         self.with_agent(id, |state| {
             if let Some(session) = state.session.as_mut() {
@@ -105,11 +109,13 @@ impl Agents {
         });
     }
 
+    /// Whether the agent has a session.
     pub fn signed_in(&self, id: &str) -> bool {
         self.get(id)
             .is_some_and(|agent| agent.lock().session.is_some())
     }
 
+    /// The newest Guid of the agent's session.
     pub fn current_guid(&self, id: &str) -> Option<String> {
         let agent = self.get(id)?;
         let state = agent.lock();
@@ -136,6 +142,7 @@ impl Agents {
         }
     }
 
+    /// Time between automatic rotations (dynamic mode only).
     pub fn rotation_period(&self) -> Option<Duration> {
         match self.auth {
             AuthMode::Dynamic { rotate_every, .. } => Some(rotate_every),
@@ -160,6 +167,7 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// Locks the agent's state (never hold the guard across an await).
     pub fn lock(&self) -> MutexGuard<'_, AgentState> {
         lock(&self.state)
     }
@@ -169,6 +177,7 @@ impl Agent {
         self.wake.notify_waiters()
     }
 
+    /// A future completing at the next [`Agent::wake`].
     pub fn notified(&self) -> Notified<'_> {
         self.wake.notified()
     }
@@ -180,8 +189,6 @@ pub(crate) struct AgentState {
     pub session: Option<Session>,
     /// What the poller of a session that was ended *with* notification still has to receive.
     pub farewell: Option<Farewell>,
-    /// Incremented by every admitted poll; a held poll with an older ticket has been replaced.
-    pub poll_ticket: u64,
     next_serial: u64,
     /// Guids this agent was issued that are no longer valid (newest last, bounded), so a stale
     /// Guid is answered `100-006` ("not signed in" from that Guid's point of view) and only a
@@ -205,6 +212,7 @@ impl AgentState {
             events: VecDeque::new(),
             last_seen: now,
             polls_in_flight: 0,
+            poll_ticket: 0,
             play: Play::default(),
         })
     }
@@ -285,6 +293,7 @@ impl AgentState {
         events.push_back(shutdown);
         self.farewell = Some(Farewell {
             serial: session.serial,
+            poll_ticket: session.poll_ticket,
             guids,
             events,
         });
@@ -294,6 +303,8 @@ impl AgentState {
 /// The last events owed to the poller of an ended session.
 pub(crate) struct Farewell {
     pub serial: u64,
+    /// The ticket of the session's newest poll when it ended.
+    pub poll_ticket: u64,
     pub guids: Vec<String>,
     pub events: VecDeque<Value>,
 }
@@ -313,10 +324,13 @@ pub(crate) struct Session {
     pub events: VecDeque<Value>,
     pub last_seen: Instant,
     pub polls_in_flight: u32,
+    /// Incremented by every admitted poll; a held poll with an older ticket has been replaced.
+    pub poll_ticket: u64,
     pub play: Play,
 }
 
 impl Session {
+    /// The current Guid.
     pub fn guid(&self) -> &str {
         &self.guid
     }

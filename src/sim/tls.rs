@@ -21,6 +21,7 @@ pub(crate) struct SimCerts {
 }
 
 impl SimCerts {
+    /// Generates the CA and the leaf certificate (new keys on every start).
     pub fn generate() -> io::Result<SimCerts> {
         let mut ca_params =
             CertificateParams::new(Vec::<String>::new()).map_err(io::Error::other)?;

@@ -115,6 +115,7 @@ impl Reply {
         self
     }
 
+    /// The HTTP response (header values that are not valid are skipped).
     pub fn into_response(self) -> Response<Body> {
         let mut response = Response::new(Body::from(self.body));
         *response.status_mut() = self.status;

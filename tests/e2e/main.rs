@@ -1,4 +1,9 @@
 //! End-to-end tests: one test binary (links once), modules by area.
 
+mod events;
+mod faults;
 mod helpers;
+mod python;
 mod recordplay;
+mod retcodes;
+mod validation;

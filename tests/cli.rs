@@ -1,0 +1,241 @@
+//! `ccgw-bridge call …` against a real bridge: the built binary is run as an operator would run
+//! it, in front of the in-process bridge + simulator of the end-to-end harness.
+
+#[path = "e2e/helpers.rs"]
+mod helpers;
+
+use helpers::Harness;
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::time::timeout;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ccgw-bridge");
+/// Upper bound of any one CLI run (they take milliseconds; this only stops a hang).
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `ccgw-bridge call --addr <bridge> ARGS…`, with no `CCGW_*` variables inherited.
+fn cli(h: &Harness, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CCGW_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.arg("call")
+        .arg("--addr")
+        .arg(format!("http://{}", h.addr))
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(h: &Harness, args: &[&str]) -> Run {
+    let out = timeout(LIMIT, cli(h, args).output())
+        .await
+        .unwrap_or_else(|_| panic!("`call {args:?}` finished within {LIMIT:?}"))
+        .expect("the binary runs");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[track_caller]
+fn ok(r: &Run) {
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[tokio::test]
+async fn sign_in_play_watch_and_list_sessions() {
+    let h = Harness::start().await;
+    let dir = std::env::temp_dir().join(format!("ccgw-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = dir.join("agent-1001");
+    std::fs::write(&password, "secret\n").unwrap();
+
+    let signed_in = run(
+        &h,
+        &[
+            "sign-in",
+            "--agent",
+            "1001",
+            "--phone",
+            "88001",
+            "--password-file",
+            password.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await;
+    ok(&signed_in);
+    let session: Value = serde_json::from_str(signed_in.stdout.trim()).expect("one JSON line");
+    assert_eq!(session["agent_id"], "1001");
+    assert_eq!(session["state"], "SESSION_STATE_SIGNED_IN");
+    let session_id = session["session_id"].as_str().unwrap().to_owned();
+
+    // Watch from the start of the session: whether the stream opens before or after the play,
+    // the retained window delivers PLAY_SUCCEEDED.
+    let mut watch = cli(
+        &h,
+        &[
+            "watch",
+            "--agent",
+            "1001",
+            "--resume-after",
+            "0",
+            "--session",
+            &session_id,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("watch starts");
+
+    let played = run(
+        &h,
+        &[
+            "play",
+            "--agent",
+            "1001",
+            "--voice-path",
+            "/prompts/welcome.wav",
+            "--volume",
+            "60",
+            "--wait",
+        ],
+    )
+    .await;
+    ok(&played);
+    assert!(
+        played.stdout.starts_with("ok ") && played.stdout.contains("outcome_sequence="),
+        "{}",
+        played.stdout
+    );
+
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let succeeded = timeout(LIMIT, async {
+        while let Some(line) = lines.next_line().await.expect("readable stdout") {
+            let hit = line.contains(" PLAY_SUCCEEDED AgentMediaEvent_Play_Succ ");
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(succeeded, "watch printed {seen:#?}");
+    let line = seen.last().unwrap();
+    assert!(line.starts_with('#'), "{line}");
+    assert!(line.ends_with(" {}"), "content printed as JSON: {line}");
+    watch.kill().await.expect("watch is killed");
+
+    let listed = run(&h, &["sessions", "--json"]).await;
+    ok(&listed);
+    let sessions: Vec<Value> = listed
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(sessions.len(), 1, "{}", listed.stdout);
+    assert_eq!(sessions[0]["agent_id"], "1001");
+    assert_eq!(sessions[0]["session_id"], session_id.as_str());
+    assert!(sessions[0]["last_sequence"].as_u64().unwrap() >= 1);
+
+    let human = run(&h, &["session", "--agent", "1001"]).await;
+    ok(&human);
+    assert!(
+        human
+            .stdout
+            .starts_with(&format!("1001 SIGNED_IN session={session_id} ")),
+        "{}",
+        human.stdout
+    );
+
+    let out = run(&h, &["sign-out", "--agent", "1001"]).await;
+    ok(&out);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_call_prints_code_and_fields_and_exits_1() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let r = run(&h, &["play", "--agent", "1001", "--voice-path", ""]).await;
+    assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.starts_with("error: INVALID_ARGUMENT"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("voice_path"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+
+    // A gRPC error with an ErrorInfo reason names it after the code.
+    let r = run(&h, &["session", "--agent", "1002"]).await;
+    assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("error: FAILED_PRECONDITION AGENT_NOT_SIGNED_IN: "),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_before_calling() {
+    let h = Harness::start().await;
+    // --resume-after without --session (sequences are per session).
+    let r = run(&h, &["watch", "--agent", "1001", "--resume-after", "3"]).await;
+    assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
+    // The password never comes from argv.
+    let r = run(
+        &h,
+        &[
+            "sign-in",
+            "--agent",
+            "1001",
+            "--phone",
+            "88001",
+            "--password",
+            "x",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
+    let r = run(
+        &h,
+        &[
+            "sign-in",
+            "--agent",
+            "1001",
+            "--phone",
+            "88001",
+            "--password-env",
+            "CCGW_TEST_UNSET_PASSWORD_VARIABLE",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("--password-env"), "{}", r.stderr);
+}

@@ -1,0 +1,428 @@
+//! Transport faults between the bridge and the gateway, end to end: each becomes the status
+//! design §3 prescribes (UNAVAILABLE only when the request surely did not take effect, UNKNOWN
+//! with reason OUTCOME_UNKNOWN when it may have), nothing is replayed, and the bridge and the
+//! agent's poll loop carry on.
+
+use crate::helpers::*;
+use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
+use ccgw_bridge::proto::*;
+use ccgw_bridge::sim::{Fault, FaultKind, FaultMatch, Interface as SimIface, Simulator};
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+use tonic_types::StatusExt;
+
+const BASE: &str = "/agentgateway/resource";
+
+/// What the caller must see for a fault.
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    code: Code,
+    reason: &'static str,
+}
+
+const OUTCOME_UNKNOWN: Expect = Expect {
+    code: Code::Unknown,
+    reason: "OUTCOME_UNKNOWN",
+};
+
+#[track_caller]
+fn assert_status(status: &Status, want: Expect, what: &str) {
+    assert_eq!(status.code(), want.code, "{what}: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("{what}: no ErrorInfo: {status:?}"));
+    assert_eq!(info.domain, "ccgw-bridge", "{what}: {status:?}");
+    assert_eq!(info.reason, want.reason, "{what}: {status:?}");
+}
+
+/// Whether the simulator applies the request before the fault strikes.
+fn has_effect(kind: &FaultKind) -> bool {
+    matches!(kind, FaultKind::Latency(_) | FaultKind::DropAfterEffect)
+}
+
+fn count(h: &Harness, method: &str, path: &str) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .count()
+}
+
+async fn watch(h: &Harness, agent: &str) -> Streaming<PlayEvent> {
+    h.play()
+        .await
+        .watch_play_events(WatchPlayEventsRequest {
+            agent_id: agent.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// Waits (bounded) for the next play event of type `t` on the stream.
+async fn next_of(events: &mut Streaming<PlayEvent>, t: PlayEventType, what: &str) -> PlayEvent {
+    let wait = async {
+        loop {
+            match events.next().await {
+                Some(Ok(e)) if e.r#type == t as i32 => return e,
+                Some(Ok(_)) => continue,
+                other => panic!("{what}: stream ended waiting for {t:?}: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no {t:?} within 5 s (poll loop dead?)"))
+}
+
+fn begin(agent: &str) -> BeginPlayRequest {
+    BeginPlayRequest {
+        agent_id: agent.into(),
+        voice_path: "/prompts/welcome.wav".into(),
+        ..Default::default()
+    }
+}
+
+fn stop(agent: &str) -> StopPlayRequest {
+    StopPlayRequest {
+        agent_id: agent.into(),
+    }
+}
+
+/// A request with a client deadline (for latency faults), else without one.
+fn request<T>(msg: T, deadline: Option<Duration>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(d) = deadline {
+        r.set_timeout(d);
+    }
+    r
+}
+
+/// The fault on `PUT .../play`: status, one request only, and then the agent plays normally.
+async fn fault_on_begin_play(
+    h: &Harness,
+    agent: &str,
+    kind: &FaultKind,
+    want: Expect,
+    deadline: Option<Duration>,
+) -> Status {
+    let what = format!("BeginPlay with {kind:?}");
+    h.sign_in(agent).await;
+    let mut events = watch(h, agent).await;
+    let mut play: RecordPlayServiceClient<Channel> = h.play().await;
+    let path = format!("{BASE}/recordplay/{agent}/play");
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::PathContains(path.clone()),
+        kind: kind.clone(),
+        count: Some(1),
+    });
+    let started = Instant::now();
+    let status = play
+        .begin_play(request(begin(agent), deadline))
+        .await
+        .expect_err(&what);
+    let took = started.elapsed();
+    assert_status(&status, want, &what);
+    if let Some(d) = deadline {
+        assert!(
+            took < d + Duration::from_millis(500),
+            "{what}: answered after {took:?}"
+        );
+    }
+    assert_eq!(
+        count(h, "PUT", &path),
+        1,
+        "{what}: the play request is never replayed"
+    );
+    if has_effect(kind) {
+        // Playback started although the caller saw an error; the poll loop reports it.
+        next_of(&mut events, PlayEventType::PlaySucceeded, &what).await;
+    } else {
+        play.begin_play(begin(agent)).await.expect(&what);
+        next_of(&mut events, PlayEventType::PlaySucceeded, &what).await;
+        assert_eq!(count(h, "PUT", &path), 2, "{what}");
+    }
+    play.stop_play(stop(agent)).await.expect(&what);
+    next_of(&mut events, PlayEventType::PlayStopped, &what).await;
+    status
+}
+
+/// The fault on `DELETE .../stopplay` during playback: status, one request, and then the agent
+/// stops (or has stopped) normally.
+async fn fault_on_stop_play(
+    h: &Harness,
+    agent: &str,
+    kind: &FaultKind,
+    want: Expect,
+    deadline: Option<Duration>,
+) -> Status {
+    let what = format!("StopPlay with {kind:?}");
+    h.sign_in(agent).await;
+    let mut events = watch(h, agent).await;
+    let mut play = h.play().await;
+    play.begin_play(BeginPlayRequest {
+        await_outcome: true,
+        ..begin(agent)
+    })
+    .await
+    .expect(&what);
+    let path = format!("{BASE}/recordplay/{agent}/stopplay");
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::PathContains(path.clone()),
+        kind: kind.clone(),
+        count: Some(1),
+    });
+    let started = Instant::now();
+    let status = play
+        .stop_play(request(stop(agent), deadline))
+        .await
+        .expect_err(&what);
+    let took = started.elapsed();
+    assert_status(&status, want, &what);
+    if let Some(d) = deadline {
+        assert!(
+            took < d + Duration::from_millis(500),
+            "{what}: answered after {took:?}"
+        );
+    }
+    assert_eq!(count(h, "DELETE", &path), 1, "{what}: never replayed");
+    if !has_effect(kind) {
+        play.stop_play(stop(agent)).await.expect(&what);
+    }
+    next_of(&mut events, PlayEventType::PlayStopped, &what).await;
+    // And the agent can play again.
+    play.begin_play(begin(agent)).await.expect(&what);
+    next_of(&mut events, PlayEventType::PlayStarted, &what).await;
+    status
+}
+
+/// Both scenarios, concurrently, on two agents of one bridge.
+async fn on_begin_and_stop(kind: FaultKind, want: Expect) -> (Status, Status) {
+    on_begin_and_stop_with(kind, want, None).await
+}
+
+async fn on_begin_and_stop_with(
+    kind: FaultKind,
+    want: Expect,
+    deadline: Option<Duration>,
+) -> (Status, Status) {
+    let h = Harness::start().await;
+    let (a, b) = tokio::join!(
+        fault_on_begin_play(&h, "1001", &kind, want, deadline),
+        fault_on_stop_play(&h, "1002", &kind, want, deadline),
+    );
+    // The bridge as a whole still serves.
+    let list = h
+        .sessions()
+        .await
+        .list_sessions(ListSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.sessions.len(), 2);
+    (a, b)
+}
+
+#[tokio::test]
+async fn http_503_is_unavailable() {
+    let (a, _) = on_begin_and_stop(
+        FaultKind::HttpStatus(503),
+        Expect {
+            code: Code::Unavailable,
+            reason: "GATEWAY_HTTP_STATUS",
+        },
+    )
+    .await;
+    let info = a.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["http_status"], "503");
+}
+
+#[tokio::test]
+async fn http_500_is_unknown() {
+    let (a, _) = on_begin_and_stop(
+        FaultKind::HttpStatus(500),
+        Expect {
+            code: Code::Unknown,
+            reason: "GATEWAY_HTTP_STATUS",
+        },
+    )
+    .await;
+    let info = a.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["http_status"], "500");
+}
+
+#[tokio::test]
+async fn malformed_body_is_outcome_unknown() {
+    on_begin_and_stop(FaultKind::MalformedBody, OUTCOME_UNKNOWN).await;
+}
+
+#[tokio::test]
+async fn non_json_content_type_is_outcome_unknown() {
+    let (a, _) = on_begin_and_stop(FaultKind::NonJsonContentType, OUTCOME_UNKNOWN).await;
+    assert!(a.message().contains("text/html"), "{}", a.message());
+}
+
+#[tokio::test]
+async fn truncated_answer_is_outcome_unknown() {
+    on_begin_and_stop(FaultKind::Truncated, OUTCOME_UNKNOWN).await;
+}
+
+#[tokio::test]
+async fn oversized_answer_is_outcome_unknown() {
+    let (a, _) = on_begin_and_stop(FaultKind::Oversized(2 << 20), OUTCOME_UNKNOWN).await;
+    assert!(a.message().contains("1048576"), "{}", a.message());
+}
+
+/// The simulator read the request, then closed the connection. From the bridge's side that is
+/// indistinguishable from a gateway that acted and lost the answer, so per design §3 the outcome
+/// is unknown (UNKNOWN), not UNAVAILABLE (which promises the operation did not happen).
+#[tokio::test]
+async fn dropped_connection_is_outcome_unknown() {
+    on_begin_and_stop(FaultKind::DropConnection, OUTCOME_UNKNOWN).await;
+}
+
+#[tokio::test]
+async fn drop_after_effect_is_outcome_unknown_and_never_replayed() {
+    // fault_on_begin_play asserts exactly one PUT .../play and that playback did start.
+    on_begin_and_stop(FaultKind::DropAfterEffect, OUTCOME_UNKNOWN).await;
+}
+
+#[tokio::test]
+async fn slow_gateway_within_a_client_deadline_is_deadline_exceeded() {
+    on_begin_and_stop_with(
+        FaultKind::Latency(Duration::from_secs(2)),
+        Expect {
+            code: Code::DeadlineExceeded,
+            reason: "GATEWAY_TIMEOUT",
+        },
+        Some(Duration::from_millis(300)),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn slow_gateway_beyond_the_request_timeout_is_deadline_exceeded() {
+    let h = Harness::with(fast_sim(), |c| {
+        c.gateway.request_timeout = Duration::from_millis(300)
+    })
+    .await;
+    h.sign_in("1001").await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(SimIface::PausePlay),
+        kind: FaultKind::Latency(Duration::from_secs(2)),
+        count: Some(1),
+    });
+    let started = Instant::now();
+    let status = expect_code(
+        h.play()
+            .await
+            .pause_play(PausePlayRequest {
+                agent_id: "1001".into(),
+            })
+            .await,
+        Code::DeadlineExceeded,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reason(&status), "GATEWAY_TIMEOUT");
+    // The poll loop (whose timeout is separate) and the bridge carry on.
+    h.play()
+        .await
+        .begin_play(begin("1001"))
+        .await
+        .expect("BeginPlay");
+}
+
+#[tokio::test]
+async fn poll_loop_survives_transport_faults() {
+    let h = Harness::with(fast_sim(), |c| {
+        c.sessions.poll.backoff_min = Duration::from_millis(10);
+        c.sessions.poll.backoff_max = Duration::from_millis(50);
+    })
+    .await;
+    let session = h.sign_in("1001").await;
+    let mut events = watch(&h, "1001").await;
+    for kind in [
+        FaultKind::HttpStatus(503),
+        FaultKind::MalformedBody,
+        FaultKind::DropConnection,
+        FaultKind::Truncated,
+    ] {
+        h.sim.add_fault(Fault {
+            matcher: FaultMatch::Interface(SimIface::Poll),
+            kind,
+            count: Some(1),
+        });
+    }
+    // Four polls fail (each backs off), then events flow again in the same session. Wait for
+    // five polls to arrive after the faults were added: each round forgets what was seen and
+    // waits for a poll that arrives afterwards.
+    let path = format!("{BASE}/agentevent/1001");
+    for _ in 0..5 {
+        h.sim.clear_requests();
+        let path = path.clone();
+        h.sim.wait_for_request(move |r| r.path == path).await;
+    }
+    h.play()
+        .await
+        .begin_play(begin("1001"))
+        .await
+        .expect("BeginPlay");
+    next_of(
+        &mut events,
+        PlayEventType::PlaySucceeded,
+        "after poll faults",
+    )
+    .await;
+    let got = h
+        .sessions()
+        .await
+        .get_session(GetSessionRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.session_id, session.session_id, "no re-sign-in");
+}
+
+#[tokio::test]
+async fn untrusted_gateway_certificate_is_unavailable() {
+    let sim1 = Simulator::start(fast_sim(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let sim2 = Simulator::start(fast_sim(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // Trusts sim1's CA, talks to sim2.
+    let mut config = config_for(&sim1);
+    config.gateway.base_url = sim2.url();
+    drop(sim1);
+    let h = Harness::bridge(sim2, config).await;
+    let status = expect_code(
+        h.sessions().await.sign_in(sign_in_request("1001")).await,
+        Code::Unavailable,
+    );
+    assert_eq!(reason(&status), "GATEWAY_UNREACHABLE", "{status:?}");
+    let msg = status.message();
+    assert!(
+        msg.contains("certificate") || msg.contains("UnknownIssuer"),
+        "the message names the certificate problem: {msg}"
+    );
+    // Nothing was sent over the failed handshake, nothing is held, the bridge still serves.
+    assert!(h.sim.requests().is_empty(), "{:?}", h.sim.requests());
+    let list = h
+        .sessions()
+        .await
+        .list_sessions(ListSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.sessions.is_empty(), "{list:?}");
+}
