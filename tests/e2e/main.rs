@@ -2,6 +2,7 @@
 
 mod events;
 mod faults;
+mod guid;
 mod helpers;
 mod python;
 mod recordplay;
