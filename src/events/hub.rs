@@ -288,10 +288,13 @@ mod tests {
             })
         );
         assert!(
-            h.subscribe(Some(6)).is_err(),
+            h.subscribe(Some(7)).is_err(),
             "future positions are refused"
         );
-        assert!(h.subscribe(Some(5)).is_ok());
+        assert!(
+            h.subscribe(Some(6)).is_ok(),
+            "after the newest: live from here"
+        );
     }
 
     #[tokio::test]
