@@ -4,6 +4,7 @@ mod events;
 mod faults;
 mod guid;
 mod helpers;
+mod ops;
 mod python;
 mod recordplay;
 mod retcodes;
