@@ -211,7 +211,11 @@ async fn metrics_count_what_happened() {
     assert_eq!(line(r#"ccgw_sessions{state="signed_in"}"#), 1.0);
     assert!(line("ccgw_watchers") >= 1.0);
     assert!(line("ccgw_events_received_total") >= 9.0);
-    assert!(line("ccgw_events_delivered_total") >= 9.0);
+    assert_eq!(
+        line("ccgw_events_delivered_total"),
+        3.0,
+        "one filtered watcher, three stops"
+    );
     assert!(line("ccgw_grpc_server_handling_seconds_count") >= 8.0);
     assert!(line("ccgw_gateway_request_seconds_count") >= 7.0);
     for series in [
