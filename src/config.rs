@@ -122,6 +122,80 @@ pub struct BridgeArgs {
     /// Upper bound of the graceful drain after SIGTERM.
     #[arg(long, env = "CCGW_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// Largest gRPC request message accepted, in bytes (requests are small; a cap stops abuse).
+    #[arg(long, env = "CCGW_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
+    /// HTTP/2 streams one client connection may have open at once (watchers count).
+    #[arg(long, env = "CCGW_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub max_concurrent_streams: u32,
+    /// Calls the bridge runs at once across all connections; more are refused with
+    /// RESOURCE_EXHAUSTED (reason TOO_MANY_REQUESTS) instead of queueing. Open streams do not count.
+    #[arg(long, env = "CCGW_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 ping interval on client connections (keeps idle watchers alive through proxies).
+    #[arg(long, env = "CCGW_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long, env = "CCGW_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http2_keepalive_timeout: Duration,
+    /// PEM certificate for TLS on the gRPC API listener (with --tls-key); off by default.
+    #[arg(long, env = "CCGW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CCGW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: callers must present a client certificate it signed (mutual TLS).
+    #[arg(long, env = "CCGW_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File holding a bearer token every API call must present (`authorization: Bearer …`).
+    #[arg(long, env = "CCGW_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// PEM material for TLS on the API listener.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Server certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// When set, callers must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<Vec<u8>>,
+}
+
+/// How the gRPC API listener serves and whom it lets in.
+#[derive(Clone)]
+pub struct ServerSettings {
+    /// Request message size cap.
+    pub max_request_bytes: usize,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Calls in flight across the bridge.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 keep-alive ping interval.
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keep-alive ping timeout.
+    pub keepalive_timeout: Duration,
+    /// TLS on the API listener.
+    pub tls: Option<ServerTls>,
+    /// Bearer token callers must present.
+    pub auth_token: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSettings")
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("tls", &self.tls.is_some())
+            .field(
+                "mtls",
+                &self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            )
+            .field("auth_token", &self.auth_token.is_some())
+            .finish()
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -168,6 +242,8 @@ pub struct Config {
     pub sign_out_on_shutdown: bool,
     /// Drain bound.
     pub drain_timeout: Duration,
+    /// API listener limits and caller authentication.
+    pub server: ServerSettings,
 }
 
 impl BridgeArgs {
@@ -235,6 +311,7 @@ impl BridgeArgs {
             Some(path) => load_agents(path, &limits, &|name| std::env::var(name).ok())?,
             None => Vec::new(),
         };
+        let server = self.server_settings()?;
         let mut sessions = SessionSettings {
             event_window: self.event_window,
             hold_credentials: !self.no_resign_in,
@@ -259,6 +336,56 @@ impl BridgeArgs {
             agents,
             sign_out_on_shutdown: !self.no_sign_out_on_shutdown,
             drain_timeout: self.drain_timeout,
+            server,
+        })
+    }
+
+    fn server_settings(&self) -> Result<ServerSettings, ConfigError> {
+        if self.max_request_bytes < 1024 {
+            return Err(invalid("--max-request-bytes must be at least 1024"));
+        }
+        if self.max_concurrent_streams == 0 || self.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "--max-concurrent-streams and --max-concurrent-requests must be at least 1",
+            ));
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls {
+                cert: read(cert, "--tls-cert")?,
+                key: read(key, "--tls-key")?,
+                client_ca: self
+                    .tls_client_ca
+                    .as_deref()
+                    .map(|p| read(p, "--tls-client-ca"))
+                    .transpose()?,
+            }),
+            _ => None,
+        };
+        let auth_token = match &self.auth_token_file {
+            Some(path) => {
+                refuse_world_readable(path, "--auth-token-file")?;
+                let raw = read(path, "--auth-token-file")?;
+                let token = String::from_utf8(raw)
+                    .map_err(|_| invalid("--auth-token-file: not UTF-8"))?
+                    .trim()
+                    .to_owned();
+                if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        "--auth-token-file: the token must be at least 16 characters without spaces",
+                    ));
+                }
+                Some(token.into_bytes())
+            }
+            None => None,
+        };
+        Ok(ServerSettings {
+            max_request_bytes: self.max_request_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_concurrent_requests: self.max_concurrent_requests,
+            keepalive_interval: self.http2_keepalive_interval,
+            keepalive_timeout: self.http2_keepalive_timeout,
+            tls,
+            auth_token,
         })
     }
 }

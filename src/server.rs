@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::gateway::{ClientBuildError, GatewayClient};
+use crate::grpc::auth::TokenCheck;
 use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
 use crate::proto::agent_session_service_server::AgentSessionServiceServer;
 use crate::proto::record_play_service_server::RecordPlayServiceServer;
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -56,6 +59,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    crate::install_crypto_provider();
     let metrics = Arc::new(Metrics::default());
     if config.gateway.insecure_skip_verify {
         tracing::warn!("--insecure-skip-verify: the gateway's certificate is NOT verified; anyone on the path can read agent passwords");
@@ -70,7 +74,31 @@ pub async fn run(
         limits: Arc::new(config.limits.clone()),
         metrics: metrics.clone(),
         default_timeout: config.gateway.request_timeout,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            config.server.max_concurrent_requests,
+        )),
     };
+    let limits = &config.server;
+    if limits.tls.is_none()
+        && limits.auth_token.is_none()
+        && !listeners
+            .grpc
+            .local_addr()
+            .is_ok_and(|a| a.ip().is_loopback())
+    {
+        tracing::warn!("the gRPC API listens beyond loopback without --tls-cert or --auth-token-file: any host that reaches it can sign agents in and play recordings");
+    }
+    let token = TokenCheck::new(limits.auth_token.clone());
+    let record_play = InterceptedService::new(
+        RecordPlayServiceServer::new(RecordPlayApi(bridge.clone()))
+            .max_decoding_message_size(limits.max_request_bytes),
+        token.clone(),
+    );
+    let agent_session = InterceptedService::new(
+        AgentSessionServiceServer::new(AgentSessionApi(bridge.clone()))
+            .max_decoding_message_size(limits.max_request_bytes),
+        token,
+    );
 
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
@@ -87,18 +115,28 @@ pub async fn run(
 
     let stop_grpc = CancellationToken::new();
     let grpc_addr = listeners.grpc.local_addr().ok();
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         // Idle watchers behind proxies and NATs are kept alive by HTTP/2 pings.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
+    if let Some(server_tls) = &limits.tls {
+        let mut tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(&server_tls.cert, &server_tls.key));
+        if let Some(ca) = &server_tls.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| RunError::Serve(format!("--tls-cert/--tls-key: {e}")))?;
+    }
+    let grpc = builder
         .add_service(health.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecordPlayServiceServer::new(RecordPlayApi(bridge.clone())))
-        .add_service(AgentSessionServiceServer::new(AgentSessionApi(
-            bridge.clone(),
-        )))
+        .add_service(record_play)
+        .add_service(agent_session)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stop_grpc.clone().cancelled_owned(),

@@ -24,11 +24,14 @@ impl Gateway {
             .await
             .expect("simulator starts");
         let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).expect("CA PEM");
-        let http = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
+        let http = {
+            ccgw_bridge::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .tls_certs_only([ca])
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
         Gateway { sim, http }
     }
 
@@ -714,16 +717,22 @@ async fn serves_h2_and_http1() {
     let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
     for (client, version) in [
         (
-            reqwest::Client::builder()
-                .tls_certs_only([ca.clone()])
-                .build(),
+            {
+                ccgw_bridge::install_crypto_provider();
+                reqwest::Client::builder()
+            }
+            .tls_certs_only([ca.clone()])
+            .build(),
             reqwest::Version::HTTP_2,
         ),
         (
-            reqwest::Client::builder()
-                .tls_certs_only([ca])
-                .http1_only()
-                .build(),
+            {
+                ccgw_bridge::install_crypto_provider();
+                reqwest::Client::builder()
+            }
+            .tls_certs_only([ca])
+            .http1_only()
+            .build(),
             reqwest::Version::HTTP_11,
         ),
     ] {

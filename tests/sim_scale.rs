@@ -47,9 +47,12 @@ async fn run(http1: bool) {
     .await
     .unwrap();
     let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
-    let mut builder = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .timeout(Duration::from_secs(30));
+    let mut builder = {
+        ccgw_bridge::install_crypto_provider();
+        reqwest::Client::builder()
+    }
+    .tls_certs_only([ca])
+    .timeout(Duration::from_secs(30));
     if http1 {
         builder = builder.http1_only();
     }

@@ -58,6 +58,9 @@ pub struct Poller {
     pub hub: Arc<Hub>,
     /// Unix ms of the last answered poll, for `Session.last_poll_at`.
     pub last_poll_at: Arc<AtomicU64>,
+    /// Counts answered polls (success or failure), so a call refused for its Guid can wait for
+    /// the poll that would carry a newer one.
+    pub polls: Arc<tokio::sync::watch::Sender<u64>>,
     /// Stops the loop.
     pub cancel: CancellationToken,
     /// Pacing.
@@ -77,6 +80,7 @@ impl Poller {
                 () = self.cancel.cancelled() => return PollEnd::Cancelled,
                 a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
             };
+            self.polls.send_modify(|n| *n += 1);
             let pause = match answer {
                 Ok(envelope) => {
                     failures = 0;

@@ -80,6 +80,7 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 impl GatewayClient {
     /// Builds the pooled HTTPS client from validated configuration.
     pub fn new(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, ClientBuildError> {
+        crate::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             // The gateway is a Tomcat application; HTTP/1.1 keep-alive is what it speaks, and
             // h2 stream limits would make held polls starve operation calls.
@@ -304,11 +305,14 @@ impl GatewayClient {
     }
 }
 
+/// Sorts a reqwest failure by whether the request can have reached the gateway. A connect-phase
+/// failure (TCP or TLS, including a connect timeout, which reqwest flags as both `connect` and
+/// `timeout`) surely did not.
 fn classify(err: &reqwest::Error, timeout: Duration) -> GatewayError {
-    if err.is_timeout() {
-        GatewayError::Timeout(timeout)
-    } else if err.is_connect() {
+    if err.is_connect() {
         GatewayError::Unreachable(chain(err))
+    } else if err.is_timeout() {
+        GatewayError::Timeout(timeout)
     } else {
         GatewayError::OutcomeUnknown(chain(err))
     }

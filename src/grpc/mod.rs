@@ -1,6 +1,7 @@
 //! The gRPC layer: validation, proto ⇄ domain mapping, and failures → `tonic::Status`.
 
 mod agent_session;
+pub mod auth;
 mod recordplay;
 pub mod status;
 pub mod validate;
@@ -29,6 +30,9 @@ pub struct Bridge {
     pub metrics: Arc<Metrics>,
     /// Bound for calls whose caller set no deadline (e.g. BeginPlay with await_outcome).
     pub default_timeout: Duration,
+    /// Permits for concurrently running calls (`--max-concurrent-requests`); excess calls are
+    /// refused at once rather than queued behind a slow gateway.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Bridge {
@@ -41,7 +45,16 @@ impl Bridge {
     ) -> Result<T, Status> {
         let started = Instant::now();
         let span = tracing::info_span!("rpc", method, agent_id, code = tracing::field::Empty);
-        let result = handler.instrument(span.clone()).await;
+        let result = match self.in_flight.clone().try_acquire_owned() {
+            Ok(_permit) => handler.instrument(span.clone()).await,
+            Err(_) => Err(status::with_info(
+                tonic::Code::ResourceExhausted,
+                "too many calls in flight on this bridge (--max-concurrent-requests); retry with backoff",
+                status::BRIDGE_DOMAIN,
+                "TOO_MANY_REQUESTS",
+                &[],
+            )),
+        };
         let code = match &result {
             Ok(_) => "OK",
             Err(s) => status::code_label(s.code()),

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How many times one call follows a newer Guid after a Guid refusal (see [`Sessions::call`]).
+pub const GUID_RETRIES: u32 = 16;
+
 /// Tunables of the session layer.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
@@ -30,8 +33,8 @@ pub struct SessionSettings {
     pub poll: PollSettings,
     /// Events retained per session for resume.
     pub event_window: usize,
-    /// After a Guid refusal, how long to wait for the poll loop to bring a newer Guid before
-    /// signing in again (dynamic auth delivers new Guids on poll answers).
+    /// After a Guid refusal, the longest wait for the poll loop's next answer to bring a newer
+    /// Guid before signing in again (dynamic auth delivers new Guids on poll answers).
     pub auth_retry_wait: Duration,
     /// Keep passwords in memory so the bridge can sign agents in again by itself.
     pub hold_credentials: bool,
@@ -44,7 +47,7 @@ impl Default for SessionSettings {
         Self {
             poll: PollSettings::default(),
             event_window: 4096,
-            auth_retry_wait: Duration::from_millis(500),
+            auth_retry_wait: Duration::from_secs(2),
             hold_credentials: true,
             resign_backoff_max: Duration::from_secs(30),
         }
@@ -262,6 +265,7 @@ impl Sessions {
             )),
             signed_in_at: SystemTime::now(),
             last_poll_at: Arc::new(AtomicU64::new(0)),
+            polls: Arc::new(tokio::sync::watch::Sender::new(0)),
             cancel: self.shared.shutdown.child_token(),
             signing_out: AtomicBool::new(false),
         });
@@ -284,6 +288,7 @@ impl Sessions {
             auth: session.auth.clone(),
             hub: session.hub.clone(),
             last_poll_at: session.last_poll_at.clone(),
+            polls: session.polls.clone(),
             cancel: session.cancel.clone(),
             settings: self.shared.settings.poll.clone(),
             metrics: self.shared.metrics.clone(),
@@ -402,6 +407,13 @@ impl Sessions {
 
     /// Calls an operation interface for a signed-in agent, with the Guid retry policy.
     ///
+    /// A refusal for the Guid (`100-006`/`000-003`) proves the operation did not take effect, so
+    /// the call is sent again: with each newer Guid the poll loop delivers (at most
+    /// [`GUID_RETRIES`] times: under fast rotation a retry can itself race the next rotation),
+    /// and once after signing in again with held credentials when no newer Guid comes. Every
+    /// other failure is returned as is: an operation that may have reached the gateway is never
+    /// replayed.
+    ///
     /// Returns the session the call was made in (it differs from the one before the call if the
     /// agent had to be signed in again) and the gateway's answer.
     pub async fn call(
@@ -412,43 +424,37 @@ impl Sessions {
         deadline: Option<Instant>,
     ) -> Result<(Arc<Session>, Envelope), SessionError> {
         let gw = &self.shared.gateway;
-        let session = self.current(agent_id, deadline).await?;
-        let sent = session.auth.current();
-        let refusal = match gw
-            .call(
-                iface,
-                agent_id,
-                &session.auth,
-                sent.guid.as_ref(),
-                body.clone(),
-                deadline,
-            )
-            .await
-        {
-            Ok(envelope) => return Ok((session, envelope)),
-            Err(e) if e.is_auth_rejection() => e,
-            Err(e) => return Err(e.into()),
-        };
-        let wait = remaining(self.shared.settings.auth_retry_wait, deadline);
-        let session = if newer_guid(&session.auth, sent.generation, wait).await {
-            session
-        } else if slot_has_creds(&*self.slot(agent_id)?) {
-            self.resign_in(agent_id, Some(&session), deadline).await?
-        } else {
-            return Err(refusal.into());
-        };
-        let sent = session.auth.current();
-        let envelope = gw
-            .call(
-                iface,
-                agent_id,
-                &session.auth,
-                sent.guid.as_ref(),
-                body,
-                deadline,
-            )
-            .await?;
-        Ok((session, envelope))
+        let mut session = self.current(agent_id, deadline).await?;
+        let mut guid_retries = 0;
+        let mut signed_in_again = false;
+        loop {
+            let sent = session.auth.current();
+            let refusal = match gw
+                .call(
+                    iface,
+                    agent_id,
+                    &session.auth,
+                    sent.guid.as_ref(),
+                    body.clone(),
+                    deadline,
+                )
+                .await
+            {
+                Ok(envelope) => return Ok((session, envelope)),
+                Err(e) if e.is_auth_rejection() => e,
+                Err(e) => return Err(e.into()),
+            };
+            let wait = remaining(self.shared.settings.auth_retry_wait, deadline);
+            if guid_retries < GUID_RETRIES && newer_guid(&session, sent.generation, wait).await {
+                guid_retries += 1;
+                continue;
+            }
+            if signed_in_again || !slot_has_creds(&*self.slot(agent_id)?) {
+                return Err(refusal.into());
+            }
+            session = self.resign_in(agent_id, Some(&session), deadline).await?;
+            signed_in_again = true;
+        }
     }
 
     /// Signs an agent out and forgets it (and its credentials). Its streams complete normally.
@@ -488,7 +494,7 @@ impl Sessions {
             .await;
         if matches!(&result, Err(e) if e.is_auth_rejection())
             && newer_guid(
-                &session.auth,
+                session,
                 sent.generation,
                 remaining(self.shared.settings.auth_retry_wait, deadline),
             )
@@ -678,13 +684,24 @@ fn remaining(wait: Duration, deadline: Option<Instant>) -> Duration {
     })
 }
 
-/// Waits up to `wait` for a Guid newer than `generation`; true if one is (or already was) there.
-async fn newer_guid(auth: &AgentAuth, generation: u64, wait: Duration) -> bool {
-    let mut rx = auth.subscribe();
-    let changed = tokio::time::timeout(wait, rx.wait_for(|s| s.generation != generation))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    changed
+/// After a Guid refusal: waits (at most `wait`) until either a Guid newer than `generation`
+/// arrives, or the next poll is answered without one. True if a newer Guid is there.
+///
+/// In dynamic authentication the gateway refuses the old Guid as soon as it has handed the new
+/// one to the poll, which the bridge may not have read yet; the poll answer in flight settles
+/// whether the Guid was rotated (retry with the new one) or is dead (sign in again).
+async fn newer_guid(session: &Session, generation: u64, wait: Duration) -> bool {
+    let mut guids = session.auth.subscribe();
+    let mut polls = session.polls.subscribe();
+    polls.borrow_and_update();
+    let settled = async {
+        tokio::select! {
+            _ = guids.wait_for(|s| s.generation != generation) => {}
+            _ = polls.changed() => {}
+        }
+    };
+    let _ = tokio::time::timeout(wait, settled).await;
+    session.auth.current().generation != generation
 }
 
 fn new_session_id() -> String {

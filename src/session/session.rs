@@ -46,6 +46,8 @@ pub struct Session {
     pub signed_in_at: SystemTime,
     /// Unix ms of the last answered poll (0 before the first).
     pub last_poll_at: Arc<AtomicU64>,
+    /// Answered polls, counted by the poll loop.
+    pub polls: Arc<tokio::sync::watch::Sender<u64>>,
     /// Stops the poll loop.
     pub(crate) cancel: CancellationToken,
     /// Set while the bridge signs the agent out, so the poll loop's `100-006` is not taken for

@@ -290,7 +290,11 @@ async fn drop_after_effect_is_outcome_unknown_and_never_replayed() {
     on_begin_and_stop(FaultKind::DropAfterEffect, OUTCOME_UNKNOWN).await;
 }
 
-#[tokio::test]
+/// The bridge answers DEADLINE_EXCEEDED a few milliseconds (5 %, at most 20 ms) before the
+/// caller's deadline; the caller's own tonic timer would say CANCELLED. Bridge, simulator and
+/// client share the test's runtime, so a single-threaded runtime that wakes up late fires both
+/// timers in one tick: run on several threads, as a real bridge and its callers would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_gateway_within_a_client_deadline_is_deadline_exceeded() {
     on_begin_and_stop_with(
         FaultKind::Latency(Duration::from_secs(2)),
@@ -425,4 +429,47 @@ async fn untrusted_gateway_certificate_is_unavailable() {
         .unwrap()
         .into_inner();
     assert!(list.sessions.is_empty(), "{list:?}");
+}
+
+/// A sign-in whose answer is lost may have signed the agent in at the gateway: the caller hears
+/// OUTCOME_UNKNOWN, the bridge holds nothing, and the gateway then reports the agent as already
+/// signed in until the caller takes it over with `force`.
+#[tokio::test]
+async fn lost_sign_in_answer_is_outcome_unknown_and_force_recovers() {
+    let h = Harness::start().await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(SimIface::Login),
+        kind: FaultKind::DropAfterEffect,
+        count: Some(1),
+    });
+    let mut sessions = h.sessions().await;
+    let status = sessions
+        .sign_in(sign_in_request("1001"))
+        .await
+        .expect_err("answer lost");
+    assert_status(&status, OUTCOME_UNKNOWN, "SignIn with DropAfterEffect");
+    assert!(h.sim.signed_in("1001"), "the sign-in took effect");
+    assert_eq!(count(&h, "PUT", &format!("{BASE}/onlineagent/1001")), 1);
+    let s = expect_code(
+        sessions
+            .get_session(GetSessionRequest {
+                agent_id: "1001".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN");
+    let s = expect_code(
+        sessions.sign_in(sign_in_request("1001")).await,
+        Code::AlreadyExists,
+    );
+    assert_eq!(reason(&s), "AGENT_ALREADY_SIGNED_IN");
+    let mut force = sign_in_request("1001");
+    force.force = true;
+    sessions.sign_in(force).await.expect("force takes it over");
+    h.play()
+        .await
+        .begin_play(begin("1001"))
+        .await
+        .expect("BeginPlay");
 }

@@ -31,11 +31,10 @@ pub fn fast_sim() -> SimConfig {
 pub fn config_for(sim: &Simulator) -> Config {
     let cli = Cli::try_parse_from(["ccgw-bridge", "--poll-gap", "10ms", "--drain-timeout", "5s"])
         .expect("flags parse");
-    let mut config = cli
+    let config = cli
         .bridge
         .validate(Some((sim.url(), sim.ca_pem().as_bytes().to_vec())))
         .expect("valid config");
-    config.sessions.auth_retry_wait = Duration::from_millis(300);
     config
 }
 

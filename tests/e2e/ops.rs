@@ -11,7 +11,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
 
-async fn health_watch(
+pub async fn health_watch(
     addr: std::net::SocketAddr,
     service: &str,
 ) -> tonic::Streaming<HealthCheckResponse> {
@@ -29,7 +29,7 @@ async fn health_watch(
         .into_inner()
 }
 
-async fn until_status(w: &mut tonic::Streaming<HealthCheckResponse>, want: ServingStatus) {
+pub async fn until_status(w: &mut tonic::Streaming<HealthCheckResponse>, want: ServingStatus) {
     loop {
         let r = tokio::time::timeout(Duration::from_secs(15), w.message())
             .await
