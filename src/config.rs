@@ -82,6 +82,10 @@ pub struct BridgeArgs {
     /// Log format.
     #[arg(long, env = "CCGW_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Export trace spans over OTLP/gRPC to this collector (e.g. http://otel-collector:4317).
+    /// Off by default. Callers' W3C `traceparent` metadata becomes the spans' parent.
+    #[arg(long, env = "CCGW_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Start the embedded CC-Gateway simulator on loopback and use it, with demo agent 1001.
     #[arg(long, env = "CCGW_SIMULATE")]
     pub simulate: bool,

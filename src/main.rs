@@ -6,7 +6,7 @@ use ccgw_bridge::config::{Cli, Command, Config, PinnedAgent, SimulateArgs};
 use ccgw_bridge::secret::Password;
 use ccgw_bridge::session::SignInParams;
 use ccgw_bridge::sim::{AuthMode, SimConfig, Simulator};
-use ccgw_bridge::telemetry::{init_logging, LogFormat};
+use ccgw_bridge::telemetry::{self, LogFormat};
 use ccgw_bridge::{run, Listeners};
 use clap::Parser;
 use std::process::ExitCode;
@@ -30,7 +30,14 @@ async fn main() -> ExitCode {
 }
 
 async fn bridge(cli: Cli) -> ExitCode {
-    init_logging(cli.bridge.log_format);
+    let telemetry =
+        match telemetry::init(cli.bridge.log_format, cli.bridge.otlp_endpoint.as_deref()) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("ccgw-bridge: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
     // Under --simulate the gateway is ours: start it first so its URL and CA enter the config.
     let simulator = if cli.bridge.simulate {
         let config = SimConfig {
@@ -97,7 +104,10 @@ async fn bridge(cli: Cli) -> ExitCode {
         grpc,
         admin: Some(admin),
     };
-    match run(listeners, config, shutdown_signal()).await {
+    let result = run(listeners, config, shutdown_signal()).await;
+    // The exporter flush blocks; keep it off the runtime's worker threads.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ccgw-bridge: {e}");
@@ -133,7 +143,7 @@ async fn wait_signal() {
 }
 
 async fn simulate_only(args: SimulateArgs) -> ExitCode {
-    init_logging(LogFormat::Text);
+    let telemetry = telemetry::init(LogFormat::Text, None);
     let config = SimConfig {
         poll_hold: args.poll_hold,
         play_duration: args.play_duration,
@@ -162,5 +172,8 @@ async fn simulate_only(args: SimulateArgs) -> ExitCode {
     println!("ca={}", sim.ca_path().display());
     wait_signal().await;
     sim.shutdown();
+    if let Ok(guard) = telemetry {
+        guard.shutdown();
+    }
     ExitCode::SUCCESS
 }

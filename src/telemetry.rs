@@ -219,15 +219,104 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
+/// Why tracing could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built (bad endpoint).
+    #[error("--otlp-endpoint: {0}")]
+    Otlp(String),
+}
+
+/// Keeps the OTLP pipeline alive; [`TelemetryGuard::shutdown`] flushes spans still buffered.
+#[must_use = "dropping the guard without shutdown() loses buffered spans"]
+pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl TelemetryGuard {
+    /// Flushes and stops the exporter (bounded by the SDK's own export timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.0 {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+static OTEL_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the global subscriber: `RUST_LOG`-style filtering (default `info`), text or JSON
+/// logs on stderr, and, when `otlp_endpoint` is given, spans exported over OTLP/gRPC with W3C
+/// trace context taken from callers' metadata.
+pub fn init(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<TelemetryGuard, TelemetryError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
+    let (otel, provider) = match otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            use opentelemetry::trace::TracerProvider as _;
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("ccgw-bridge")
+                        .build(),
+                )
+                .build();
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            OTEL_ENABLED.store(true, std::sync::atomic::Ordering::Release);
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("ccgw-bridge"));
+            (Some(layer), Some(provider))
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Ok(TelemetryGuard(provider))
+}
+
+struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Makes `span` a child of the caller's trace (`traceparent` metadata), when exporting.
+pub fn adopt_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if OTEL_ENABLED.load(std::sync::atomic::Ordering::Acquire) {
+        let parent =
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&Metadata(metadata)));
+        let _ = span.set_parent(parent);
+    }
 }

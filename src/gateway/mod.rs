@@ -21,6 +21,7 @@ use crate::telemetry::Metrics;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Where the gateway is and how to talk to it. Built and checked by `config`.
 #[derive(Clone)]
@@ -141,8 +142,17 @@ impl GatewayClient {
         deadline: Option<Instant>,
     ) -> Result<Envelope, GatewayError> {
         let started = Instant::now();
+        let span = tracing::info_span!(
+            "gateway",
+            otel.name = iface.name(),
+            otel.kind = "client",
+            interface = iface.name(),
+            agent_id,
+            retcode = tracing::field::Empty
+        );
         let result = self
             .exchange(iface, agent_id, auth, guid, body, deadline)
+            .instrument(span.clone())
             .await;
         let outcome = match &result {
             Ok(_) => "0",
@@ -158,6 +168,7 @@ impl GatewayClient {
             _ => self.set_reachable(true),
         }
         let elapsed = started.elapsed();
+        span.record("retcode", outcome);
         self.metrics.gateway_request(iface.name(), outcome, elapsed);
         tracing::debug!(
             interface = iface.name(),

@@ -37,11 +37,11 @@ fn session_proto(info: SessionInfo) -> Session {
 #[tonic::async_trait]
 impl AgentSessionService for AgentSessionApi {
     async fn sign_in(&self, request: Request<SignInRequest>) -> Result<Response<Session>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let deadline = deadline(&meta);
         let bridge = &self.0;
         bridge
-            .observe("SignIn", &r.agent_id, async {
+            .observe("SignIn", &r.agent_id, &meta, async {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 validate::password(&mut v, "password", &r.password);
@@ -74,11 +74,11 @@ impl AgentSessionService for AgentSessionApi {
         &self,
         request: Request<SignOutRequest>,
     ) -> Result<Response<SignOutResponse>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let deadline = deadline(&meta);
         let bridge = &self.0;
         bridge
-            .observe("SignOut", &r.agent_id, async {
+            .observe("SignOut", &r.agent_id, &meta, async {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 v.check()?;
@@ -94,10 +94,10 @@ impl AgentSessionService for AgentSessionApi {
         &self,
         request: Request<GetSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
         let bridge = &self.0;
         bridge
-            .observe("GetSession", &r.agent_id, async {
+            .observe("GetSession", &r.agent_id, &meta, async {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 v.check()?;
@@ -110,11 +110,12 @@ impl AgentSessionService for AgentSessionApi {
 
     async fn list_sessions(
         &self,
-        _request: Request<ListSessionsRequest>,
+        request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        let meta = request.into_parts().0;
         let bridge = &self.0;
         bridge
-            .observe("ListSessions", "", async {
+            .observe("ListSessions", "", &meta, async {
                 let sessions = bridge
                     .sessions
                     .list()
@@ -132,10 +133,10 @@ impl AgentSessionService for AgentSessionApi {
         &self,
         request: Request<WatchAgentEventsRequest>,
     ) -> Result<Response<Self::WatchAgentEventsStream>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
         let bridge = &self.0;
         bridge
-            .observe("WatchAgentEvents", &r.agent_id, async {
+            .observe("WatchAgentEvents", &r.agent_id, &meta, async {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 if r.resume_after.is_some() && r.session_id.is_empty() {

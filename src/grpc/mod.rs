@@ -15,7 +15,8 @@ use crate::telemetry::Metrics;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::{Request, Status};
+use tonic::metadata::MetadataMap;
+use tonic::Status;
 use tracing::Instrument;
 use validate::Limits;
 
@@ -41,10 +42,19 @@ impl Bridge {
         &self,
         method: &'static str,
         agent_id: &str,
+        metadata: &MetadataMap,
         handler: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let span = tracing::info_span!("rpc", method, agent_id, code = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = method,
+            otel.kind = "server",
+            method,
+            agent_id,
+            code = tracing::field::Empty
+        );
+        crate::telemetry::adopt_remote_parent(&span, metadata);
         let result = match self.in_flight.clone().try_acquire_owned() {
             Ok(_permit) => handler.instrument(span.clone()).await,
             Err(_) => Err(status::with_info(
@@ -70,8 +80,8 @@ impl Bridge {
 
 /// The caller's deadline from `grpc-timeout`, made slightly earlier than tonic's own timer so
 /// the bridge answers DEADLINE_EXCEEDED itself (tonic's timer answers CANCELLED).
-pub fn deadline<T>(request: &Request<T>) -> Option<Instant> {
-    let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
     let margin = (timeout / 20).min(Duration::from_millis(20));
     Some(Instant::now() + timeout - margin)

@@ -11,6 +11,7 @@ use crate::proto::*;
 use crate::session::Session;
 use std::sync::Arc;
 use std::time::Instant;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
 /// The record-play service over a [`Bridge`].
@@ -23,12 +24,13 @@ impl RecordPlayApi {
         &self,
         method: &'static str,
         agent_id: &str,
-        iface: Interface,
-        deadline: Option<Instant>,
+        meta: &MetadataMap,
         check: impl FnOnce(&mut Violations),
+        iface: Interface,
     ) -> Result<Response<PlayControlResponse>, Status> {
+        let deadline = deadline(meta);
         self.0
-            .observe(method, agent_id, async {
+            .observe(method, agent_id, meta, async {
                 let mut v = Violations::default();
                 self.0.limits.agent_id(&mut v, "agent_id", agent_id);
                 check(&mut v);
@@ -114,11 +116,11 @@ impl RecordPlayService for RecordPlayApi {
         &self,
         request: Request<BeginPlayRequest>,
     ) -> Result<Response<BeginPlayResponse>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let deadline = deadline(&meta);
         let bridge = &self.0;
         bridge
-            .observe("BeginPlay", &r.agent_id, async {
+            .observe("BeginPlay", &r.agent_id, &meta, async {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 bridge
@@ -187,9 +189,8 @@ impl RecordPlayService for RecordPlayApi {
         &self,
         request: Request<StopPlayRequest>,
     ) -> Result<Response<PlayControlResponse>, Status> {
-        let d = deadline(&request);
-        let r = request.into_inner();
-        self.control("StopPlay", &r.agent_id, Interface::StopPlay, d, |_| {})
+        let (meta, _, r) = request.into_parts();
+        self.control("StopPlay", &r.agent_id, &meta, |_| {}, Interface::StopPlay)
             .await
     }
 
@@ -197,34 +198,43 @@ impl RecordPlayService for RecordPlayApi {
         &self,
         request: Request<PausePlayRequest>,
     ) -> Result<Response<PlayControlResponse>, Status> {
-        let d = deadline(&request);
-        let r = request.into_inner();
-        self.control("PausePlay", &r.agent_id, Interface::PausePlay, d, |_| {})
-            .await
+        let (meta, _, r) = request.into_parts();
+        self.control(
+            "PausePlay",
+            &r.agent_id,
+            &meta,
+            |_| {},
+            Interface::PausePlay,
+        )
+        .await
     }
 
     async fn resume_play(
         &self,
         request: Request<ResumePlayRequest>,
     ) -> Result<Response<PlayControlResponse>, Status> {
-        let d = deadline(&request);
-        let r = request.into_inner();
-        self.control("ResumePlay", &r.agent_id, Interface::ResumePlay, d, |_| {})
-            .await
+        let (meta, _, r) = request.into_parts();
+        self.control(
+            "ResumePlay",
+            &r.agent_id,
+            &meta,
+            |_| {},
+            Interface::ResumePlay,
+        )
+        .await
     }
 
     async fn fast_forward(
         &self,
         request: Request<FastForwardRequest>,
     ) -> Result<Response<PlayControlResponse>, Status> {
-        let d = deadline(&request);
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
         self.control(
             "FastForward",
             &r.agent_id,
-            Interface::FastForward(r.seconds),
-            d,
+            &meta,
             |v| validate::jump_seconds(v, "seconds", r.seconds),
+            Interface::FastForward(r.seconds),
         )
         .await
     }
@@ -233,14 +243,13 @@ impl RecordPlayService for RecordPlayApi {
         &self,
         request: Request<RewindRequest>,
     ) -> Result<Response<PlayControlResponse>, Status> {
-        let d = deadline(&request);
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
         self.control(
             "Rewind",
             &r.agent_id,
-            Interface::Rewind(r.seconds),
-            d,
+            &meta,
             |v| validate::jump_seconds(v, "seconds", r.seconds),
+            Interface::Rewind(r.seconds),
         )
         .await
     }
@@ -251,10 +260,10 @@ impl RecordPlayService for RecordPlayApi {
         &self,
         request: Request<WatchPlayEventsRequest>,
     ) -> Result<Response<Self::WatchPlayEventsStream>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
         let bridge = &self.0;
         bridge
-            .observe("WatchPlayEvents", &r.agent_id, async {
+            .observe("WatchPlayEvents", &r.agent_id, &meta, async {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 let mut types = Vec::with_capacity(r.types.len());
