@@ -239,3 +239,88 @@ async fn usage_errors_exit_2_before_calling() {
     assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
     assert!(r.stderr.contains("--password-env"), "{}", r.stderr);
 }
+
+/// The README's promise: `ccgw-bridge --simulate`, then one `call` command plays an
+/// announcement, and `call watch` shows the live play sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_then_one_command_plays_and_watch_shows_it() {
+    let (grpc, admin) = (free_addr(), free_addr());
+    let mut bridge = Command::new(BIN)
+        .args(["--simulate", "--listen", &grpc.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("http://{grpc}");
+    // Ready once the demo agent is signed in: the session command succeeds.
+    let started = std::time::Instant::now();
+    loop {
+        let out = Command::new(BIN)
+            .args(["call", "--addr", &addr, "session", "--agent", "1001"])
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SIGNED_IN") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "demo agent never signed in"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut watch = Command::new(BIN)
+        .args(["call", "--addr", &addr, "watch", "--agent", "1001"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // The watch is registered once the bridge reports a watcher on the session.
+    loop {
+        let out = Command::new(BIN)
+            .args([
+                "call", "--addr", &addr, "--json", "session", "--agent", "1001",
+            ])
+            .output()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["watchers"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "watch never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let play = Command::new(BIN)
+        .args(["call", "--addr", &addr, "play", "--agent", "1001"])
+        .args(["--voice-path", "/prompts/welcome.wav", "--wait"])
+        .output()
+        .await
+        .unwrap();
+    assert!(play.status.success(), "{play:?}");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("PLAY_SUCCEEDED")) {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("watch prints the sequence")
+            .unwrap()
+            .expect("watch still running");
+        seen.push(line);
+    }
+    assert!(seen.iter().any(|l| l.contains("PLAY_STARTED")), "{seen:?}");
+    watch.kill().await.unwrap();
+    bridge.kill().await.unwrap();
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
