@@ -59,12 +59,12 @@ impl AgentSessionService for AgentSessionApi {
                     agent_type: r.agent_type,
                     status: r.status,
                 };
-                bridge
+                let session = bridge
                     .sessions
                     .sign_in(&r.agent_id, params, deadline)
                     .await?;
                 Ok(Response::new(session_proto(
-                    bridge.sessions.info(&r.agent_id)?,
+                    bridge.sessions.describe(&session),
                 )))
             })
             .await

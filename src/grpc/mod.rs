@@ -83,8 +83,9 @@ impl Bridge {
 pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
-    let margin = (timeout / 20).min(Duration::from_millis(20));
-    Some(Instant::now() + timeout - margin)
+    // Room for scheduling between tonic's timer (started on arrival) and this handler.
+    let margin = (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    Some(Instant::now() + timeout.saturating_sub(margin))
 }
 
 /// Parses the gRPC wire format `<1-8 digits><H|M|S|m|u|n>`.

@@ -54,10 +54,9 @@ impl RecordPlayApi {
         mut sub: crate::events::Subscription,
         deadline: Instant,
     ) -> Result<u64, Status> {
-        let wait =
-            async {
-                loop {
-                    match sub.next().await {
+        let wait = async {
+            loop {
+                match sub.next().await {
                         Next::Event(e) => match e.play_type {
                             Some(PlayEventType::PlaySucceeded) => return Ok(e.sequence),
                             Some(PlayEventType::PlayFailed) => {
@@ -72,6 +71,19 @@ impl RecordPlayApi {
                                     &[("sequence", e.sequence.to_string())],
                                 ))
                             }
+                            // Stopped before it succeeded or failed: no outcome will follow.
+                            Some(PlayEventType::PlayStopped) => {
+                                return Err(with_info(
+                                    Code::Aborted,
+                                    format!(
+                                        "the play was stopped before the gateway reported its outcome (sequence {})",
+                                        e.sequence
+                                    ),
+                                    BRIDGE_DOMAIN,
+                                    "PLAY_STOPPED",
+                                    &[("sequence", e.sequence.to_string())],
+                                ))
+                            }
                             _ => {}
                         },
                         Next::Ended(end) => return Err(watch::ended_status(session, end)),
@@ -83,8 +95,8 @@ impl RecordPlayApi {
                             &[],
                         )),
                     }
-                }
-            };
+            }
+        };
         match tokio::time::timeout_at(deadline.into(), wait).await {
             Ok(result) => result,
             Err(_) => Err(with_info(

@@ -578,6 +578,15 @@ impl Sessions {
         Ok(info_of(agent_id, &slot))
     }
 
+    /// A view of `session` itself (not of whatever the agent's slot holds by now), so a caller
+    /// is told about the session its own call produced.
+    pub fn describe(&self, session: &Session) -> SessionInfo {
+        let can_resign_in = self
+            .slot(&session.agent_id)
+            .is_ok_and(|slot| slot_has_creds(&slot));
+        view(session, session.state(), can_resign_in)
+    }
+
     /// Views of every agent the bridge holds, ordered by agent id.
     pub fn list(&self) -> Vec<SessionInfo> {
         let slots: Vec<(Arc<str>, Arc<Slot>)> = self
@@ -632,20 +641,14 @@ fn info_of(agent_id: &str, slot: &Slot) -> SessionInfo {
     let inner = slot.lock();
     let can_resign_in = inner.creds.is_some();
     match &inner.session {
-        Some(s) => SessionInfo {
-            agent_id: agent_id.to_owned(),
-            session_id: s.session_id.to_string(),
-            state: if inner.signing_in {
+        Some(s) => {
+            let state = if inner.signing_in {
                 State::SigningIn
             } else {
                 s.state()
-            },
-            signed_in_at: Some(s.signed_in_at),
-            watchers: s.hub.watchers(),
-            last_poll_at_ms: s.last_poll_at.load(Ordering::Relaxed),
-            last_sequence: s.hub.last_sequence(),
-            can_resign_in,
-        },
+            };
+            view(s, state, can_resign_in)
+        }
         None => SessionInfo {
             agent_id: agent_id.to_owned(),
             session_id: String::new(),
@@ -660,6 +663,19 @@ fn info_of(agent_id: &str, slot: &Slot) -> SessionInfo {
             last_sequence: 0,
             can_resign_in,
         },
+    }
+}
+
+fn view(s: &Session, state: State, can_resign_in: bool) -> SessionInfo {
+    SessionInfo {
+        agent_id: s.agent_id.to_string(),
+        session_id: s.session_id.to_string(),
+        state,
+        signed_in_at: Some(s.signed_in_at),
+        watchers: s.hub.watchers(),
+        last_poll_at_ms: s.last_poll_at.load(Ordering::Relaxed),
+        last_sequence: s.hub.last_sequence(),
+        can_resign_in,
     }
 }
 

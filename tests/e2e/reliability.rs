@@ -1269,12 +1269,9 @@ async fn black_holed_gateway_is_unavailable_and_not_ready() {
 /// follow, so the awaiting call should end at once with a precise status instead of hanging
 /// until its deadline (30 s, `--request-timeout`, when the caller set none).
 ///
-/// Fails today: `RecordPlayApi::await_outcome` (src/grpc/recordplay.rs) only ends on
-/// `PlaySucceeded`, `PlayFailed`, the end of the session or the deadline, and ignores
-/// `PlayStopped`. Found by `forced_sign_out_with_calls_and_streams_in_flight` under load (a
-/// retried BeginPlay and a retried StopPlay landed in the same new session). Un-ignore once fixed.
+/// Found by `forced_sign_out_with_calls_and_streams_in_flight` under load (a retried BeginPlay
+/// and a retried StopPlay landed in the same new session).
 #[tokio::test]
-#[ignore = "BUG: await_outcome ignores PLAY_STOPPED and waits for the deadline"]
 async fn an_awaited_outcome_ends_when_the_play_is_stopped_before_it_started() {
     let h = Harness::with(
         SimConfig {
@@ -1315,6 +1312,7 @@ async fn an_awaited_outcome_ends_when_the_play_is_stopped_before_it_started() {
     let after_stop = stopped.elapsed();
     eprintln!("awaited outcome after a stop: {result:?} after {took:?} ({after_stop:?} after StopPlayDone)");
     let status = result.expect_err("no outcome can come");
-    assert_ne!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(reason(&status), "PLAY_STOPPED");
     assert!(after_stop < Duration::from_secs(1), "{after_stop:?}");
 }
