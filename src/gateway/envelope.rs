@@ -48,7 +48,7 @@ impl Envelope {
             return Err(DecodeError::NoRetcode);
         };
         let retcode = match map.remove("retcode") {
-            Some(Value::String(s)) => s,
+            Some(Value::String(s)) if !s.is_empty() => s,
             // Lenient: some gateways' serializers may emit a bare number for success.
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(DecodeError::NoRetcode),
@@ -172,6 +172,10 @@ mod tests {
             Err(DecodeError::NotJson(_))
         ));
         assert_eq!(Envelope::decode(b"[1,2]"), Err(DecodeError::NoRetcode));
+        assert_eq!(
+            Envelope::decode(br#"{"retcode":""}"#),
+            Err(DecodeError::NoRetcode)
+        );
         assert_eq!(
             Envelope::decode(b"{\"message\":\"x\"}"),
             Err(DecodeError::NoRetcode)

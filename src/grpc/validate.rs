@@ -165,10 +165,10 @@ pub fn password(v: &mut Violations, field: &str, value: &str) {
 pub fn phone_number(v: &mut Violations, field: &str, value: &str) {
     if value.is_empty() {
         v.add(field, "must be set");
-    } else if value.len() > 24 {
-        v.add(field, "must be at most 24 digits");
     } else if !value.bytes().all(|b| b.is_ascii_digit()) {
         v.add(field, "must be decimal digits only");
+    } else if value.len() > 24 {
+        v.add(field, "must be at most 24 digits");
     }
 }
 

@@ -37,6 +37,30 @@ fn assert_status(status: &Status, want: Expect, what: &str) {
     assert_eq!(info.reason, want.reason, "{what}: {status:?}");
 }
 
+/// Whether the status was made by the client's own tonic deadline timer (CANCELLED "Timeout
+/// expired", source `TimeoutExpired`), not received from the bridge.
+fn is_local_timeout(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// As [`assert_status`], except that for a deadline a status made by the client's own timer is
+/// tolerated (returns false): see `slow_gateway_within_a_client_deadline_is_deadline_exceeded`.
+#[track_caller]
+fn assert_status_or_local_timeout(status: &Status, want: Expect, what: &str) -> bool {
+    if want.code == Code::DeadlineExceeded && is_local_timeout(status) {
+        return false;
+    }
+    assert_status(status, want, what);
+    true
+}
+
 /// Whether the simulator applies the request before the fault strikes.
 fn has_effect(kind: &FaultKind) -> bool {
     matches!(kind, FaultKind::Latency(_) | FaultKind::DropAfterEffect)
@@ -108,7 +132,7 @@ async fn fault_on_begin_play(
     kind: &FaultKind,
     want: Expect,
     deadline: Option<Duration>,
-) -> Status {
+) -> (Status, bool) {
     let what = format!("BeginPlay with {kind:?}");
     h.sign_in(agent).await;
     let mut events = watch(h, agent).await;
@@ -125,7 +149,7 @@ async fn fault_on_begin_play(
         .await
         .expect_err(&what);
     let took = started.elapsed();
-    assert_status(&status, want, &what);
+    let from_bridge = assert_status_or_local_timeout(&status, want, &what);
     if let Some(d) = deadline {
         assert!(
             took < d + Duration::from_millis(500),
@@ -147,7 +171,7 @@ async fn fault_on_begin_play(
     }
     play.stop_play(stop(agent)).await.expect(&what);
     next_of(&mut events, PlayEventType::PlayStopped, &what).await;
-    status
+    (status, from_bridge)
 }
 
 /// The fault on `DELETE .../stopplay` during playback: status, one request, and then the agent
@@ -158,7 +182,7 @@ async fn fault_on_stop_play(
     kind: &FaultKind,
     want: Expect,
     deadline: Option<Duration>,
-) -> Status {
+) -> (Status, bool) {
     let what = format!("StopPlay with {kind:?}");
     h.sign_in(agent).await;
     let mut events = watch(h, agent).await;
@@ -181,7 +205,7 @@ async fn fault_on_stop_play(
         .await
         .expect_err(&what);
     let took = started.elapsed();
-    assert_status(&status, want, &what);
+    let from_bridge = assert_status_or_local_timeout(&status, want, &what);
     if let Some(d) = deadline {
         assert!(
             took < d + Duration::from_millis(500),
@@ -196,19 +220,20 @@ async fn fault_on_stop_play(
     // And the agent can play again.
     play.begin_play(begin(agent)).await.expect(&what);
     next_of(&mut events, PlayEventType::PlayStarted, &what).await;
-    status
+    (status, from_bridge)
 }
 
 /// Both scenarios, concurrently, on two agents of one bridge.
 async fn on_begin_and_stop(kind: FaultKind, want: Expect) -> (Status, Status) {
-    on_begin_and_stop_with(kind, want, None).await
+    let ((a, _), (b, _)) = on_begin_and_stop_with(kind, want, None).await;
+    (a, b)
 }
 
 async fn on_begin_and_stop_with(
     kind: FaultKind,
     want: Expect,
     deadline: Option<Duration>,
-) -> (Status, Status) {
+) -> ((Status, bool), (Status, bool)) {
     let h = Harness::start().await;
     let (a, b) = tokio::join!(
         fault_on_begin_play(&h, "1001", &kind, want, deadline),
@@ -291,20 +316,31 @@ async fn drop_after_effect_is_outcome_unknown_and_never_replayed() {
 }
 
 /// The bridge answers DEADLINE_EXCEEDED a few milliseconds (5 %, at most 20 ms) before the
-/// caller's deadline; the caller's own tonic timer would say CANCELLED. Bridge, simulator and
-/// client share the test's runtime, so a single-threaded runtime that wakes up late fires both
-/// timers in one tick: run on several threads, as a real bridge and its callers would.
+/// caller's deadline, so that the caller's own tonic timer (which says CANCELLED) does not fire
+/// first. Bridge, simulator and client share this test's process: on a starved machine the
+/// client's timer can still win the race, which says nothing about the bridge. Such an attempt
+/// (recognised by its local `TimeoutExpired` source) is repeated, at most three times in all;
+/// every status the bridge itself sent must be DEADLINE_EXCEEDED, and it must have sent one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_gateway_within_a_client_deadline_is_deadline_exceeded() {
-    on_begin_and_stop_with(
-        FaultKind::Latency(Duration::from_secs(2)),
-        Expect {
-            code: Code::DeadlineExceeded,
-            reason: "GATEWAY_TIMEOUT",
-        },
-        Some(Duration::from_millis(300)),
-    )
-    .await;
+    let (mut begin_seen, mut stop_seen) = (false, false);
+    for _ in 0..3 {
+        let ((_, b), (_, s)) = on_begin_and_stop_with(
+            FaultKind::Latency(Duration::from_secs(2)),
+            Expect {
+                code: Code::DeadlineExceeded,
+                reason: "GATEWAY_TIMEOUT",
+            },
+            Some(Duration::from_millis(300)),
+        )
+        .await;
+        begin_seen |= b;
+        stop_seen |= s;
+        if begin_seen && stop_seen {
+            return;
+        }
+    }
+    panic!("the bridge never answered DEADLINE_EXCEEDED itself (BeginPlay {begin_seen}, StopPlay {stop_seen})");
 }
 
 #[tokio::test]
@@ -472,4 +508,28 @@ async fn lost_sign_in_answer_is_outcome_unknown_and_force_recovers() {
         .begin_play(begin("1001"))
         .await
         .expect("BeginPlay");
+}
+
+/// The helper above recognises what tonic's client timer produces (a server that never
+/// answers), and nothing the bridge sends.
+#[tokio::test]
+async fn local_timeouts_are_told_apart_from_bridge_statuses() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let status = RecordPlayServiceClient::new(channel)
+        .stop_play(request(stop("1001"), Some(Duration::from_millis(50))))
+        .await
+        .expect_err("nobody answers");
+    assert!(is_local_timeout(&status), "{status:?}");
+    let from_bridge = tonic::Status::deadline_exceeded("x");
+    assert!(!is_local_timeout(&from_bridge));
 }
