@@ -18,6 +18,11 @@ pub mod telemetry;
 pub mod proto {
     tonic::include_proto!("ccgw.v1");
 
+    /// Server traits, whose event streams carry pre-encoded frames (see `build.rs`).
+    pub mod server {
+        include!(concat!(env!("OUT_DIR"), "/server/ccgw.v1.rs"));
+    }
+
     /// Encoded descriptor set of the `ccgw.v1` protos, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/ccgw_descriptor.bin"));

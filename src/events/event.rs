@@ -1,31 +1,34 @@
-//! An agent event as the bridge keeps it: decoded once, numbered, shared by every watcher.
+//! An agent event as the bridge keeps it: decoded once, numbered, encoded once for the wire,
+//! shared by every watcher.
 
 use crate::gateway::RawEvent;
-use crate::proto::PlayEventType;
+use crate::proto::{AgentEvent, PlayEvent, PlayEventType};
+use bytes::Bytes;
+use prost::Message;
 use prost_types::value::Kind;
 use std::time::SystemTime;
 
-/// One numbered event. Watchers share it behind an `Arc`; it is never decoded twice.
+/// One numbered event. Watchers share it behind an `Arc`; it is never decoded or encoded twice.
 #[derive(Debug)]
 pub struct Event {
     /// Per-session number: 1, 2, 3 … without gaps.
     pub sequence: u64,
-    /// When the bridge received it.
-    pub received_at: SystemTime,
     /// The vendor's name, e.g. `AgentMediaEvent_Play_Succ`.
     pub event_type: String,
     /// `Some` for the record-play events `WatchPlayEvents` carries.
     pub play_type: Option<PlayEventType>,
-    /// The vendor's content as a protobuf `Struct` (null → empty; non-object → key `value`).
-    pub content: prost_types::Struct,
+    /// The event as an encoded `AgentEvent`.
+    pub agent_frame: Bytes,
+    /// The event as an encoded `PlayEvent`, for play events.
+    pub play_frame: Option<Bytes>,
 }
 
 /// The event that says the gateway signed the agent out (api-notes §6).
 pub const SHUTDOWN_SERVICE: &str = "AgentOther_ShutdownService";
 
 impl Event {
-    /// Builds the shared form of a raw event.
-    pub fn new(sequence: u64, raw: RawEvent) -> Self {
+    /// Numbers, converts and encodes a raw event of the session `session_id` of `agent_id`.
+    pub fn new(sequence: u64, raw: RawEvent, agent_id: &str, session_id: &str) -> Self {
         let content = prost_types::Struct {
             fields: raw
                 .content_object()
@@ -33,12 +36,39 @@ impl Event {
                 .map(|(k, v)| (k, json_to_proto(v)))
                 .collect(),
         };
+        let received_at = Some(SystemTime::now().into());
+        let play_type = play_type(&raw.event_type);
+        let play_frame = play_type.map(|t| {
+            Bytes::from(
+                PlayEvent {
+                    sequence,
+                    session_id: session_id.to_owned(),
+                    agent_id: agent_id.to_owned(),
+                    r#type: t as i32,
+                    event_type: raw.event_type.clone(),
+                    received_at,
+                    content: Some(content.clone()),
+                }
+                .encode_to_vec(),
+            )
+        });
+        let agent_frame = Bytes::from(
+            AgentEvent {
+                sequence,
+                session_id: session_id.to_owned(),
+                agent_id: agent_id.to_owned(),
+                event_type: raw.event_type.clone(),
+                received_at,
+                content: Some(content),
+            }
+            .encode_to_vec(),
+        );
         Event {
             sequence,
-            received_at: SystemTime::now(),
-            play_type: play_type(&raw.event_type),
             event_type: raw.event_type,
-            content,
+            play_type,
+            agent_frame,
+            play_frame,
         }
     }
 }
@@ -82,35 +112,52 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn content_shapes_convert() {
-        let ev = Event::new(
-            1,
+    fn event(name: &str, content: serde_json::Value) -> Event {
+        Event::new(
+            3,
             RawEvent {
-                event_type: "AgentMediaEvent_StopRecordDone".into(),
-                content: json!({"taskId": 5451, "jsonKey": ["a"], "n": null, "s": "1"}),
+                event_type: name.into(),
+                content,
             },
+            "1001",
+            "s1",
+        )
+    }
+
+    #[test]
+    fn content_shapes_convert_and_frames_decode() {
+        let ev = event(
+            "AgentMediaEvent_StopRecordDone",
+            json!({"taskId": 5451, "jsonKey": ["a"], "n": null, "s": "1"}),
         );
         assert_eq!(ev.play_type, None);
-        assert_eq!(ev.content.fields.len(), 4);
-        assert!(matches!(
-            ev.content.fields["jsonKey"].kind,
-            Some(Kind::ListValue(_))
-        ));
-        let bare = Event::new(
-            2,
-            RawEvent {
-                event_type: "AgentEvent_Call_Release".into(),
-                content: json!("1456403549-15"),
-            },
-        );
+        assert!(ev.play_frame.is_none());
+        let agent = AgentEvent::decode(ev.agent_frame.clone()).unwrap();
         assert_eq!(
-            bare.content.fields["value"].kind,
+            (
+                agent.sequence,
+                agent.agent_id.as_str(),
+                agent.session_id.as_str()
+            ),
+            (3, "1001", "s1")
+        );
+        let fields = agent.content.unwrap().fields;
+        assert_eq!(fields.len(), 4);
+        assert!(matches!(fields["jsonKey"].kind, Some(Kind::ListValue(_))));
+
+        let bare = AgentEvent::decode(
+            event("AgentEvent_Call_Release", json!("1456403549-15")).agent_frame,
+        )
+        .unwrap();
+        assert_eq!(
+            bare.content.unwrap().fields["value"].kind,
             Some(Kind::StringValue("1456403549-15".into()))
         );
-        assert_eq!(
-            play_type("AgentMediaEvent_JumpPlayDone"),
-            Some(PlayEventType::PlayJumped)
-        );
+
+        let play = event("AgentMediaEvent_JumpPlayDone", json!(null));
+        let p = PlayEvent::decode(play.play_frame.unwrap()).unwrap();
+        assert_eq!(p.r#type, PlayEventType::PlayJumped as i32);
+        assert!(p.content.unwrap().fields.is_empty());
+        assert!(p.received_at.is_some());
     }
 }

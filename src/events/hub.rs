@@ -73,11 +73,18 @@ pub struct Hub {
     watchers: AtomicU32,
     capacity: usize,
     metrics: Arc<Metrics>,
+    agent_id: Arc<str>,
+    session_id: Arc<str>,
 }
 
 impl Hub {
-    /// A hub retaining at most `capacity` events (at least 1).
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// A hub for one session, retaining at most `capacity` events (at least 1).
+    pub fn new(
+        capacity: usize,
+        metrics: Arc<Metrics>,
+        agent_id: Arc<str>,
+        session_id: Arc<str>,
+    ) -> Self {
         Self {
             window: RwLock::new(Window {
                 events: VecDeque::with_capacity(capacity.clamp(1, 64)),
@@ -88,6 +95,8 @@ impl Hub {
             watchers: AtomicU32::new(0),
             capacity: capacity.max(1),
             metrics,
+            agent_id,
+            session_id,
         }
     }
 
@@ -98,7 +107,12 @@ impl Hub {
             if w.end.is_some() {
                 return None;
             }
-            let event = Arc::new(Event::new(w.next_seq, raw));
+            let event = Arc::new(Event::new(
+                w.next_seq,
+                raw,
+                &self.agent_id,
+                &self.session_id,
+            ));
             w.next_seq += 1;
             if w.events.len() == self.capacity {
                 w.events.pop_front();
@@ -241,7 +255,12 @@ mod tests {
     }
 
     fn hub(cap: usize) -> Arc<Hub> {
-        Arc::new(Hub::new(cap, Arc::new(Metrics::default())))
+        Arc::new(Hub::new(
+            cap,
+            Arc::new(Metrics::default()),
+            Arc::from("1001"),
+            Arc::from("s"),
+        ))
     }
 
     async fn seq(sub: &mut Subscription) -> u64 {

@@ -1,9 +1,10 @@
 //! `ccgw.v1.AgentSessionService`.
 
+use super::frame::EncodedEvent;
 use super::status::Violations;
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
-use crate::proto::agent_session_service_server::AgentSessionService;
+use crate::proto::server::agent_session_service_server::AgentSessionService;
 use crate::proto::*;
 use crate::secret::Password;
 use crate::session::{SessionInfo, SignInParams, State};
@@ -127,7 +128,7 @@ impl AgentSessionService for AgentSessionApi {
             .await
     }
 
-    type WatchAgentEventsStream = EventStream<AgentEvent>;
+    type WatchAgentEventsStream = EventStream<EncodedEvent>;
 
     async fn watch_agent_events(
         &self,
@@ -148,15 +149,8 @@ impl AgentSessionService for AgentSessionApi {
                 v.check()?;
                 let (session, sub) =
                     watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;
-                let stream = watch::stream(session, sub, bridge.metrics.clone(), |s, e| {
-                    Some(AgentEvent {
-                        sequence: e.sequence,
-                        session_id: s.session_id.to_string(),
-                        agent_id: s.agent_id.to_string(),
-                        event_type: e.event_type.clone(),
-                        received_at: Some(e.received_at.into()),
-                        content: Some(e.content.clone()),
-                    })
+                let stream = watch::stream(session, sub, bridge.metrics.clone(), |e| {
+                    Some(EncodedEvent(e.agent_frame.clone()))
                 });
                 Ok(Response::new(stream))
             })

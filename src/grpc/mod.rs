@@ -2,6 +2,7 @@
 
 mod agent_session;
 pub mod auth;
+pub mod frame;
 mod recordplay;
 pub mod status;
 pub mod validate;

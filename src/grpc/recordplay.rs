@@ -1,12 +1,13 @@
 //! `ccgw.v1.RecordPlayService`.
 
+use super::frame::EncodedEvent;
 use super::status::{with_info, Violations, BRIDGE_DOMAIN};
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
-use crate::events::{Event, Next};
+use crate::events::Next;
 use crate::gateway::bodies::{to_bytes, PlayBody};
 use crate::gateway::Interface;
-use crate::proto::record_play_service_server::RecordPlayService;
+use crate::proto::server::record_play_service_server::RecordPlayService;
 use crate::proto::*;
 use crate::session::Session;
 use std::sync::Arc;
@@ -107,18 +108,6 @@ impl RecordPlayApi {
                 &[],
             )),
         }
-    }
-}
-
-fn play_event(session: &Session, e: &Event) -> PlayEvent {
-    PlayEvent {
-        sequence: e.sequence,
-        session_id: session.session_id.to_string(),
-        agent_id: session.agent_id.to_string(),
-        r#type: e.play_type.unwrap_or_default() as i32,
-        event_type: e.event_type.clone(),
-        received_at: Some(e.received_at.into()),
-        content: Some(e.content.clone()),
     }
 }
 
@@ -266,7 +255,7 @@ impl RecordPlayService for RecordPlayApi {
         .await
     }
 
-    type WatchPlayEventsStream = EventStream<PlayEvent>;
+    type WatchPlayEventsStream = EventStream<EncodedEvent>;
 
     async fn watch_play_events(
         &self,
@@ -297,9 +286,13 @@ impl RecordPlayService for RecordPlayApi {
                 v.check()?;
                 let (session, sub) =
                     watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;
-                let stream = watch::stream(session, sub, bridge.metrics.clone(), move |s, e| {
+                let stream = watch::stream(session, sub, bridge.metrics.clone(), move |e| {
                     let t = e.play_type?;
-                    (types.is_empty() || types.contains(&t)).then(|| play_event(s, e))
+                    if types.is_empty() || types.contains(&t) {
+                        e.play_frame.clone().map(EncodedEvent)
+                    } else {
+                        None
+                    }
                 });
                 Ok(Response::new(stream))
             })

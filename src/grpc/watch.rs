@@ -56,7 +56,7 @@ struct State<F> {
     make: F,
 }
 
-/// Turns a subscription into a gRPC stream; `make` filters and converts each event.
+/// Turns a subscription into a gRPC stream; `make` picks each event's shared frame (or skips it).
 pub fn stream<T, F>(
     session: Arc<Session>,
     sub: Subscription,
@@ -65,7 +65,7 @@ pub fn stream<T, F>(
 ) -> EventStream<T>
 where
     T: Send + 'static,
-    F: Fn(&Session, &Event) -> Option<T> + Send + Sync + 'static,
+    F: Fn(&Event) -> Option<T> + Send + Sync + 'static,
 {
     let state = State {
         sub,
@@ -78,7 +78,7 @@ where
         loop {
             match st.sub.next().await {
                 Next::Event(event) => {
-                    if let Some(msg) = (st.make)(&st.session, &event) {
+                    if let Some(msg) = (st.make)(&event) {
                         st.metrics.event_delivered();
                         return Some((Ok(msg), Some(st)));
                     }

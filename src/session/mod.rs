@@ -255,14 +255,18 @@ impl Sessions {
             )
             .into());
         }
+        let agent: Arc<str> = Arc::from(agent_id);
+        let session_id: Arc<str> = Arc::from(new_session_id().as_str());
         let session = Arc::new(Session {
-            agent_id: Arc::from(agent_id),
-            session_id: Arc::from(new_session_id().as_str()),
-            auth,
             hub: Arc::new(Hub::new(
                 self.shared.settings.event_window,
                 self.shared.metrics.clone(),
+                agent.clone(),
+                session_id.clone(),
             )),
+            agent_id: agent,
+            session_id,
+            auth,
             signed_in_at: SystemTime::now(),
             last_poll_at: Arc::new(AtomicU64::new(0)),
             polls: Arc::new(tokio::sync::watch::Sender::new(0)),
