@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::Endpoint;
-use tonic::{Code, Status};
+use tonic::Status;
 use tonic_types::StatusExt;
 
 /// Writes one line to stdout and flushes it, so a reader of a pipe sees each event at once;
@@ -264,7 +264,7 @@ pub fn describe_status(status: &Status) -> String {
         .get_details_error_info()
         .map(|i| i.reason)
         .filter(|r| !r.is_empty());
-    let mut out = format!("error: {}", code_name(status.code()));
+    let mut out = format!("error: {}", crate::grpc::status::code_label(status.code()));
     if let Some(reason) = reason {
         out.push(' ');
         out.push_str(&reason);
@@ -278,29 +278,6 @@ pub fn describe_status(status: &Status) -> String {
         }
     }
     out
-}
-
-/// The canonical upper-case name of a gRPC status code, as grpcurl and the gRPC docs print it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// A unary request carrying the `--timeout` deadline (sent as grpc-timeout and enforced by the
@@ -694,6 +671,7 @@ fn value_to_json(v: &prost_types::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[test]
     fn struct_numbers_keep_their_integer_form() {

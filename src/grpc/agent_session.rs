@@ -140,12 +140,7 @@ impl AgentSessionService for AgentSessionApi {
             .observe("WatchAgentEvents", &r.agent_id, &meta, async {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
-                if r.resume_after.is_some() && r.session_id.is_empty() {
-                    v.add(
-                        "session_id",
-                        "must be set with resume_after (sequences restart with every session)",
-                    );
-                }
+                watch::check_resume(&mut v, r.resume_after, &r.session_id);
                 v.check()?;
                 let (session, sub) =
                     watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;

@@ -111,6 +111,17 @@ impl RecordPlayApi {
     }
 }
 
+/// The play was accepted (or is about to be sent) but its outcome cannot be watched.
+fn outcome_not_observed(e: &dyn std::fmt::Display) -> Status {
+    with_info(
+        Code::Unknown,
+        format!("the outcome of the play cannot be observed: {e}"),
+        BRIDGE_DOMAIN,
+        "OUTCOME_NOT_OBSERVED",
+        &[],
+    )
+}
+
 #[tonic::async_trait]
 impl RecordPlayService for RecordPlayApi {
     async fn begin_play(
@@ -151,7 +162,7 @@ impl RecordPlayService for RecordPlayApi {
                     let sub = session
                         .hub
                         .subscribe(None)
-                        .map_err(|e| Status::internal(e.to_string()))?;
+                        .map_err(|e| outcome_not_observed(&e))?;
                     Some((session, sub))
                 } else {
                     None
@@ -170,7 +181,7 @@ impl RecordPlayService for RecordPlayApi {
                             let sub = used
                                 .hub
                                 .subscribe(Some(0))
-                                .map_err(|e| Status::internal(e.to_string()))?;
+                                .map_err(|e| outcome_not_observed(&e))?;
                             (used, sub)
                         };
                         let until =
@@ -277,12 +288,7 @@ impl RecordPlayService for RecordPlayApi {
                         Ok(t) => types.push(t),
                     }
                 }
-                if r.resume_after.is_some() && r.session_id.is_empty() {
-                    v.add(
-                        "session_id",
-                        "must be set with resume_after (sequences restart with every session)",
-                    );
-                }
+                watch::check_resume(&mut v, r.resume_after, &r.session_id);
                 v.check()?;
                 let (session, sub) =
                     watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;

@@ -149,7 +149,7 @@ impl Violations {
     }
 }
 
-/// A status's code as a static metrics label.
+/// A status code's canonical upper-case name (as grpcurl prints it); also the metrics label.
 pub fn code_label(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",

@@ -29,31 +29,36 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct VoicePathPolicy {
     patterns: Vec<String>,
+    prefixes: Vec<String>,
     globs: GlobSet,
 }
 
 impl VoicePathPolicy {
     /// Builds the policy from `--voice-path-allow` entries: a glob (`*` does not cross `/`,
-    /// `**` does) or, without glob characters, a path prefix.
+    /// a whole `**` component does) or, without glob characters, a plain string prefix
+    /// (`/prompts/` allows everything below that directory).
     pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
         let mut builder = GlobSetBuilder::new();
+        let mut prefixes = Vec::new();
         for p in patterns {
-            let glob = if p.contains(['*', '?', '[', '{']) {
-                p.clone()
+            if p.contains(['*', '?', '[', '{']) {
+                builder.add(GlobBuilder::new(p).literal_separator(true).build()?);
             } else {
-                format!("{}**", p)
-            };
-            builder.add(GlobBuilder::new(&glob).literal_separator(true).build()?);
+                prefixes.push(p.clone());
+            }
         }
         Ok(Self {
             patterns: patterns.to_vec(),
+            prefixes,
             globs: builder.build()?,
         })
     }
 
     fn allows(&self, path: &str) -> bool {
         let traversal = path.split(['/', '\\']).any(|seg| seg == "..");
-        !traversal && self.globs.is_match(path)
+        !traversal
+            && (self.prefixes.iter().any(|p| path.starts_with(p.as_str()))
+                || self.globs.is_match(path))
     }
 }
 
@@ -231,14 +236,30 @@ mod tests {
     fn allow_list_policy() {
         let l = Limits {
             voice_paths: Some(
-                VoicePathPolicy::new(&["/prompts/".into(), "Y:/*/*.V3".into()]).unwrap(),
+                VoicePathPolicy::new(&[
+                    "/prompts/".into(),
+                    "Y:/*/*.V3".into(),
+                    "/a/**/*.wav".into(),
+                ])
+                .unwrap(),
             ),
             ..Limits::default()
         };
-        for ok in ["/prompts/a.wav", "/prompts/x/y.wav", "Y:/6/1.V3"] {
+        for ok in [
+            "/prompts/a.wav",
+            "/prompts/x/y.wav",
+            "Y:/6/1.V3",
+            "/a/b/c/d.wav",
+        ] {
             assert!(!fails(|v| l.voice_path(v, "voice_path", ok)), "{ok}");
         }
-        for bad in ["/etc/passwd", "/prompts/../etc/passwd", "Y:/6/0/1.V3"] {
+        for bad in [
+            "/etc/passwd",
+            "/prompts/../etc/passwd",
+            "Y:/6/0/1.V3",
+            "/promptsX.wav",
+            "/a/b/c/d.mp3",
+        ] {
             assert!(fails(|v| l.voice_path(v, "voice_path", bad)), "{bad}");
         }
     }

@@ -3,7 +3,7 @@
 //! A stream is an `unfold` over the watcher's [`Subscription`]: no task and no queue per
 //! watcher, so an open stream costs a cursor, and dropping it (client cancel) releases it at once.
 
-use super::status::{with_info, BRIDGE_DOMAIN};
+use super::status::{with_info, Violations, BRIDGE_DOMAIN};
 use crate::events::{End, Event, Next, SubscribeError, Subscription};
 use crate::session::{Session, Sessions};
 use crate::telemetry::Metrics;
@@ -14,6 +14,16 @@ use tonic::{Code, Status};
 
 /// A boxed stream of messages, as tonic's generated traits want it.
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Resuming needs the session the sequence numbers belong to.
+pub fn check_resume(v: &mut Violations, resume_after: Option<u64>, session_id: &str) {
+    if resume_after.is_some() && session_id.is_empty() {
+        v.add(
+            "session_id",
+            "must be set with resume_after (sequences restart with every session)",
+        );
+    }
+}
 
 /// Where a watch starts, validated against the live session.
 pub fn subscribe(

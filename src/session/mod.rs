@@ -2,8 +2,8 @@
 //!
 //! Invariants (design §1): one live [`Session`] and one poll loop per agent; sign-in and
 //! sign-out for one agent never overlap (a per-agent lifecycle lock); a call refused for its
-//! Guid is retried exactly once, with the next Guid the poll loop delivers or after signing in
-//! again with held credentials; nothing else is retried.
+//! Guid is sent again with each newer Guid the poll loop delivers, or once after signing in
+//! again with held credentials; nothing else is retried (see [`Sessions::call`]).
 
 mod params;
 #[allow(clippy::module_inception)]

@@ -70,7 +70,7 @@ async fn play_and_stop(h: &Harness, agent: &str) -> u64 {
 async fn a_thousand_watchers_see_the_same_sequence_and_filters_hold() {
     let h = Harness::start().await;
     h.sign_in("1001").await;
-    // hyper serves 200 concurrent streams per connection by default: spread over channels.
+    // Spread over channels, as real callers would (streams per connection are capped).
     let mut channels = Vec::new();
     for _ in 0..10 {
         channels.push(h.channel().await);

@@ -315,7 +315,7 @@ async fn drop_after_effect_is_outcome_unknown_and_never_replayed() {
     on_begin_and_stop(FaultKind::DropAfterEffect, OUTCOME_UNKNOWN).await;
 }
 
-/// The bridge answers DEADLINE_EXCEEDED a few milliseconds (5 %, at most 20 ms) before the
+/// The bridge answers DEADLINE_EXCEEDED a little (a tenth, 5–100 ms) before the
 /// caller's deadline, so that the caller's own tonic timer (which says CANCELLED) does not fire
 /// first. Bridge, simulator and client share this test's process: on a starved machine the
 /// client's timer can still win the race, which says nothing about the bridge. Such an attempt
