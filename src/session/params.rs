@@ -1,8 +1,18 @@
 //! What a sign-in needs, held (password zeroized on drop) for re-sign-in.
 
-use crate::gateway::bodies::{to_bytes, SignInBody};
+use crate::gateway::bodies::SignInBody;
 use crate::secret::Password;
 use bytes::Bytes;
+use zeroize::Zeroizing;
+
+/// A byte buffer wiped on drop, as an owner `Bytes` can share.
+struct ZeroizingBuf(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// Credentials and gateway options of one agent's sign-in.
 #[derive(Clone, Debug)]
@@ -26,9 +36,10 @@ pub struct SignInParams {
 }
 
 impl SignInParams {
-    /// The JSON body for `login`/`forcelogin`.
+    /// The JSON body for `login`/`forcelogin`. It holds the password in clear, so its buffer
+    /// is wiped when the last reference to it (the HTTP client's, after sending) is dropped.
     pub fn body(&self) -> Bytes {
-        to_bytes(&SignInBody {
+        let body = SignInBody {
             password: self.password.expose(),
             phonenum: &self.phone_number,
             autoanswer: self.auto_answer,
@@ -36,7 +47,11 @@ impl SignInParams {
             releasephone: self.release_phone,
             agenttype: self.agent_type,
             status: self.status,
-        })
+        };
+        let mut buf = Zeroizing::new(Vec::with_capacity(128));
+        // Serializing these plain fields into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, &body);
+        Bytes::from_owner(ZeroizingBuf(buf))
     }
 
     /// Whether another sign-in request is for the same agent identity and settings, so that

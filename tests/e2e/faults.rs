@@ -533,3 +533,90 @@ async fn local_timeouts_are_told_apart_from_bridge_statuses() {
     let from_bridge = tonic::Status::deadline_exceeded("x");
     assert!(!is_local_timeout(&from_bridge));
 }
+
+/// Every fault is counted: gateway requests by outcome, poll errors by kind; and the poll loop
+/// keeps delivering events after its own polls failed.
+#[tokio::test]
+async fn faults_are_counted_in_metrics() {
+    use crate::guid::{metric, reqwest_metrics};
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let mut play = h.play().await;
+    let kinds = [
+        FaultKind::HttpStatus(503),
+        FaultKind::MalformedBody,
+        FaultKind::NonJsonContentType,
+        FaultKind::Truncated,
+        FaultKind::Oversized(2 << 20),
+    ];
+    for kind in kinds {
+        h.sim.add_fault(Fault {
+            matcher: FaultMatch::Interface(SimIface::StopPlay),
+            kind,
+            count: Some(1),
+        });
+        assert!(play.stop_play(stop("1001")).await.is_err());
+    }
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(SimIface::Poll),
+        kind: FaultKind::HttpStatus(502),
+        count: Some(2),
+    });
+    let mut events = h
+        .sessions()
+        .await
+        .watch_agent_events(WatchAgentEventsRequest {
+            agent_id: "1001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The held poll ends empty, then two polls fail; no event to await for that but the counter.
+    let started = Instant::now();
+    while metric(
+        &reqwest_metrics(&h).await,
+        r#"ccgw_poll_errors_total{kind="http_status"}"#,
+    ) < 2.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "polls never failed twice"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.sim.queue_event(
+        "1001",
+        serde_json::json!({"eventType": "AfterFaults", "workNo": "1001", "content": null}),
+    );
+    loop {
+        let e = events
+            .next()
+            .await
+            .expect("stream open")
+            .expect("stream ok");
+        if e.event_type == "AfterFaults" {
+            break;
+        }
+    }
+    let text = reqwest_metrics(&h).await;
+    let m = |s: &str| metric(&text, s);
+    assert_eq!(
+        m(r#"ccgw_gateway_requests_total{interface="stopPlay",retcode="http_status"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        m(r#"ccgw_gateway_requests_total{interface="stopPlay",retcode="outcome_unknown"}"#),
+        4.0
+    );
+    assert_eq!(m(r#"ccgw_poll_errors_total{kind="http_status"}"#), 2.0);
+    assert_eq!(
+        m(r#"ccgw_grpc_server_handled_total{grpc_method="StopPlay",grpc_code="UNKNOWN"}"#),
+        4.0
+    );
+    assert_eq!(
+        m(r#"ccgw_grpc_server_handled_total{grpc_method="StopPlay",grpc_code="UNAVAILABLE"}"#),
+        1.0
+    );
+}
