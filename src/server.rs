@@ -175,28 +175,37 @@ pub async fn run(
     set_health(&reporter, ServingStatus::NotServing).await;
     sessions.end_streams();
     stop_grpc.cancel();
+    // One budget for the whole drain. In-flight calls may use it all but a reserve that the
+    // sign-outs need (a quarter of it, at most a second); every later wait takes what is left.
     let deadline = started + config.drain_timeout;
+    let reserve = if config.sign_out_on_shutdown {
+        (config.drain_timeout / 4).min(Duration::from_secs(1))
+    } else {
+        Duration::ZERO
+    };
     let mut grpc = grpc;
-    let finished = tokio::time::timeout_at(deadline.into(), &mut grpc).await;
-    if finished.is_err() {
+    if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
+        .await
+        .is_err()
+    {
         tracing::warn!("gRPC calls still open at the drain deadline; closing them");
         grpc.abort();
     }
-    if config.sign_out_on_shutdown {
-        // Sign-outs get what is left of the drain, at least a second.
-        let until = deadline.max(Instant::now() + Duration::from_secs(1));
-        if tokio::time::timeout_at(until.into(), sessions.sign_out_all(Some(until)))
+    if config.sign_out_on_shutdown
+        && tokio::time::timeout_at(deadline.into(), sessions.sign_out_all(Some(deadline)))
             .await
             .is_err()
-        {
-            tracing::warn!("sign-outs still running at the drain deadline");
-        }
+    {
+        tracing::warn!("sign-outs still running at the drain deadline");
     }
     sessions.stop();
-    let _ = tokio::time::timeout(Duration::from_secs(1), sessions.wait_stopped()).await;
+    // Poll loops and the admin listener stop at once once cancelled; the floor only covers
+    // their wake-up when the budget is already spent.
+    let rest = || deadline.max(Instant::now() + Duration::from_millis(100));
+    let _ = tokio::time::timeout_at(rest().into(), sessions.wait_stopped()).await;
     stop_admin.cancel();
     if let Some(admin) = admin {
-        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+        let _ = tokio::time::timeout_at(rest().into(), admin).await;
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     Ok(())
