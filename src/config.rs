@@ -123,6 +123,11 @@ pub struct BridgeArgs {
     /// Leave agents signed in at the gateway when the bridge stops.
     #[arg(long, env = "CCGW_NO_SIGN_OUT_ON_SHUTDOWN")]
     pub no_sign_out_on_shutdown: bool,
+    /// Runtime worker threads. One suits a sidecar: the bridge mostly waits on I/O, and each
+    /// extra thread adds cross-thread wake-ups to every call (measured: a third more CPU per
+    /// call with two). Raise it for a shared multi-agent deployment on a larger host.
+    #[arg(long, env = "CCGW_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
     /// Upper bound of the graceful drain after SIGTERM.
     #[arg(long, env = "CCGW_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,

@@ -19,9 +19,27 @@ const EX_UNAVAILABLE: u8 = 69;
 /// Agent signed in automatically under `--simulate`, so one client command can play to it.
 const DEMO_AGENT: &str = "1001";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let workers = match cli.command {
+        None => usize::from(cli.bridge.worker_threads),
+        Some(_) => 2,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ccgw-bridge: cannot start the runtime: {e}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Simulate(args)) => simulate_only(args).await,
         Some(Command::Call(args)) => ccgw_bridge::cli::run(args).await,

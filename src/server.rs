@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -138,7 +138,9 @@ pub async fn run(
         .add_service(record_play)
         .add_service(agent_session)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            // `serve_with_incoming` skips the builder's `tcp_nodelay`: set it on the incoming
+            // stream, or small responses wait out Nagle and delayed ACKs (~40 ms).
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             stop_grpc.clone().cancelled_owned(),
         );
     let grpc = tokio::spawn(grpc);

@@ -249,15 +249,20 @@ pub fn init(
     format: LogFormat,
     otlp_endpoint: Option<&str>,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // Each layer filters for itself, so the per-call debug spans cost nothing unless the
+    // exporter (below) or RUST_LOG asks for them.
     let fmt = match format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
     };
     let (otel, provider) = match otlp_endpoint {
         None => (None, None),
@@ -281,12 +286,16 @@ pub fn init(
                 opentelemetry_sdk::propagation::TraceContextPropagator::new(),
             );
             OTEL_ENABLED.store(true, std::sync::atomic::Ordering::Release);
-            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("ccgw-bridge"));
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("ccgw-bridge"))
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("ccgw_bridge", tracing::Level::DEBUG),
+                );
             (Some(layer), Some(provider))
         }
     };
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();

@@ -142,7 +142,7 @@ impl GatewayClient {
         deadline: Option<Instant>,
     ) -> Result<Envelope, GatewayError> {
         let started = Instant::now();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "gateway",
             otel.name = iface.name(),
             otel.kind = "client",

@@ -47,7 +47,8 @@ impl Bridge {
         handler: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let span = tracing::info_span!(
+        // Debug level: free unless a layer wants it (the OTLP exporter, or RUST_LOG=debug).
+        let span = tracing::debug_span!(
             "rpc",
             otel.name = method,
             otel.kind = "server",

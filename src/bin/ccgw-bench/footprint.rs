@@ -1,0 +1,226 @@
+//! Scenario `footprint`: time from process start to SERVING, RSS idle, with signed-in idle agents
+//! and with many open watchers, and CPU while the agents sit in idle long polls. The simulator
+//! holds polls for the vendor's default 10 s here, so the idle cost is the production one.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
+use ccgw_bridge::proto::WatchPlayEventsRequest;
+use futures::StreamExt;
+
+use crate::clients::{self, Control};
+use crate::procs::{self, BoxError, CpuSample, CpuUse};
+use crate::report::{round, Report, Samples};
+
+pub struct Opts {
+    pub agents: usize,
+    /// Cumulative numbers of open watchers to measure at.
+    pub watcher_steps: Vec<usize>,
+    pub idle: Duration,
+    /// Bridge starts timed (start → SERVING).
+    pub starts: usize,
+}
+
+const STREAMS_PER_CONN: usize = 200;
+
+fn mib(kib: u64) -> f64 {
+    round(kib as f64 / 1024.0, 1)
+}
+
+pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
+    let mut report = Report::new("footprint");
+    let sim = procs::start_sim(bin, "10s", "600s")?;
+    let control = Control::new(&sim)?;
+
+    // Start → SERVING, no agents: fresh processes, each killed after measuring.
+    let mut starts = Vec::new();
+    for _ in 0..opts.starts.saturating_sub(1) {
+        let mut b = procs::spawn_bridge(bin, &sim, &[])?;
+        starts.push(
+            procs::wait_serving(&mut b, Duration::from_secs(30))
+                .await?
+                .as_nanos() as u64,
+        );
+    }
+    let mut bridge = procs::spawn_bridge(bin, &sim, &[])?;
+    starts.push(
+        procs::wait_serving(&mut bridge, Duration::from_secs(30))
+            .await?
+            .as_nanos() as u64,
+    );
+    let starts = Samples::new(starts);
+    let start_ms = starts.q(0.5) as f64 / 1e6;
+    report.target(
+        "start → SERVING (no agents), median",
+        format!(
+            "{start_ms:.1} ms (min {:.1}, max {:.1}, n={})",
+            starts.q(0.0) as f64 / 1e6,
+            starts.q(1.0) as f64 / 1e6,
+            starts.len()
+        ),
+        start_ms,
+        50.0,
+        false,
+        "≤ 50 ms",
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = bridge.proc.rss_kib();
+    report.target(
+        "RSS idle (SERVING, no agents)",
+        format!("{} MiB", mib(rss_idle)),
+        rss_idle as f64 / 1024.0,
+        15.0,
+        false,
+        "≤ 15 MiB",
+    );
+
+    let n = opts.agents;
+    let ids: Vec<String> = (0..n).map(|i| (500_000 + i).to_string()).collect();
+    let ch0 = clients::channel(&bridge.url).await?;
+    let t = Instant::now();
+    clients::sign_in_via_bridge(&ch0, &ids, 64).await?;
+    let sign_in_time = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_signed_in = bridge.proc.rss_kib();
+
+    let st0 = control.stats().await?;
+    let c0 = CpuSample::take(&bridge.proc, &sim.proc);
+    tokio::time::sleep(opts.idle).await;
+    let c1 = CpuSample::take(&bridge.proc, &sim.proc);
+    let st1 = control.stats().await?.since(st0);
+    let mut idle = CpuUse::default();
+    idle.add(c0, c1);
+    let rss_agents = bridge.proc.rss_kib();
+    let idle_pct = CpuUse::pct(idle.bridge, idle.wall);
+    report.info(
+        format!("sign-in of {n} agents through the bridge"),
+        format!("{:.2} s", sign_in_time.as_secs_f64()),
+    );
+    report.info(
+        format!("RSS with {n} signed-in idle agents"),
+        format!(
+            "{} MiB ({:.1} KiB per agent; {} MiB right after sign-in)",
+            mib(rss_agents),
+            (rss_agents as f64 - rss_idle as f64) / n as f64,
+            mib(rss_signed_in)
+        ),
+    );
+    report.target(
+        format!("bridge CPU, {n} agents in idle long polls"),
+        format!(
+            "{idle_pct:.2}% of a core ({:.0} ms in {:.1} s; {:.0} polls/s)",
+            idle.bridge.as_secs_f64() * 1000.0,
+            idle.wall.as_secs_f64(),
+            st1.polls as f64 / idle.wall.as_secs_f64()
+        ),
+        idle_pct,
+        3.0,
+        false,
+        "≤ 3 % (at 1,000 agents)",
+    );
+    report.info(
+        "simulator CPU / other processes in the same window",
+        format!(
+            "{:.2}% / {:.0}% of a core",
+            CpuUse::pct(idle.sim, idle.wall),
+            idle.foreign_pct()
+        ),
+    );
+
+    // Open watchers, spread over the agents and over connections of STREAMS_PER_CONN streams.
+    let mut channels = Vec::new();
+    let mut held = Vec::new();
+    let mut json_steps = Vec::new();
+    let mut last_per_stream = 0.0;
+    for &target in &opts.watcher_steps {
+        let from = held.len();
+        while channels.len() < target.div_ceil(STREAMS_PER_CONN) {
+            channels.push(clients::channel(&bridge.url).await?);
+        }
+        let t = Instant::now();
+        let opened: Vec<Result<tonic::Streaming<_>, BoxError>> =
+            futures::stream::iter(from..target)
+                .map(|k| {
+                    let mut client =
+                        RecordPlayServiceClient::new(channels[k / STREAMS_PER_CONN].clone());
+                    let id = ids[k % n].clone();
+                    async move {
+                        Ok(client
+                            .watch_play_events(WatchPlayEventsRequest {
+                                agent_id: id,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|s| format!("WatchPlayEvents: {s}"))?
+                            .into_inner())
+                    }
+                })
+                .buffer_unordered(256)
+                .collect()
+                .await;
+        for o in opened {
+            held.push(o?);
+        }
+        let open_time = t.elapsed();
+        let w = clients::bridge_watchers(&ch0).await?;
+        if w != target as u64 {
+            return Err(format!("the bridge reports {w} watchers, expected {target}").into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = bridge.proc.rss_kib();
+        let per_stream = (rss as f64 - rss_agents as f64) / target as f64;
+        last_per_stream = per_stream;
+        report.info(
+            format!("RSS with {target} open watchers"),
+            format!(
+                "{} MiB ({per_stream:.2} KiB per stream; opened in {:.1} s over {} conns)",
+                mib(rss),
+                open_time.as_secs_f64(),
+                channels.len()
+            ),
+        );
+        json_steps.push(serde_json::json!({
+            "watchers": target, "rss_kib": rss, "kib_per_stream": round(per_stream, 3),
+            "open_s": round(open_time.as_secs_f64(), 2),
+        }));
+    }
+    let biggest = opts.watcher_steps.last().copied().unwrap_or(0);
+    report.target(
+        format!("memory per open watcher (at {biggest})"),
+        format!("{last_per_stream:.2} KiB"),
+        last_per_stream,
+        8.0,
+        false,
+        "≤ 8 KiB",
+    );
+    drop(held);
+    drop(channels);
+
+    report.set("start_to_serving_ms_median", round(start_ms, 2));
+    report.set(
+        "start_to_serving_ms_max",
+        round(starts.q(1.0) as f64 / 1e6, 2),
+    );
+    report.set("rss_idle_kib", rss_idle);
+    report.set("agents", n);
+    report.set("rss_agents_kib", rss_agents);
+    report.set("idle_cpu_pct", round(idle_pct, 3));
+    report.set(
+        "idle_polls_per_s",
+        round(st1.polls as f64 / idle.wall.as_secs_f64(), 1),
+    );
+    report.set(
+        "sim_idle_cpu_pct",
+        round(CpuUse::pct(idle.sim, idle.wall), 3),
+    );
+    report.set("watcher_steps", serde_json::Value::Array(json_steps));
+    report.set("kib_per_stream", round(last_per_stream, 3));
+    report.notes.push(format!(
+        "logs: {} {}",
+        bridge.proc.log.display(),
+        sim.proc.log.display()
+    ));
+    Ok(report)
+}
