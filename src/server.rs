@@ -149,7 +149,14 @@ pub async fn run(
     let stop_admin = CancellationToken::new();
     let admin = listeners.admin.map(|listener| {
         let grpc_health = tonic::service::Routes::new(health.clone()).into_axum_router();
-        let router = admin_router(grpc_health, metrics.clone(), ready.clone());
+        let router = admin_router(
+            grpc_health,
+            AdminState {
+                metrics: metrics.clone(),
+                sessions: sessions.clone(),
+                ready: ready.clone(),
+            },
+        );
         let stop = stop_admin.clone();
         tokio::spawn(async move {
             axum::serve(listener, router)
@@ -264,21 +271,18 @@ async fn readiness_loop(
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
+    sessions: Sessions,
     ready: Arc<AtomicBool>,
 }
 
 /// Plain-HTTP probes and metrics, merged with the gRPC health service (`grpc_health`) so one
 /// pod-IP port serves the kubelet's HTTP and gRPC probes alike.
-fn admin_router(
-    grpc_health: axum::Router,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> axum::Router {
+fn admin_router(grpc_health: axum::Router, state: AdminState) -> axum::Router {
     let http = axum::Router::new()
         .route("/livez", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics_text))
-        .with_state(AdminState { metrics, ready });
+        .with_state(state);
     grpc_health.merge(http)
 }
 
@@ -291,6 +295,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+    state.metrics.set_sessions(&state.sessions.count_by_state());
     (
         [(
             header::CONTENT_TYPE,

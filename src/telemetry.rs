@@ -156,13 +156,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Moves one session between states (`None` = not held).
-    pub fn session_state(&self, from: Option<&'static str>, to: Option<&'static str>) {
-        if let Some(from) = from {
-            self.sessions.get_or_create(&[("state", from)]).dec();
-        }
-        if let Some(to) = to {
-            self.sessions.get_or_create(&[("state", to)]).inc();
+    /// Sets the per-state session gauge (counted from the registry when scraped, so it
+    /// cannot drift from what the bridge holds).
+    pub fn set_sessions(&self, counts: &[(&'static str, i64)]) {
+        for (state, n) in counts {
+            self.sessions.get_or_create(&[("state", state)]).set(*n);
         }
     }
 

@@ -277,9 +277,6 @@ impl Sessions {
         if let Some(previous) = previous {
             self.end(&previous, End::SessionEnded);
         }
-        self.shared
-            .metrics
-            .session_state(None, Some(State::SignedIn.label()));
         tracing::info!(agent_id, session_id = %session.session_id, "agent signed in");
         self.start_polling(slot.clone(), session.clone());
         Ok(session)
@@ -342,14 +339,8 @@ impl Sessions {
 
     /// Stops a session's poll loop and ends its streams (idempotent).
     fn end(&self, session: &Session, why: End) {
-        let was_live = session.is_live();
         session.cancel.cancel();
         session.hub.close(why);
-        if was_live {
-            self.shared
-                .metrics
-                .session_state(Some(State::SignedIn.label()), None);
-        }
     }
 
     /// The live session of an agent, signing it in again first if it ended and the bridge holds
@@ -589,6 +580,23 @@ impl Sessions {
             .slot(&session.agent_id)
             .is_ok_and(|slot| slot_has_creds(&slot));
         view(session, session.state(), can_resign_in)
+    }
+
+    /// How many agents are in each state right now (for the `sessions` gauge at scrape time).
+    pub fn count_by_state(&self) -> [(&'static str, i64); 4] {
+        let mut counts = [
+            State::SigningIn,
+            State::SignedIn,
+            State::SigningOut,
+            State::Ended,
+        ]
+        .map(|s| (s.label(), 0i64));
+        for info in self.list() {
+            if let Some(c) = counts.iter_mut().find(|(l, _)| *l == info.state.label()) {
+                c.1 += 1;
+            }
+        }
+        counts
     }
 
     /// Views of every agent the bridge holds, ordered by agent id.

@@ -189,6 +189,13 @@ async fn forced_sign_out_then_the_next_call_signs_in_again() {
         .into_inner();
     assert_eq!(s.state, SessionState::Ended as i32);
     assert!(s.can_resign_in);
+    let text = reqwest_metrics(&h).await;
+    assert_eq!(
+        metric(&text, r#"ccgw_sessions{state="ended"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, r#"ccgw_sessions{state="signed_in"}"#), 0.0);
 
     h.play()
         .await
