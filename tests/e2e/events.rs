@@ -101,15 +101,7 @@ async fn a_thousand_watchers_see_the_same_sequence_and_filters_hold() {
         .await
         .unwrap()
         .into_inner();
-    let session = h
-        .sessions()
-        .await
-        .get_session(GetSessionRequest {
-            agent_id: "1001".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let session = h.session("1001").await;
     assert_eq!(session.watchers, 1001);
 
     let succ_seq = play_and_stop(&h, "1001").await;
@@ -332,13 +324,7 @@ async fn resume_outside_the_window_or_session_is_refused() {
 async fn streams_end_ok_on_sign_out_and_aborted_on_forced_sign_out() {
     let h = Harness::start().await;
     h.sign_in("1001").await;
-    let mut w = h
-        .play()
-        .await
-        .watch_play_events(watch_req("1001"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut w = h.watch_play("1001").await;
     h.sessions()
         .await
         .sign_out(SignOutRequest {
@@ -352,13 +338,7 @@ async fn streams_end_ok_on_sign_out_and_aborted_on_forced_sign_out() {
     );
 
     h.sign_in("1002").await;
-    let mut w = h
-        .play()
-        .await
-        .watch_play_events(watch_req("1002"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut w = h.watch_play("1002").await;
     h.sim.force_sign_out("1002");
     let status = stream_end(&mut w)
         .await
@@ -377,13 +357,7 @@ async fn streams_end_ok_on_sign_out_and_aborted_on_forced_sign_out() {
 async fn shutdown_ends_streams_with_unavailable() {
     let mut h = Harness::start().await;
     h.sign_in("1001").await;
-    let mut w = h
-        .play()
-        .await
-        .watch_play_events(watch_req("1001"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut w = h.watch_play("1001").await;
     h.begin_stop();
     let status = stream_end(&mut w).await.expect_err("shutdown is an error");
     assert_eq!(status.code(), Code::Unavailable);
@@ -407,13 +381,7 @@ async fn a_cancelled_watcher_is_released() {
             .unwrap()
             .into_inner(),
     );
-    let w = h
-        .play()
-        .await
-        .watch_play_events(watch_req("1001"))
-        .await
-        .unwrap()
-        .into_inner();
+    let w = h.watch_play("1001").await;
     assert_eq!(
         watchers(
             sessions
@@ -462,13 +430,7 @@ async fn a_stalled_watcher_slows_nobody_and_is_told_where_it_stopped() {
         .await
         .unwrap()
         .into_inner();
-    let mut live = h
-        .sessions()
-        .await
-        .watch_agent_events(all_req("1001"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut live = h.watch_all("1001").await;
     const N: usize = 3000;
     for i in 0..N {
         h.sim.queue_event(
@@ -520,13 +482,7 @@ async fn a_stalled_watcher_slows_nobody_and_is_told_where_it_stopped() {
 async fn begin_play_awaits_the_outcome() {
     let h = Harness::start().await;
     h.sign_in("1001").await;
-    let mut watcher = h
-        .play()
-        .await
-        .watch_play_events(watch_req("1001"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watcher = h.watch_play("1001").await;
     let mut play = h.play().await;
     let ok = play
         .begin_play(BeginPlayRequest {

@@ -74,18 +74,6 @@ fn count(h: &Harness, method: &str, path: &str) -> usize {
         .count()
 }
 
-async fn watch(h: &Harness, agent: &str) -> Streaming<PlayEvent> {
-    h.play()
-        .await
-        .watch_play_events(WatchPlayEventsRequest {
-            agent_id: agent.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner()
-}
-
 /// Waits (bounded) for the next play event of type `t` on the stream.
 async fn next_of(events: &mut Streaming<PlayEvent>, t: PlayEventType, what: &str) -> PlayEvent {
     let wait = async {
@@ -135,7 +123,7 @@ async fn fault_on_begin_play(
 ) -> (Status, bool) {
     let what = format!("BeginPlay with {kind:?}");
     h.sign_in(agent).await;
-    let mut events = watch(h, agent).await;
+    let mut events = h.watch_play(agent).await;
     let mut play: RecordPlayServiceClient<Channel> = h.play().await;
     let path = format!("{BASE}/recordplay/{agent}/play");
     h.sim.add_fault(Fault {
@@ -185,7 +173,7 @@ async fn fault_on_stop_play(
 ) -> (Status, bool) {
     let what = format!("StopPlay with {kind:?}");
     h.sign_in(agent).await;
-    let mut events = watch(h, agent).await;
+    let mut events = h.watch_play(agent).await;
     let mut play = h.play().await;
     play.begin_play(BeginPlayRequest {
         await_outcome: true,
@@ -387,7 +375,7 @@ async fn poll_loop_survives_transport_faults() {
     })
     .await;
     let session = h.sign_in("1001").await;
-    let mut events = watch(&h, "1001").await;
+    let mut events = h.watch_play("1001").await;
     for kind in [
         FaultKind::HttpStatus(503),
         FaultKind::MalformedBody,
@@ -420,15 +408,7 @@ async fn poll_loop_survives_transport_faults() {
         "after poll faults",
     )
     .await;
-    let got = h
-        .sessions()
-        .await
-        .get_session(GetSessionRequest {
-            agent_id: "1001".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = h.session("1001").await;
     assert_eq!(got.session_id, session.session_id, "no re-sign-in");
 }
 

@@ -22,18 +22,6 @@ fn dynamic(rotate_every: Duration, strict: bool) -> SimConfig {
     }
 }
 
-async fn watch(h: &Harness, agent: &str) -> tonic::Streaming<PlayEvent> {
-    h.play()
-        .await
-        .watch_play_events(WatchPlayEventsRequest {
-            agent_id: agent.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn until_type(w: &mut tonic::Streaming<PlayEvent>, t: PlayEventType) -> PlayEvent {
     loop {
         let e = tokio::time::timeout(Duration::from_secs(10), w.message())
@@ -57,7 +45,7 @@ async fn strict_rotation_every_200ms_loses_no_call() {
         let agent = format!("{}", 2001 + a);
         h.sign_in(&agent).await;
         let mut play = h.play().await;
-        let mut w = watch(&h, &agent).await;
+        let mut w = h.watch_play(&agent).await;
         tasks.push(tokio::spawn(async move {
             // Paced over ~5 s so that ~25 rotations happen while calls are in flight.
             let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -168,7 +156,7 @@ async fn set_guid_attributes_are_cut_off() {
 async fn forced_sign_out_then_the_next_call_signs_in_again() {
     let h = Harness::start().await;
     let first = h.sign_in("1001").await;
-    let mut w = watch(&h, "1001").await;
+    let mut w = h.watch_play("1001").await;
     h.sim.force_sign_out("1001");
     let status = loop {
         match w.message().await {
@@ -178,15 +166,7 @@ async fn forced_sign_out_then_the_next_call_signs_in_again() {
         }
     };
     assert_eq!(reason(&status), "SESSION_ENDED");
-    let s = h
-        .sessions()
-        .await
-        .get_session(GetSessionRequest {
-            agent_id: "1001".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let s = h.session("1001").await;
     assert_eq!(s.state, SessionState::Ended as i32);
     assert!(s.can_resign_in);
     let text = reqwest_metrics(&h).await;
@@ -207,15 +187,7 @@ async fn forced_sign_out_then_the_next_call_signs_in_again() {
         .await
         .expect("the call signs the agent in again and succeeds");
     assert!(h.sim.signed_in("1001"));
-    let s = h
-        .sessions()
-        .await
-        .get_session(GetSessionRequest {
-            agent_id: "1001".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let s = h.session("1001").await;
     assert_eq!(s.state, SessionState::SignedIn as i32);
     assert_ne!(
         s.session_id, first.session_id,
@@ -231,7 +203,7 @@ async fn forced_sign_out_then_the_next_call_signs_in_again() {
 async fn without_held_credentials_a_forced_sign_out_is_final() {
     let h = Harness::with(fast_sim(), |c| c.sessions.hold_credentials = false).await;
     h.sign_in("1001").await;
-    let mut w = watch(&h, "1001").await;
+    let mut w = h.watch_play("1001").await;
     h.sim.force_sign_out("1001");
     while let Ok(Some(_)) = w.message().await {}
     let status = expect_code(

@@ -5,7 +5,10 @@
 use ccgw_bridge::config::{Cli, Config};
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
-use ccgw_bridge::proto::{Session, SignInRequest};
+use ccgw_bridge::proto::{
+    AgentEvent, GetSessionRequest, PlayEvent, Session, SignInRequest, WatchAgentEventsRequest,
+    WatchPlayEventsRequest,
+};
 use ccgw_bridge::sim::{SimConfig, Simulator};
 use ccgw_bridge::{run, Listeners, RunError};
 use clap::Parser;
@@ -118,6 +121,44 @@ impl Harness {
             .sign_in(sign_in_request(agent))
             .await
             .expect("sign-in succeeds")
+            .into_inner()
+    }
+
+    /// A live `WatchPlayEvents` stream of every play event of `agent`.
+    pub async fn watch_play(&self, agent: &str) -> tonic::Streaming<PlayEvent> {
+        self.play()
+            .await
+            .watch_play_events(WatchPlayEventsRequest {
+                agent_id: agent.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch opens")
+            .into_inner()
+    }
+
+    /// A live `WatchAgentEvents` stream of `agent`.
+    pub async fn watch_all(&self, agent: &str) -> tonic::Streaming<AgentEvent> {
+        self.sessions()
+            .await
+            .watch_agent_events(WatchAgentEventsRequest {
+                agent_id: agent.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch opens")
+            .into_inner()
+    }
+
+    /// `GetSession` for an agent the test expects the bridge to hold.
+    pub async fn session(&self, agent: &str) -> Session {
+        self.sessions()
+            .await
+            .get_session(GetSessionRequest {
+                agent_id: agent.into(),
+            })
+            .await
+            .expect("the bridge holds the agent")
             .into_inner()
     }
 
