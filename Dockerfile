@@ -15,6 +15,10 @@ ARG RUST_IMAGE=rust:1.95-bookworm
 FROM ${RUST_IMAGE} AS chef
 RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
+# Cargo.toml keeps line tables in release builds for local profiling; the image does without
+# them (the binary drops from ~93 MB to a fraction of that).
+ENV CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=debuginfo
 
 # Stage 1: a recipe of the manifests only (changes when dependencies change, not when code does).
 FROM chef AS planner
