@@ -3,8 +3,7 @@
 //! One table, so that the spelling of every vendor path (`forefast`, `backfast`, `stopplay`…)
 //! lives in exactly one place (api-notes §0).
 
-use reqwest::Method;
-use std::fmt::Write;
+use reqwest::{Method, Url};
 
 /// One vendor interface. `Copy` and tiny: it also serves as the metrics/log label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,21 +65,32 @@ impl Interface {
         !matches!(self, Interface::Login | Interface::ForceLogin)
     }
 
-    /// Appends `/…` for `agent_id` to `url` (which already ends in `/agentgateway/resource`).
-    pub fn write_path(self, url: &mut String, agent_id: &str) {
-        // Writing into a String cannot fail.
-        let _ = match self {
-            Interface::Login => write!(url, "/onlineagent/{agent_id}"),
-            Interface::ForceLogin => write!(url, "/onlineagent/{agent_id}/forcelogin"),
-            Interface::Logout => write!(url, "/onlineagent/{agent_id}/logout"),
-            Interface::Poll => write!(url, "/agentevent/{agent_id}"),
-            Interface::BeginPlay => write!(url, "/recordplay/{agent_id}/play"),
-            Interface::StopPlay => write!(url, "/recordplay/{agent_id}/stopplay"),
-            Interface::PausePlay => write!(url, "/recordplay/{agent_id}/pauseplay"),
-            Interface::ResumePlay => write!(url, "/recordplay/{agent_id}/resumeplay"),
-            Interface::FastForward(s) => write!(url, "/recordplay/{agent_id}/forefast/{s}"),
-            Interface::Rewind(s) => write!(url, "/recordplay/{agent_id}/backfast/{s}"),
+    /// Appends this interface's path for `agent_id` to `url` (the parsed base ending in
+    /// `/agentgateway/resource`): segments are pushed, so no full URL is parsed per request.
+    pub fn push_path(self, url: &mut Url, agent_id: &str) {
+        let seconds;
+        let (parts, len): ([&str; 4], usize) = match self {
+            Interface::Login => (["onlineagent", agent_id, "", ""], 2),
+            Interface::ForceLogin => (["onlineagent", agent_id, "forcelogin", ""], 3),
+            Interface::Logout => (["onlineagent", agent_id, "logout", ""], 3),
+            Interface::Poll => (["agentevent", agent_id, "", ""], 2),
+            Interface::BeginPlay => (["recordplay", agent_id, "play", ""], 3),
+            Interface::StopPlay => (["recordplay", agent_id, "stopplay", ""], 3),
+            Interface::PausePlay => (["recordplay", agent_id, "pauseplay", ""], 3),
+            Interface::ResumePlay => (["recordplay", agent_id, "resumeplay", ""], 3),
+            Interface::FastForward(s) => {
+                seconds = s.to_string();
+                (["recordplay", agent_id, "forefast", &seconds], 4)
+            }
+            Interface::Rewind(s) => {
+                seconds = s.to_string();
+                (["recordplay", agent_id, "backfast", &seconds], 4)
+            }
         };
+        // An https base always has path segments; `config` refuses any other scheme.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.extend(&parts[..len]);
+        }
     }
 }
 
@@ -106,10 +116,11 @@ mod tests {
             ),
             (Interface::Rewind(9), "POST", "/recordplay/101/backfast/9"),
         ];
+        let base = Url::parse("https://gw:8043/agentgateway/resource").unwrap();
         for (iface, method, path) in cases {
-            let mut url = String::new();
-            iface.write_path(&mut url, "101");
-            assert_eq!(url, path);
+            let mut url = base.clone();
+            iface.push_path(&mut url, "101");
+            assert_eq!(url.path(), format!("/agentgateway/resource{path}"));
             assert_eq!(iface.method().as_str(), method);
         }
         assert!(!Interface::Login.sends_guid() && !Interface::ForceLogin.sends_guid());

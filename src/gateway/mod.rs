@@ -63,13 +63,16 @@ pub enum ClientBuildError {
     /// The CA bundle or client identity is not usable PEM.
     #[error("TLS material: {0}")]
     Tls(String),
+    /// The gateway URL does not form a valid base for the interface paths.
+    #[error("--gateway-url: {0}")]
+    Url(String),
 }
 
 /// The shared, cheaply clonable gateway client.
 #[derive(Clone)]
 pub struct GatewayClient {
     http: reqwest::Client,
-    base: Arc<str>,
+    base: reqwest::Url,
     config: Arc<GatewayConfig>,
     metrics: Arc<Metrics>,
     reachable: Arc<tokio::sync::watch::Sender<bool>>,
@@ -117,9 +120,10 @@ impl GatewayClient {
             "{}/agentgateway/resource",
             config.base_url.trim_end_matches('/')
         );
+        let base = reqwest::Url::parse(&base).map_err(|e| ClientBuildError::Url(e.to_string()))?;
         Ok(Self {
             http,
-            base: base.into(),
+            base,
             config: Arc::new(config),
             metrics,
             reachable: Arc::new(tokio::sync::watch::Sender::new(false)),
@@ -195,7 +199,7 @@ impl GatewayClient {
     pub async fn probe(&self) -> bool {
         let result = self
             .http
-            .get(format!("{}/", self.base))
+            .get(self.base.clone())
             .timeout(self.config.connect_timeout)
             .send()
             .await;
@@ -232,9 +236,8 @@ impl GatewayClient {
             return Err(GatewayError::Timeout(timeout));
         }
 
-        let mut url = String::with_capacity(self.base.len() + 48);
-        url.push_str(&self.base);
-        iface.write_path(&mut url, agent_id);
+        let mut url = self.base.clone();
+        iface.push_path(&mut url, agent_id);
         let mut request = self
             .http
             .request(iface.method(), url)
