@@ -137,11 +137,6 @@ impl Hub {
         self.tick.send_replace(());
     }
 
-    /// How the stream ended, if it did.
-    pub fn end(&self) -> Option<End> {
-        self.window.read().unwrap_or_else(|p| p.into_inner()).end
-    }
-
     /// Sequence of the newest event (0 before the first).
     pub fn last_sequence(&self) -> u64 {
         self.window
@@ -227,11 +222,6 @@ impl Subscription {
                 return Next::Ended(End::Shutdown);
             }
         }
-    }
-
-    /// The sequence the next delivered event will have at the earliest.
-    pub fn position(&self) -> u64 {
-        self.next
     }
 }
 

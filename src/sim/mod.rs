@@ -202,11 +202,6 @@ impl Simulator {
         self.shared.faults.add(fault)
     }
 
-    /// Removes every fault.
-    pub fn clear_faults(&self) {
-        self.shared.faults.clear()
-    }
-
     /// As if an inspector forced the agent out: `AgentOther_ShutdownService` is delivered by the
     /// next (or the currently held) poll, and the session is gone (later calls answer `100-006`).
     pub fn force_sign_out(&self, agent_id: &str) {
