@@ -90,14 +90,6 @@ async fn next_of(events: &mut Streaming<PlayEvent>, t: PlayEventType, what: &str
         .unwrap_or_else(|_| panic!("{what}: no {t:?} within 5 s (poll loop dead?)"))
 }
 
-fn begin(agent: &str) -> BeginPlayRequest {
-    BeginPlayRequest {
-        agent_id: agent.into(),
-        voice_path: "/prompts/welcome.wav".into(),
-        ..Default::default()
-    }
-}
-
 fn stop(agent: &str) -> StopPlayRequest {
     StopPlayRequest {
         agent_id: agent.into(),
@@ -106,11 +98,41 @@ fn stop(agent: &str) -> StopPlayRequest {
 
 /// A request with a client deadline (for latency faults), else without one.
 fn request<T>(msg: T, deadline: Option<Duration>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(d) = deadline {
-        r.set_timeout(d);
+    match deadline {
+        Some(d) => with_deadline(msg, d),
+        None => tonic::Request::new(msg),
     }
-    r
+}
+
+/// Injects `kind` once on `path`, runs `call` (not yet polled), and checks what every faulted
+/// call must show: the expected status, an answer within the deadline, and exactly one request
+/// at the gateway (never replayed). Returns the status and whether the bridge produced it.
+async fn refused_once<T: std::fmt::Debug>(
+    h: &Harness,
+    (method, path): (&str, &str),
+    kind: &FaultKind,
+    want: Expect,
+    deadline: Option<Duration>,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> (Status, bool) {
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::PathContains(path.to_owned()),
+        kind: kind.clone(),
+        count: Some(1),
+    });
+    let started = Instant::now();
+    let status = call.await.expect_err(what);
+    let took = started.elapsed();
+    let from_bridge = assert_status_or_local_timeout(&status, want, what);
+    if let Some(d) = deadline {
+        assert!(
+            took < d + Duration::from_millis(500),
+            "{what}: answered after {took:?}"
+        );
+    }
+    assert_eq!(count(h, method, path), 1, "{what}: never replayed");
+    (status, from_bridge)
 }
 
 /// The fault on `PUT .../play`: status, one request only, and then the agent plays normally.
@@ -126,34 +148,14 @@ async fn fault_on_begin_play(
     let mut events = h.watch_play(agent).await;
     let mut play: RecordPlayServiceClient<Channel> = h.play().await;
     let path = format!("{BASE}/recordplay/{agent}/play");
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::PathContains(path.clone()),
-        kind: kind.clone(),
-        count: Some(1),
-    });
-    let started = Instant::now();
-    let status = play
-        .begin_play(request(begin(agent), deadline))
-        .await
-        .expect_err(&what);
-    let took = started.elapsed();
-    let from_bridge = assert_status_or_local_timeout(&status, want, &what);
-    if let Some(d) = deadline {
-        assert!(
-            took < d + Duration::from_millis(500),
-            "{what}: answered after {took:?}"
-        );
-    }
-    assert_eq!(
-        count(h, "PUT", &path),
-        1,
-        "{what}: the play request is never replayed"
-    );
+    let call = play.begin_play(request(play_request(agent), deadline));
+    let (status, from_bridge) =
+        refused_once(h, ("PUT", &path), kind, want, deadline, &what, call).await;
     if has_effect(kind) {
         // Playback started although the caller saw an error; the poll loop reports it.
         next_of(&mut events, PlayEventType::PlaySucceeded, &what).await;
     } else {
-        play.begin_play(begin(agent)).await.expect(&what);
+        play.begin_play(play_request(agent)).await.expect(&what);
         next_of(&mut events, PlayEventType::PlaySucceeded, &what).await;
         assert_eq!(count(h, "PUT", &path), 2, "{what}");
     }
@@ -177,36 +179,20 @@ async fn fault_on_stop_play(
     let mut play = h.play().await;
     play.begin_play(BeginPlayRequest {
         await_outcome: true,
-        ..begin(agent)
+        ..play_request(agent)
     })
     .await
     .expect(&what);
     let path = format!("{BASE}/recordplay/{agent}/stopplay");
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::PathContains(path.clone()),
-        kind: kind.clone(),
-        count: Some(1),
-    });
-    let started = Instant::now();
-    let status = play
-        .stop_play(request(stop(agent), deadline))
-        .await
-        .expect_err(&what);
-    let took = started.elapsed();
-    let from_bridge = assert_status_or_local_timeout(&status, want, &what);
-    if let Some(d) = deadline {
-        assert!(
-            took < d + Duration::from_millis(500),
-            "{what}: answered after {took:?}"
-        );
-    }
-    assert_eq!(count(h, "DELETE", &path), 1, "{what}: never replayed");
+    let call = play.stop_play(request(stop(agent), deadline));
+    let (status, from_bridge) =
+        refused_once(h, ("DELETE", &path), kind, want, deadline, &what, call).await;
     if !has_effect(kind) {
         play.stop_play(stop(agent)).await.expect(&what);
     }
     next_of(&mut events, PlayEventType::PlayStopped, &what).await;
     // And the agent can play again.
-    play.begin_play(begin(agent)).await.expect(&what);
+    play.begin_play(play_request(agent)).await.expect(&what);
     next_of(&mut events, PlayEventType::PlayStarted, &what).await;
     (status, from_bridge)
 }
@@ -228,13 +214,7 @@ async fn on_begin_and_stop_with(
         fault_on_stop_play(&h, "1002", &kind, want, deadline),
     );
     // The bridge as a whole still serves.
-    let list = h
-        .sessions()
-        .await
-        .list_sessions(ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = h.list().await;
     assert_eq!(list.sessions.len(), 2);
     (a, b)
 }
@@ -362,7 +342,7 @@ async fn slow_gateway_beyond_the_request_timeout_is_deadline_exceeded() {
     // The poll loop (whose timeout is separate) and the bridge carry on.
     h.play()
         .await
-        .begin_play(begin("1001"))
+        .begin_play(play_request("1001"))
         .await
         .expect("BeginPlay");
 }
@@ -399,7 +379,7 @@ async fn poll_loop_survives_transport_faults() {
     }
     h.play()
         .await
-        .begin_play(begin("1001"))
+        .begin_play(play_request("1001"))
         .await
         .expect("BeginPlay");
     next_of(
@@ -437,13 +417,7 @@ async fn untrusted_gateway_certificate_is_unavailable() {
     );
     // Nothing was sent over the failed handshake, nothing is held, the bridge still serves.
     assert!(h.sim.requests().is_empty(), "{:?}", h.sim.requests());
-    let list = h
-        .sessions()
-        .await
-        .list_sessions(ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = h.list().await;
     assert!(list.sessions.is_empty(), "{list:?}");
 }
 
@@ -485,7 +459,7 @@ async fn lost_sign_in_answer_is_outcome_unknown_and_force_recovers() {
     sessions.sign_in(force).await.expect("force takes it over");
     h.play()
         .await
-        .begin_play(begin("1001"))
+        .begin_play(play_request("1001"))
         .await
         .expect("BeginPlay");
 }

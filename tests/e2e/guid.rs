@@ -121,11 +121,7 @@ async fn a_rotated_guid_is_used_by_the_next_call() {
     assert_eq!(poll.header("guid"), Some(second.as_str()));
     h.play()
         .await
-        .begin_play(BeginPlayRequest {
-            agent_id: "1001".into(),
-            voice_path: "/a.wav".into(),
-            ..Default::default()
-        })
+        .begin_play(play_request("1001"))
         .await
         .unwrap();
     let play = h
@@ -179,11 +175,7 @@ async fn forced_sign_out_then_the_next_call_signs_in_again() {
 
     h.play()
         .await
-        .begin_play(BeginPlayRequest {
-            agent_id: "1001".into(),
-            voice_path: "/a.wav".into(),
-            ..Default::default()
-        })
+        .begin_play(play_request("1001"))
         .await
         .expect("the call signs the agent in again and succeeds");
     assert!(h.sim.signed_in("1001"));
@@ -228,11 +220,7 @@ async fn a_call_refused_for_its_guid_signs_in_again_and_is_retried_once() {
     h.sim.clear_requests();
     h.play()
         .await
-        .begin_play(BeginPlayRequest {
-            agent_id: "1001".into(),
-            voice_path: "/a.wav".into(),
-            ..Default::default()
-        })
+        .begin_play(play_request("1001"))
         .await
         .expect("retried after a new sign-in");
     let reqs = h.sim.requests();

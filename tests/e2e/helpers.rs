@@ -6,8 +6,8 @@ use ccgw_bridge::config::{Cli, Config};
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::{
-    AgentEvent, GetSessionRequest, PlayEvent, Session, SignInRequest, WatchAgentEventsRequest,
-    WatchPlayEventsRequest,
+    AgentEvent, BeginPlayRequest, GetSessionRequest, ListSessionsRequest, ListSessionsResponse,
+    PlayEvent, Session, SignInRequest, WatchAgentEventsRequest, WatchPlayEventsRequest,
 };
 use ccgw_bridge::sim::{SimConfig, Simulator};
 use ccgw_bridge::{run, Listeners, RunError};
@@ -104,6 +104,15 @@ impl Harness {
             .expect("bridge accepts connections")
     }
 
+    /// `n` separate HTTP/2 connections, for tests that spread many calls or streams.
+    pub async fn channels(&self, n: usize) -> Vec<Channel> {
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            channels.push(self.channel().await);
+        }
+        channels
+    }
+
     /// A RecordPlayService client.
     pub async fn play(&self) -> RecordPlayServiceClient<Channel> {
         RecordPlayServiceClient::new(self.channel().await)
@@ -162,6 +171,16 @@ impl Harness {
             .into_inner()
     }
 
+    /// `ListSessions`.
+    pub async fn list(&self) -> ListSessionsResponse {
+        self.sessions()
+            .await
+            .list_sessions(ListSessionsRequest {})
+            .await
+            .expect("ListSessions")
+            .into_inner()
+    }
+
     /// Signals shutdown and waits for `run` to return (bounded).
     pub async fn stop(mut self) -> Result<(), RunError> {
         self.stop_inner().await
@@ -209,6 +228,22 @@ pub fn sign_in_request(agent: &str) -> SignInRequest {
         phone_number: "88001".into(),
         ..Default::default()
     }
+}
+
+/// A BeginPlay of a prompt with the gateway's defaults for every optional field.
+pub fn play_request(agent: &str) -> BeginPlayRequest {
+    BeginPlayRequest {
+        agent_id: agent.into(),
+        voice_path: "/prompts/welcome.wav".into(),
+        ..Default::default()
+    }
+}
+
+/// `msg` sent with a client deadline (`grpc-timeout`).
+pub fn with_deadline<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request.set_timeout(deadline);
+    request
 }
 
 /// Asserts the code of a failed call and returns the status.

@@ -8,24 +8,16 @@ use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
-fn play_req(agent: &str) -> BeginPlayRequest {
-    BeginPlayRequest {
-        agent_id: agent.into(),
-        voice_path: "/a.wav".into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn oversized_requests_are_refused_before_decoding() {
     let h = Harness::with(fast_sim(), |c| c.server.max_request_bytes = 4096).await;
     h.sign_in("1001").await;
-    let mut req = play_req("1001");
+    let mut req = play_request("1001");
     req.voice_path = "x".repeat(5000);
     // tonic answers OUT_OF_RANGE for a message over the decoding limit.
     let s = expect_code(h.play().await.begin_play(req).await, Code::OutOfRange);
     assert!(s.message().contains("too large"), "{s:?}");
-    let mut req = play_req("1001");
+    let mut req = play_request("1001");
     req.voice_path = "x".repeat(101);
     expect_code(h.play().await.begin_play(req).await, Code::InvalidArgument);
 }
@@ -43,9 +35,9 @@ async fn calls_beyond_the_concurrency_limit_are_refused_at_once() {
     let mut slow = Vec::new();
     for agent in ["1001", "1002"] {
         let mut c = h.play().await;
-        slow.push(tokio::spawn(
-            async move { c.begin_play(play_req(agent)).await },
-        ));
+        slow.push(tokio::spawn(async move {
+            c.begin_play(play_request(agent)).await
+        }));
     }
     for agent in ["1001", "1002"] {
         let path = format!("/recordplay/{agent}/play");

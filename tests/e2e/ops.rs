@@ -332,14 +332,7 @@ async fn sigterm_drains_calls_ends_streams_and_signs_agents_out() {
     });
     let in_flight = tokio::spawn({
         let mut play = play.clone();
-        async move {
-            play.begin_play(BeginPlayRequest {
-                agent_id: "1002".into(),
-                voice_path: "/a.wav".into(),
-                ..Default::default()
-            })
-            .await
-        }
+        async move { play.begin_play(play_request("1002")).await }
     });
     sim.wait_for_request(|r| r.path.ends_with("/recordplay/1002/play"))
         .await;
@@ -407,11 +400,7 @@ async fn a_stuck_call_cannot_hold_the_drain_and_a_second_signal_exits_at_once() 
         sim.clear_requests();
         let stuck = tokio::spawn(async move {
             record_play_service_client::RecordPlayServiceClient::new(ch)
-                .begin_play(BeginPlayRequest {
-                    agent_id: "1001".into(),
-                    voice_path: "/a.wav".into(),
-                    ..Default::default()
-                })
+                .begin_play(play_request("1001"))
                 .await
         });
         sim.wait_for_request(|r| r.path.ends_with("/play")).await;

@@ -64,20 +64,6 @@ fn raw_event(agent: &str, name: &str) -> serde_json::Value {
     json!({"eventType": name, "workNo": agent, "content": null})
 }
 
-fn begin(agent: &str) -> BeginPlayRequest {
-    BeginPlayRequest {
-        agent_id: agent.into(),
-        voice_path: "/prompts/welcome.wav".into(),
-        ..Default::default()
-    }
-}
-
-fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(timeout);
-    r
-}
-
 /// The next message of a stream, bounded.
 async fn next_msg<T>(s: &mut Streaming<T>, what: &str) -> Result<Option<T>, Status> {
     tokio::time::timeout(Duration::from_secs(10), s.message())
@@ -244,13 +230,7 @@ async fn gateway_unreachable_at_start_then_serving_by_itself() {
         status.message()
     );
     // A failed first sign-in leaves nothing behind.
-    let list = h
-        .sessions()
-        .await
-        .list_sessions(ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = h.list().await;
     assert!(list.sessions.is_empty(), "{list:?}");
 
     // The gateway appears: nobody calls, yet the bridge notices (probe every second).
@@ -331,7 +311,7 @@ async fn gateway_restart_ends_streams_explicitly_and_the_next_call_signs_in_agai
 
     h.play()
         .await
-        .begin_play(begin("1001"))
+        .begin_play(play_request("1001"))
         .await
         .expect("the next call signs in again with the held credentials");
     assert!(sim2.signed_in("1001"));
@@ -464,11 +444,11 @@ async fn slow_gateway_deadline_is_fast_and_leaves_nothing_behind() {
     // "fail" makes the simulator's play sequence end by itself within ~40 ms, so it leaves no
     // task of its own behind either.
     let status = expect_code(
-        play.begin_play(with_timeout(
+        play.begin_play(with_deadline(
             BeginPlayRequest {
                 voice_path: "/prompts/fail.wav".into(),
                 await_outcome: true,
-                ..begin("1001")
+                ..play_request("1001")
             },
             // The bridge answers a tenth of the budget (5–100 ms) before the caller's deadline;
             // 500 ms leaves it 50 ms ahead of the client's own timer on a loaded test machine.
@@ -553,13 +533,7 @@ async fn slow_gateway_deadline_is_fast_and_leaves_nothing_behind() {
 /// at once. Zero failures allowed.
 async fn guid_storm(agents: usize, run_for: Duration) {
     let h = Harness::with(dynamic(Duration::from_millis(100), true), |_| {}).await;
-    let channels: Vec<Channel> = {
-        let mut v = Vec::new();
-        for _ in 0..8 {
-            v.push(h.channel().await);
-        }
-        v
-    };
+    let channels = h.channels(8).await;
     let ids: Vec<String> = (0..agents).map(|i| (3000 + i).to_string()).collect();
     let storm = Instant::now();
     let mut sign_ins = JoinSet::new();
@@ -602,7 +576,7 @@ async fn guid_storm(agents: usize, run_for: Duration) {
             loop {
                 play.begin_play(BeginPlayRequest {
                     await_outcome: true,
-                    ..begin(&id)
+                    ..play_request(&id)
                 })
                 .await
                 .map_err(|s| format!("BeginPlay {id} after {ok} calls: {s:?}"))?;
@@ -715,7 +689,7 @@ async fn forced_sign_out_with_calls_and_streams_in_flight() {
         async move {
             play.begin_play(BeginPlayRequest {
                 await_outcome: true,
-                ..begin("1001")
+                ..play_request("1001")
             })
             .await
         }
@@ -761,7 +735,9 @@ async fn forced_sign_out_with_calls_and_streams_in_flight() {
     );
 
     // The next call signs in again.
-    play.begin_play(begin("1001")).await.expect("re-sign-in");
+    play.begin_play(play_request("1001"))
+        .await
+        .expect("re-sign-in");
     let second = get_session(&h, "1001").await.unwrap();
     assert_ne!(second.session_id, first.session_id);
     assert_eq!(h.sim.stats().sign_ins, 2);
@@ -813,13 +789,7 @@ async fn forced_sign_out_with_calls_and_streams_in_flight() {
     let third = get_session(&h, "1001").await.unwrap();
     assert_eq!(third.state, SessionState::SignedIn as i32);
     assert!(h.sim.signed_in("1001"));
-    let list = h
-        .sessions()
-        .await
-        .list_sessions(ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = h.list().await;
     assert_eq!(list.sessions.len(), 1);
     let text = reqwest_metrics(&h).await;
     assert_eq!(
@@ -881,13 +851,7 @@ async fn sign_out_racing_sign_in_leaves_one_consistent_session() {
 
     let bridge = get_session(&h, "1001").await;
     let gateway = h.sim.signed_in("1001");
-    let list = h
-        .sessions()
-        .await
-        .list_sessions(ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = h.list().await;
     assert!(list.sessions.len() <= 1, "{list:?}");
     match bridge {
         Ok(s) => {
@@ -953,13 +917,7 @@ async fn a_thousand_agents_sign_in_are_polled_and_sign_out() {
         |_| {},
     )
     .await;
-    let channels: Vec<Channel> = {
-        let mut v = Vec::new();
-        for _ in 0..10 {
-            v.push(h.channel().await);
-        }
-        v
-    };
+    let channels = h.channels(10).await;
     let ids: Vec<String> = (0..AGENTS).map(|i| (10_000 + i).to_string()).collect();
     let started = Instant::now();
     let mut calls = JoinSet::new();
@@ -1074,7 +1032,7 @@ async fn begin_play_is_replayed_only_after_an_authentication_refusal() {
     h.sign_in("1001").await;
     let mut w = watch_play(&mut play, "1001").await;
     fault(&h, "1001", FaultKind::DropAfterEffect);
-    let s = expect_code(play.begin_play(begin("1001")).await, Code::Unknown);
+    let s = expect_code(play.begin_play(play_request("1001")).await, Code::Unknown);
     assert_eq!(reason(&s), "OUTCOME_UNKNOWN", "{s:?}");
     until_play(&mut w, PlayEventType::PlaySucceeded, "lost answer").await;
     play.stop_play(StopPlayRequest {
@@ -1094,8 +1052,11 @@ async fn begin_play_is_replayed_only_after_an_authentication_refusal() {
     let mut w = watch_play(&mut play, "1002").await;
     fault(&h, "1002", FaultKind::Latency(Duration::from_secs(2)));
     let s = expect_code(
-        play.begin_play(with_timeout(begin("1002"), Duration::from_millis(300)))
-            .await,
+        play.begin_play(with_deadline(
+            play_request("1002"),
+            Duration::from_millis(300),
+        ))
+        .await,
         Code::DeadlineExceeded,
     );
     assert_eq!(reason(&s), "GATEWAY_TIMEOUT", "{s:?}");
@@ -1128,7 +1089,7 @@ async fn begin_play_is_replayed_only_after_an_authentication_refusal() {
         let r = play
             .begin_play(BeginPlayRequest {
                 await_outcome: true,
-                ..begin(agent)
+                ..play_request(agent)
             })
             .await
             .unwrap_or_else(|s| panic!("{retcode} once is retried: {s:?}"))
@@ -1286,10 +1247,10 @@ async fn an_awaited_outcome_ends_when_the_play_is_stopped_before_it_started() {
         async move {
             let started = Instant::now();
             let r = play
-                .begin_play(with_timeout(
+                .begin_play(with_deadline(
                     BeginPlayRequest {
                         await_outcome: true,
-                        ..begin("1001")
+                        ..play_request("1001")
                     },
                     Duration::from_secs(5),
                 ))
