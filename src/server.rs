@@ -242,7 +242,7 @@ async fn readiness_loop(
     let mut last_probe = Instant::now() - Duration::from_secs(3600);
     loop {
         let mut reachable = *reachability.borrow_and_update();
-        let idle = sessions.list().is_empty();
+        let idle = sessions.is_empty();
         if (!reachable || idle) && last_probe.elapsed() >= Duration::from_secs(1) {
             last_probe = Instant::now();
             reachable = gateway.probe().await;

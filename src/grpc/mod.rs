@@ -57,7 +57,7 @@ impl Bridge {
             code = tracing::field::Empty
         );
         crate::telemetry::adopt_remote_parent(&span, metadata);
-        let result = match self.in_flight.clone().try_acquire_owned() {
+        let result = match self.in_flight.try_acquire() {
             Ok(_permit) => handler.instrument(span.clone()).await,
             Err(_) => Err(status::with_info(
                 tonic::Code::ResourceExhausted,

@@ -599,6 +599,11 @@ impl Sessions {
         counts
     }
 
+    /// Whether the bridge holds no agent at all (readiness then probes the gateway itself).
+    pub fn is_empty(&self) -> bool {
+        self.slots().is_empty()
+    }
+
     /// Views of every agent the bridge holds, ordered by agent id.
     pub fn list(&self) -> Vec<SessionInfo> {
         let slots: Vec<(Arc<str>, Arc<Slot>)> = self
