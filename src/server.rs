@@ -77,6 +77,7 @@ pub async fn run(
         in_flight: Arc::new(tokio::sync::Semaphore::new(
             config.server.max_concurrent_requests,
         )),
+        cut: CancellationToken::new(),
     };
     let limits = &config.server;
     if limits.tls.is_none()
@@ -193,12 +194,21 @@ pub async fn run(
         Duration::ZERO
     };
     let mut grpc = grpc;
-    if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
+    // Calls still running a moment before the cut are answered OUTCOME_UNKNOWN (they may have
+    // reached the gateway); only a call that cannot even be answered loses its connection.
+    let answer_by = (config.drain_timeout / 10).min(Duration::from_millis(100));
+    if tokio::time::timeout_at((deadline - reserve - answer_by).into(), &mut grpc)
         .await
         .is_err()
     {
-        tracing::warn!("gRPC calls still open at the drain deadline; closing them");
-        grpc.abort();
+        tracing::warn!("gRPC calls still open at the drain deadline; answering them OUTCOME_UNKNOWN");
+        bridge.cut.cancel();
+        if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
+            .await
+            .is_err()
+        {
+            grpc.abort();
+        }
     }
     if config.sign_out_on_shutdown
         && tokio::time::timeout_at(deadline.into(), sessions.sign_out_all(Some(deadline)))
