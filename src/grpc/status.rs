@@ -126,29 +126,59 @@ impl From<SessionError> for Status {
     }
 }
 
+/// How many field violations a status lists; the rest are only counted. Without a cap, a
+/// request with thousands of bad entries (e.g. `types`) makes trailers larger than HTTP/2
+/// allows, and the client sees a protocol error instead of INVALID_ARGUMENT.
+pub const MAX_LISTED_VIOLATIONS: usize = 10;
+
+/// `GetSession` for an agent the bridge does not hold (never signed in through it, or signed
+/// out): there is no session to describe.
+pub fn session_not_found(agent_id: &str) -> Status {
+    with_info(
+        Code::NotFound,
+        format!("this bridge holds no session for agent {agent_id} (never signed in through it, or signed out)"),
+        BRIDGE_DOMAIN,
+        "SESSION_NOT_FOUND",
+        &[("agent_id", agent_id.to_owned())],
+    )
+}
+
 /// Collects field violations, then becomes one INVALID_ARGUMENT with a `BadRequest`.
 #[derive(Default, Debug)]
-pub struct Violations(Vec<(String, String)>);
+pub struct Violations {
+    listed: Vec<(String, String)>,
+    total: usize,
+}
 
 impl Violations {
-    /// Records that `field` is invalid, and why.
+    /// Records that `field` is invalid, and why (kept for the first [`MAX_LISTED_VIOLATIONS`]).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
+        self.total += 1;
+        if self.listed.len() < MAX_LISTED_VIOLATIONS {
+            self.listed.push((field.into(), description.into()));
+        }
     }
 
     /// `Ok` when nothing was recorded.
     pub fn check(self) -> Result<(), Status> {
-        if self.0.is_empty() {
+        if self.total == 0 {
             return Ok(());
         }
-        let message = self
-            .0
+        let mut message = self
+            .listed
             .iter()
             .map(|(f, d)| format!("{f}: {d}"))
             .collect::<Vec<_>>()
             .join("; ");
+        let unlisted = self.total - self.listed.len();
+        if unlisted > 0 {
+            message.push_str(&format!(
+                "; and {unlisted} more violation(s) not listed ({} in all)",
+                self.total
+            ));
+        }
         let mut details = ErrorDetails::new();
-        for (field, description) in self.0 {
+        for (field, description) in self.listed {
             details.add_bad_request_violation(field, description);
         }
         Err(Status::with_error_details(
@@ -216,6 +246,21 @@ mod tests {
             assert_eq!(info.metadata["retcode"], retcode);
             assert_eq!(info.metadata["gateway_message"], "m");
         }
+    }
+
+    #[test]
+    fn violations_are_listed_up_to_the_cap_and_counted_beyond() {
+        let mut v = Violations::default();
+        for i in 0..20_000 {
+            v.add(format!("types[{i}]"), "not a play event type");
+        }
+        let s = v.check().unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let listed = s.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(listed.len(), MAX_LISTED_VIOLATIONS);
+        assert_eq!(listed[0].field, "types[0]");
+        assert!(s.message().contains("19990 more"), "{}", s.message());
+        assert!(s.message().len() < 1024, "{}", s.message().len());
     }
 
     #[test]

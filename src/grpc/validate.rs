@@ -106,6 +106,8 @@ impl Limits {
             );
         } else if has_control(value) {
             v.add(field, "must not contain control characters");
+        } else if value.trim().is_empty() {
+            v.add(field, "must not be blank");
         } else if let Some(policy) = &self.voice_paths {
             if !policy.allows(value) {
                 v.add(
@@ -229,6 +231,8 @@ mod tests {
         assert!(!fails(|v| l.voice_path(v, "voice_path", &"é".repeat(100))));
         assert!(fails(|v| l.voice_path(v, "voice_path", &"a".repeat(101))));
         assert!(fails(|v| l.voice_path(v, "voice_path", "")));
+        assert!(fails(|v| l.voice_path(v, "voice_path", "   ")));
+        assert!(fails(|v| l.voice_path(v, "voice_path", "\u{3000}")));
         assert!(fails(|v| l.voice_path(v, "voice_path", "/a\r\nb")));
     }
 

@@ -36,8 +36,11 @@ pub fn subscribe(
     if !session_id.is_empty() && session_id != &*session.session_id {
         return Err(with_info(
             Code::FailedPrecondition,
+            // The bridge keeps no history of ids: it cannot tell an ended session from one it
+            // never issued, so it says both (a resume needs the current one either way).
             format!(
-                "session {session_id} has ended; agent {agent_id} signed in again and sequences restarted"
+                "session {session_id} is not the current session of agent {agent_id}: it is unknown to this bridge or has ended (the current session is {}; sequences restart with every session)",
+                session.session_id
             ),
             BRIDGE_DOMAIN,
             "SESSION_CHANGED",

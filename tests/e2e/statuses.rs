@@ -93,3 +93,153 @@ async fn a_proxy_502_or_504_after_the_gateway_acted_is_unknown_not_unavailable()
         assert_eq!(info.metadata["http_status"], http.to_string());
     }
 }
+
+#[tokio::test]
+async fn resume_after_the_largest_sequence_is_out_of_range_not_a_panic() {
+    let h = Harness::start().await;
+    let session = h.sign_in("1001").await;
+    let status = expect_code(
+        h.play()
+            .await
+            .watch_play_events(WatchPlayEventsRequest {
+                agent_id: "1001".into(),
+                resume_after: Some(u64::MAX),
+                session_id: session.session_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::OutOfRange,
+    );
+    assert_eq!(reason(&status), "RESUME_OUT_OF_RANGE");
+    // The bridge still serves.
+    h.watch_play("1001").await;
+}
+
+#[tokio::test]
+async fn twenty_thousand_bad_types_are_one_invalid_argument_listing_ten() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let status = expect_code(
+        h.play()
+            .await
+            .watch_play_events(WatchPlayEventsRequest {
+                agent_id: "1001".into(),
+                types: vec![99; 20_000],
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    let fields = violated_fields(&status);
+    assert_eq!(fields.len(), 10, "{fields:?}");
+    assert_eq!(fields[0], "types[0]");
+    assert!(status.message().contains("19990 more"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn a_blank_voice_path_is_refused_before_anything_is_sent() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    h.sim.clear_requests();
+    for blank in [" ", "   ", "\u{3000}"] {
+        let status = expect_code(
+            h.play()
+                .await
+                .begin_play(BeginPlayRequest {
+                    voice_path: blank.into(),
+                    ..play_request("1001")
+                })
+                .await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), ["voice_path"], "{blank:?}");
+    }
+    assert_eq!(plays(&h), 0);
+}
+
+#[tokio::test]
+async fn get_session_of_an_agent_never_held_is_not_found() {
+    let h = Harness::start().await;
+    let status = expect_code(
+        h.sessions()
+            .await
+            .get_session(GetSessionRequest {
+                agent_id: "1001".into(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    assert_eq!(reason(&status), "SESSION_NOT_FOUND");
+    // Signed out: held no more, NOT_FOUND again.
+    h.sign_in("1001").await;
+    h.session("1001").await;
+    let mut sessions = h.sessions().await;
+    sessions
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .unwrap();
+    let status = expect_code(
+        sessions
+            .get_session(GetSessionRequest {
+                agent_id: "1001".into(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    assert_eq!(reason(&status), "SESSION_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn sign_out_of_an_agent_not_signed_in_is_ok_and_sends_nothing() {
+    let h = Harness::start().await;
+    let mut sessions = h.sessions().await;
+    let out = sessions
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .expect("idempotent: OK")
+        .into_inner();
+    assert!(out.message.contains("not signed in"), "{out:?}");
+    // Twice in a row after a real sign-out (a retry whose first answer was lost) is OK too.
+    h.sign_in("1001").await;
+    for _ in 0..2 {
+        sessions
+            .sign_out(SignOutRequest {
+                agent_id: "1001".into(),
+            })
+            .await
+            .expect("OK");
+    }
+    let logouts = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/logout"))
+        .count();
+    assert_eq!(logouts, 1, "only the held session was signed out");
+}
+
+#[tokio::test]
+async fn an_unknown_session_id_is_called_unknown() {
+    let h = Harness::start().await;
+    let session = h.sign_in("1001").await;
+    let status = expect_code(
+        h.play()
+            .await
+            .watch_play_events(WatchPlayEventsRequest {
+                agent_id: "1001".into(),
+                session_id: "nope".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&status), "SESSION_CHANGED");
+    let message = status.message();
+    assert!(message.contains("unknown"), "{message}");
+    assert!(!message.contains("signed in again"), "{message}");
+    assert!(message.contains(&session.session_id), "{message}");
+}
