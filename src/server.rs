@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::gateway::{ClientBuildError, GatewayClient};
 use crate::grpc::auth::TokenCheck;
+use crate::grpc::limit::RequestLimit;
 use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
 use crate::proto::server::agent_session_service_server::AgentSessionServiceServer;
 use crate::proto::server::record_play_service_server::RecordPlayServiceServer;
@@ -91,13 +92,19 @@ pub async fn run(
     }
     let token = TokenCheck::new(limits.auth_token.clone());
     let record_play = InterceptedService::new(
-        RecordPlayServiceServer::new(RecordPlayApi(bridge.clone()))
-            .max_decoding_message_size(limits.max_request_bytes),
+        RequestLimit::new(
+            RecordPlayServiceServer::new(RecordPlayApi(bridge.clone()))
+                .max_decoding_message_size(limits.max_request_bytes),
+            limits.max_request_bytes,
+        ),
         token.clone(),
     );
     let agent_session = InterceptedService::new(
-        AgentSessionServiceServer::new(AgentSessionApi(bridge.clone()))
-            .max_decoding_message_size(limits.max_request_bytes),
+        RequestLimit::new(
+            AgentSessionServiceServer::new(AgentSessionApi(bridge.clone()))
+                .max_decoding_message_size(limits.max_request_bytes),
+            limits.max_request_bytes,
+        ),
         token,
     );
 
@@ -201,7 +208,9 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("gRPC calls still open at the drain deadline; answering them OUTCOME_UNKNOWN");
+        tracing::warn!(
+            "gRPC calls still open at the drain deadline; answering them OUTCOME_UNKNOWN"
+        );
         bridge.cut.cancel();
         if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
             .await

@@ -23,6 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
+/// The least time left before a caller's deadline for a gateway request to be sent at all.
+/// A request sent with less would almost surely time out after the gateway may have acted
+/// (a play started, and the caller told only DEADLINE_EXCEEDED); refusing it up front tells
+/// the caller that nothing happened.
+pub const MIN_REQUEST_BUDGET: Duration = Duration::from_millis(10);
+
 /// Where the gateway is and how to talk to it. Built and checked by `config`.
 #[derive(Clone)]
 pub struct GatewayConfig {
@@ -165,10 +171,11 @@ impl GatewayClient {
             Err(GatewayError::HttpStatus(_)) => "http_status",
             Err(GatewayError::Timeout(_)) => "timeout",
             Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
+            Err(GatewayError::DeadlineTooShort(_)) => "not_sent",
         };
         match &result {
             Err(GatewayError::Unreachable(_)) => self.set_reachable(false),
-            Err(GatewayError::Timeout(_)) => {}
+            Err(GatewayError::Timeout(_) | GatewayError::DeadlineTooShort(_)) => {}
             _ => self.set_reachable(true),
         }
         let elapsed = started.elapsed();
@@ -229,12 +236,15 @@ impl GatewayClient {
             self.config.request_timeout
         };
         let timeout = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(default),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left < MIN_REQUEST_BUDGET {
+                    return Err(GatewayError::DeadlineTooShort(left));
+                }
+                left.min(default)
+            }
             None => default,
         };
-        if timeout < Duration::from_millis(1) {
-            return Err(GatewayError::Timeout(timeout));
-        }
 
         let mut url = self.base.clone();
         iface.push_path(&mut url, agent_id);

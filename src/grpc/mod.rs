@@ -3,6 +3,7 @@
 mod agent_session;
 pub mod auth;
 pub mod frame;
+pub mod limit;
 mod recordplay;
 pub mod status;
 pub mod validate;
@@ -16,8 +17,8 @@ use crate::telemetry::Metrics;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::metadata::MetadataMap;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
 use tonic::Status;
 use tracing::Instrument;
 use validate::Limits;

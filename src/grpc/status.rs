@@ -86,6 +86,7 @@ pub fn gateway_status(err: &GatewayError) -> Status {
             )
         }
         GatewayError::Timeout(_) => b(Code::DeadlineExceeded, "GATEWAY_TIMEOUT", &[]),
+        GatewayError::DeadlineTooShort(_) => b(Code::DeadlineExceeded, "DEADLINE_TOO_SHORT", &[]),
         GatewayError::OutcomeUnknown(_) => outcome_unknown(err.to_string()),
     }
 }
@@ -94,7 +95,13 @@ pub fn gateway_status(err: &GatewayError) -> Status {
 /// not learn the outcome: UNKNOWN `OUTCOME_UNKNOWN`, never UNAVAILABLE, because a retry could
 /// do the work twice (e.g. play a recording twice).
 pub fn outcome_unknown(message: impl Into<String>) -> Status {
-    with_info(Code::Unknown, message, BRIDGE_DOMAIN, "OUTCOME_UNKNOWN", &[])
+    with_info(
+        Code::Unknown,
+        message,
+        BRIDGE_DOMAIN,
+        "OUTCOME_UNKNOWN",
+        &[],
+    )
 }
 
 impl From<SessionError> for Status {

@@ -203,11 +203,7 @@ async fn check_injected(h: &Harness, retcode: &str, rpc: Rpc, code: Code, want_r
         .await;
     if rpc.signs_in() {
         let s = expect_code(held, Code::NotFound);
-        assert_eq!(
-            reason(&s),
-            "SESSION_NOT_FOUND",
-            "refused sign-in: not held"
-        );
+        assert_eq!(reason(&s), "SESSION_NOT_FOUND", "refused sign-in: not held");
     } else {
         assert!(held.is_ok(), "{retcode} on {rpc:?}: session kept: {held:?}");
     }

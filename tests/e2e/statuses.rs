@@ -133,7 +133,11 @@ async fn twenty_thousand_bad_types_are_one_invalid_argument_listing_ten() {
     let fields = violated_fields(&status);
     assert_eq!(fields.len(), 10, "{fields:?}");
     assert_eq!(fields[0], "types[0]");
-    assert!(status.message().contains("19990 more"), "{}", status.message());
+    assert!(
+        status.message().contains("19990 more"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -242,4 +246,114 @@ async fn an_unknown_session_id_is_called_unknown() {
     assert!(message.contains("unknown"), "{message}");
     assert!(!message.contains("signed in again"), "{message}");
     assert!(message.contains(&session.session_id), "{message}");
+}
+
+#[tokio::test]
+async fn a_deadline_too_short_to_reach_the_gateway_sends_nothing_and_says_so() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    h.sim.clear_requests();
+    let mut client = h.play().await;
+    // 1–8 ms: tonic's own timer (CANCELLED, no detail) may answer first; either way nothing
+    // may reach the gateway, and a bridge answer must say why.
+    for ms in 1..=8 {
+        let result = client
+            .begin_play(with_deadline(
+                play_request("1001"),
+                Duration::from_millis(ms),
+            ))
+            .await;
+        let status = result.expect_err("no time to play");
+        assert!(
+            matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{ms} ms: {status:?}"
+        );
+        if status.code() == Code::DeadlineExceeded {
+            assert_eq!(reason(&status), "DEADLINE_TOO_SHORT", "{ms} ms: {status:?}");
+        }
+    }
+    // 14 ms leaves the handler 9 ms (the bridge answers 5 ms early), under the 10 ms a
+    // request needs: refused at once, well before tonic's timer.
+    let status = expect_code(
+        client
+            .begin_play(with_deadline(
+                play_request("1001"),
+                Duration::from_millis(14),
+            ))
+            .await,
+        Code::DeadlineExceeded,
+    );
+    assert_eq!(reason(&status), "DEADLINE_TOO_SHORT", "{status:?}");
+    assert!(status.message().contains("nothing was sent"), "{status:?}");
+    assert!(!status.message().contains("0ns"), "{status:?}");
+    assert_eq!(plays(&h), 0, "no play reached the gateway");
+    // With time enough, the same call plays.
+    client
+        .begin_play(with_deadline(play_request("1001"), Duration::from_secs(5)))
+        .await
+        .expect("plays");
+    assert_eq!(plays(&h), 1);
+}
+
+/// Sends and receives raw message bytes, to put what no generated client would on the wire.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_request_is_internal_and_reaches_no_handler() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    h.sim.clear_requests();
+    let mut grpc = tonic::client::Grpc::new(h.channel().await);
+    grpc.ready().await.unwrap();
+    // Field 1 with wire type 7, which protobuf does not have.
+    let status = expect_code(
+        grpc.unary(
+            tonic::Request::new(vec![0x0f, 0x00]),
+            http::uri::PathAndQuery::from_static("/ccgw.v1.RecordPlayService/BeginPlay"),
+            RawCodec,
+        )
+        .await,
+        Code::Internal,
+    );
+    assert!(status.message().contains("decode"), "{status:?}");
+    assert_eq!(plays(&h), 0);
 }

@@ -671,7 +671,11 @@ async fn repeated_sign_out_is_ok_and_sends_nothing() {
             .count()
     };
     assert_eq!(logouts(), 1);
-    let again = sessions.sign_out(out()).await.expect("idempotent").into_inner();
+    let again = sessions
+        .sign_out(out())
+        .await
+        .expect("idempotent")
+        .into_inner();
     assert!(again.message.contains("not signed in"), "{again:?}");
     assert_eq!(
         logouts(),
