@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// `ccgw-bridge`: gRPC in front of the Huawei CC-Gateway agent interface.
 #[derive(Debug, Parser)]
@@ -471,15 +472,11 @@ pub fn load_agents(
             let password = match (&a.password_file, &a.password_env) {
                 (Some(file), None) => {
                     refuse_world_readable(file, &ctx)?;
-                    let raw = read(file, &format!("{ctx}: password_file"))?;
-                    String::from_utf8(raw)
-                        .map_err(|_| invalid(format!("{ctx}: password_file is not UTF-8")))?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_owned()
+                    read_password_file(file, &ctx)?
                 }
-                (None, Some(name)) => env(name).ok_or_else(|| {
+                (None, Some(name)) => Password::new(env(name).ok_or_else(|| {
                     invalid(format!("{ctx}: environment variable {name} is not set"))
-                })?,
+                })?),
                 _ => {
                     return Err(invalid(format!(
                         "{ctx}: give exactly one of password_file or password_env (never the password itself)"
@@ -487,12 +484,12 @@ pub fn load_agents(
                 }
             };
             let mut v = crate::grpc::status::Violations::default();
-            crate::grpc::validate::password(&mut v, "password", &password);
+            crate::grpc::validate::password(&mut v, "password", password.expose());
             v.check().map_err(|s| invalid(format!("{ctx}: {}", s.message())))?;
             Ok(PinnedAgent {
                 agent_id: a.id,
                 params: SignInParams {
-                    password: Password::new(password),
+                    password,
                     phone_number: a.phone_number,
                     force: a.force,
                     auto_answer: a.auto_answer,
@@ -504,6 +501,19 @@ pub fn load_agents(
             })
         })
         .collect()
+}
+
+/// A password file's content without its trailing newline. Every buffer that held it is wiped
+/// (the file's bytes on drop, the password itself with the [`Password`]), and the password is
+/// copied once into a string of exactly its size, so no copy is left in freed memory.
+fn read_password_file(file: &Path, ctx: &str) -> Result<Password, ConfigError> {
+    let raw = Zeroizing::new(read(file, &format!("{ctx}: password_file"))?);
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| invalid(format!("{ctx}: password_file is not UTF-8")))?
+        .trim_end_matches(['\r', '\n']);
+    let mut password = String::with_capacity(text.len());
+    password.push_str(text);
+    Ok(Password::new(password))
 }
 
 #[cfg(unix)]
