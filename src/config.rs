@@ -1,37 +1,17 @@
-//! Command line, environment and the agents file, validated into a [`Config`] before any port
-//! is bound (a bad value exits with code 64 and one clear message).
+//! The bridge's flags, environment and the agents file, validated into a [`Config`] before any
+//! port is bound (a bad value exits with code 64 and one clear message). The binary's whole
+//! command line, helper commands included, is `crate::args`.
 
 use crate::gateway::GatewayConfig;
-use crate::grpc::validate::{Limits, VoicePathPolicy};
+use crate::grpc::validate::{self, Limits, Violations, VoicePathPolicy};
 use crate::secret::Password;
 use crate::session::{SessionSettings, SignInParams};
 use crate::telemetry::LogFormat;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zeroize::Zeroizing;
-
-/// `ccgw-bridge`: gRPC in front of the Huawei CC-Gateway agent interface.
-#[derive(Debug, Parser)]
-#[command(name = "ccgw-bridge", version, about, long_about = None)]
-pub struct Cli {
-    /// Run a helper command instead of the bridge.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Bridge settings (when no command is given).
-    #[command(flatten)]
-    pub bridge: BridgeArgs,
-}
-
-/// Helper commands of the same binary.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run only the CC-Gateway simulator, printing its URL and CA path.
-    Simulate(SimulateArgs),
-    /// Call a running bridge's gRPC API (operators and scripts; no grpcurl needed in the pod).
-    Call(crate::cli::CallArgs),
-}
 
 /// Settings of the standalone simulator.
 #[derive(Debug, Args)]
@@ -460,12 +440,12 @@ pub fn load_agents(
         .into_iter()
         .map(|a| {
             let ctx = format!("--agents-file {}: agent {:?}", path.display(), a.id);
-            let mut v = crate::grpc::status::Violations::default();
+            let mut v = Violations::default();
             limits.agent_id(&mut v, "id", &a.id);
-            crate::grpc::validate::phone_number(&mut v, "phone_number", &a.phone_number);
-            crate::grpc::validate::agent_type(&mut v, "agent_type", a.agent_type);
-            crate::grpc::validate::status(&mut v, "status", a.status);
-            v.check().map_err(|s| invalid(format!("{ctx}: {}", s.message())))?;
+            validate::phone_number(&mut v, "phone_number", &a.phone_number);
+            validate::agent_type(&mut v, "agent_type", a.agent_type);
+            validate::status(&mut v, "status", a.status);
+            v.into_result().map_err(|m| invalid(format!("{ctx}: {m}")))?;
             if !seen.insert(a.id.clone()) {
                 return Err(invalid(format!("{ctx}: listed twice")));
             }
@@ -483,9 +463,9 @@ pub fn load_agents(
                     )))
                 }
             };
-            let mut v = crate::grpc::status::Violations::default();
-            crate::grpc::validate::password(&mut v, "password", password.expose());
-            v.check().map_err(|s| invalid(format!("{ctx}: {}", s.message())))?;
+            let mut v = Violations::default();
+            validate::password(&mut v, "password", password.expose());
+            v.into_result().map_err(|m| invalid(format!("{ctx}: {m}")))?;
             Ok(PinnedAgent {
                 agent_id: a.id,
                 params: SignInParams {
@@ -539,6 +519,8 @@ fn refuse_world_readable(_: &Path, _: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
     use std::os::unix::fs::PermissionsExt;
 
     fn args(extra: &[&str]) -> Result<Config, String> {

@@ -60,7 +60,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    crate::install_crypto_provider();
+    crate::crypto::install_crypto_provider();
     let metrics = Arc::new(Metrics::default());
     if config.gateway.insecure_skip_verify {
         tracing::warn!("--insecure-skip-verify: the gateway's certificate is NOT verified; anyone on the path can read agent passwords");

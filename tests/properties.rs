@@ -4,8 +4,7 @@
 //! accepts exactly what the rule allows, and reports a refusal as one violation of the field.
 
 use ccgw_bridge::gateway::{parse_set_guid, Envelope};
-use ccgw_bridge::grpc::status::Violations;
-use ccgw_bridge::grpc::validate::{self, Limits, VoicePathPolicy};
+use ccgw_bridge::grpc::validate::{self, Limits, Violations, VoicePathPolicy};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tonic::Code;

@@ -9,15 +9,16 @@ pub mod bodies;
 mod envelope;
 mod error;
 mod interface;
+mod observer;
 pub mod retcodes;
 
 pub use auth::{parse_set_guid, AgentAuth, GuidState};
 pub use envelope::{DecodeError, Envelope, RawEvent};
 pub use error::{chain, GatewayError};
 pub use interface::Interface;
+pub use observer::Observer;
 
 use crate::secret::Guid;
-use crate::telemetry::Metrics;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,7 +81,7 @@ pub struct GatewayClient {
     http: reqwest::Client,
     base: reqwest::Url,
     config: Arc<GatewayConfig>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Observer>,
     reachable: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -89,8 +90,11 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl GatewayClient {
     /// Builds the pooled HTTPS client from validated configuration.
-    pub fn new(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, ClientBuildError> {
-        crate::install_crypto_provider();
+    pub fn new(
+        config: GatewayConfig,
+        metrics: Arc<dyn Observer>,
+    ) -> Result<Self, ClientBuildError> {
+        crate::crypto::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             // The gateway is a Tomcat application; HTTP/1.1 keep-alive is what it speaks, and
             // h2 stream limits would make held polls starve operation calls.

@@ -1,7 +1,8 @@
 //! `ccgw.v1.AgentSessionService`.
 
 use super::frame::EncodedEvent;
-use super::status::{self, Violations};
+use super::status;
+use super::validate::Violations;
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
 use crate::proto::server::agent_session_service_server::AgentSessionService;

@@ -1,7 +1,8 @@
 //! `ccgw.v1.RecordPlayService`.
 
 use super::frame::EncodedEvent;
-use super::status::{self, with_info, Violations, BRIDGE_DOMAIN};
+use super::status::{self, with_info, BRIDGE_DOMAIN};
+use super::validate::Violations;
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
 use crate::events::{End, Next};

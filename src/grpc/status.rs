@@ -4,6 +4,7 @@
 //! domain `ccgateway` for the gateway's retcodes (metadata `retcode`, `gateway_message`),
 //! domain `ccgw-bridge` for what the bridge itself decided.
 
+use super::validate::Violations;
 use crate::gateway::retcodes::{self, Class};
 use crate::gateway::GatewayError;
 use crate::session::SessionError;
@@ -133,57 +134,27 @@ impl From<SessionError> for Status {
     }
 }
 
-/// How many field violations a status lists; the rest are only counted. Without a cap, a
-/// request with thousands of bad entries (e.g. `types`) makes trailers larger than HTTP/2
-/// allows, and the client sees a protocol error instead of INVALID_ARGUMENT.
-pub const MAX_LISTED_VIOLATIONS: usize = 10;
-
 /// `GetSession` for an agent the bridge does not hold (never signed in through it, or signed
 /// out): there is no session to describe.
 pub fn session_not_found(agent_id: &str) -> Status {
     with_info(
         Code::NotFound,
-        format!("this bridge holds no session for agent {agent_id} (never signed in through it, or signed out)"),
+        format!(
+            "this bridge holds no session for agent {agent_id} (never signed in through it, or signed out)"
+        ),
         BRIDGE_DOMAIN,
         "SESSION_NOT_FOUND",
         &[("agent_id", agent_id.to_owned())],
     )
 }
 
-/// Collects field violations, then becomes one INVALID_ARGUMENT with a `BadRequest`.
-#[derive(Default, Debug)]
-pub struct Violations {
-    listed: Vec<(String, String)>,
-    total: usize,
-}
-
 impl Violations {
-    /// Records that `field` is invalid, and why (kept for the first [`MAX_LISTED_VIOLATIONS`]).
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.total += 1;
-        if self.listed.len() < MAX_LISTED_VIOLATIONS {
-            self.listed.push((field.into(), description.into()));
-        }
-    }
-
-    /// `Ok` when nothing was recorded.
+    /// `Ok` when nothing was recorded, else one INVALID_ARGUMENT with a `BadRequest` listing
+    /// the recorded violations.
     pub fn check(self) -> Result<(), Status> {
-        if self.total == 0 {
+        let Some(message) = self.message() else {
             return Ok(());
-        }
-        let mut message = self
-            .listed
-            .iter()
-            .map(|(f, d)| format!("{f}: {d}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let unlisted = self.total - self.listed.len();
-        if unlisted > 0 {
-            message.push_str(&format!(
-                "; and {unlisted} more violation(s) not listed ({} in all)",
-                self.total
-            ));
-        }
+        };
         let mut details = ErrorDetails::new();
         for (field, description) in self.listed {
             details.add_bad_request_violation(field, description);
@@ -222,6 +193,7 @@ pub fn code_label(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::validate::MAX_LISTED_VIOLATIONS;
 
     #[test]
     fn every_retcode_family_maps_as_designed() {

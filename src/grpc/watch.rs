@@ -3,7 +3,8 @@
 //! A stream is an `unfold` over the watcher's [`Subscription`]: no task and no queue per
 //! watcher, so an open stream costs a cursor, and dropping it (client cancel) releases it at once.
 
-use super::status::{with_info, Violations, BRIDGE_DOMAIN};
+use super::status::{with_info, BRIDGE_DOMAIN};
+use super::validate::Violations;
 use crate::events::{End, Event, Next, SubscribeError, Subscription};
 use crate::session::{Session, Sessions};
 use crate::telemetry::Metrics;

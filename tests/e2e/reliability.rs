@@ -11,7 +11,8 @@
 use crate::guid::{metric, reqwest_metrics};
 use crate::helpers::*;
 use crate::ops::{health_watch, until_status};
-use ccgw_bridge::config::{Cli, Config};
+use ccgw_bridge::args::Cli;
+use ccgw_bridge::config::Config;
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::*;
