@@ -897,7 +897,7 @@ async fn sign_out_racing_sign_in_leaves_one_consistent_session() {
             );
         }
         Err(s) => {
-            assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN", "{s:?}");
+            assert_eq!(reason(&s), "SESSION_NOT_FOUND", "{s:?}");
             assert!(!gateway, "the gateway holds a session the bridge forgot");
         }
     }

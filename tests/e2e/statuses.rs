@@ -273,16 +273,26 @@ async fn a_deadline_too_short_to_reach_the_gateway_sends_nothing_and_says_so() {
         }
     }
     // 14 ms leaves the handler 9 ms (the bridge answers 5 ms early), under the 10 ms a
-    // request needs: refused at once, well before tonic's timer.
-    let status = expect_code(
-        client
+    // request needs: refused at once. On a starved machine tonic's timer can still answer
+    // first (CANCELLED), so the bridge's own answer is asked for until it comes.
+    let mut told = None;
+    for _ in 0..20 {
+        let status = client
             .begin_play(with_deadline(
                 play_request("1001"),
                 Duration::from_millis(14),
             ))
-            .await,
-        Code::DeadlineExceeded,
-    );
+            .await
+            .expect_err("no time to play");
+        match status.code() {
+            Code::DeadlineExceeded => {
+                told = Some(status);
+                break;
+            }
+            code => assert_eq!(code, Code::Cancelled, "{status:?}"),
+        }
+    }
+    let status = told.expect("the bridge answered at least once before tonic's timer");
     assert_eq!(reason(&status), "DEADLINE_TOO_SHORT", "{status:?}");
     assert!(status.message().contains("nothing was sent"), "{status:?}");
     assert!(!status.message().contains("0ns"), "{status:?}");
