@@ -273,6 +273,13 @@ impl BridgeArgs {
                 self.poll_timeout
             )));
         }
+        if self.request_timeout < crate::gateway::MIN_REQUEST_BUDGET {
+            return Err(invalid(format!(
+                "--request-timeout {:?} must be at least {:?}, the least time a gateway request is sent with",
+                self.request_timeout,
+                crate::gateway::MIN_REQUEST_BUDGET
+            )));
+        }
         if self.agent_id_min == 0 || self.agent_id_min > self.agent_id_max {
             return Err(invalid(
                 "--agent-id-min must be at least 1 and not above --agent-id-max",
@@ -550,6 +557,7 @@ mod tests {
             (&["--ca-cert", "/nonexistent/ca.pem"][..], "--ca-cert"),
             (&["--event-window", "0"][..], "--event-window"),
             (&["--request-timeout", "soon"][..], "request-timeout"),
+            (&["--request-timeout", "5ms"][..], "request-timeout"),
         ] {
             let err = args(extra).unwrap_err();
             assert!(err.contains(needle), "{extra:?}: {err}");
