@@ -1,36 +1,17 @@
-//! Command line, environment and the agents file, validated into a [`Config`] before any port
-//! is bound (a bad value exits with code 64 and one clear message).
+//! The bridge's flags, environment and the agents file, validated into a [`Config`] before any
+//! port is bound (a bad value exits with code 64 and one clear message). The binary's whole
+//! command line, helper commands included, is `crate::args`.
 
 use crate::gateway::GatewayConfig;
-use crate::grpc::validate::{Limits, VoicePathPolicy};
+use crate::grpc::validate::{self, Limits, Violations, VoicePathPolicy};
 use crate::secret::Password;
 use crate::session::{SessionSettings, SignInParams};
 use crate::telemetry::LogFormat;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// `ccgw-bridge`: gRPC in front of the Huawei CC-Gateway agent interface.
-#[derive(Debug, Parser)]
-#[command(name = "ccgw-bridge", version, about, long_about = None)]
-pub struct Cli {
-    /// Run a helper command instead of the bridge.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Bridge settings (when no command is given).
-    #[command(flatten)]
-    pub bridge: BridgeArgs,
-}
-
-/// Helper commands of the same binary.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run only the CC-Gateway simulator, printing its URL and CA path.
-    Simulate(SimulateArgs),
-    /// Call a running bridge's gRPC API (operators and scripts; no grpcurl needed in the pod).
-    Call(crate::cli::CallArgs),
-}
+use zeroize::Zeroizing;
 
 /// Settings of the standalone simulator.
 #[derive(Debug, Args)]
@@ -292,6 +273,13 @@ impl BridgeArgs {
                 self.poll_timeout
             )));
         }
+        if self.request_timeout < crate::gateway::MIN_REQUEST_BUDGET {
+            return Err(invalid(format!(
+                "--request-timeout {:?} must be at least {:?}, the least time a gateway request is sent with",
+                self.request_timeout,
+                crate::gateway::MIN_REQUEST_BUDGET
+            )));
+        }
         if self.agent_id_min == 0 || self.agent_id_min > self.agent_id_max {
             return Err(invalid(
                 "--agent-id-min must be at least 1 and not above --agent-id-max",
@@ -459,40 +447,36 @@ pub fn load_agents(
         .into_iter()
         .map(|a| {
             let ctx = format!("--agents-file {}: agent {:?}", path.display(), a.id);
-            let mut v = crate::grpc::status::Violations::default();
+            let mut v = Violations::default();
             limits.agent_id(&mut v, "id", &a.id);
-            crate::grpc::validate::phone_number(&mut v, "phone_number", &a.phone_number);
-            crate::grpc::validate::agent_type(&mut v, "agent_type", a.agent_type);
-            crate::grpc::validate::status(&mut v, "status", a.status);
-            v.check().map_err(|s| invalid(format!("{ctx}: {}", s.message())))?;
+            validate::phone_number(&mut v, "phone_number", &a.phone_number);
+            validate::agent_type(&mut v, "agent_type", a.agent_type);
+            validate::status(&mut v, "status", a.status);
+            v.into_result().map_err(|m| invalid(format!("{ctx}: {m}")))?;
             if !seen.insert(a.id.clone()) {
                 return Err(invalid(format!("{ctx}: listed twice")));
             }
             let password = match (&a.password_file, &a.password_env) {
                 (Some(file), None) => {
                     refuse_world_readable(file, &ctx)?;
-                    let raw = read(file, &format!("{ctx}: password_file"))?;
-                    String::from_utf8(raw)
-                        .map_err(|_| invalid(format!("{ctx}: password_file is not UTF-8")))?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_owned()
+                    read_password_file(file, &ctx)?
                 }
-                (None, Some(name)) => env(name).ok_or_else(|| {
+                (None, Some(name)) => Password::new(env(name).ok_or_else(|| {
                     invalid(format!("{ctx}: environment variable {name} is not set"))
-                })?,
+                })?),
                 _ => {
                     return Err(invalid(format!(
                         "{ctx}: give exactly one of password_file or password_env (never the password itself)"
                     )))
                 }
             };
-            let mut v = crate::grpc::status::Violations::default();
-            crate::grpc::validate::password(&mut v, "password", &password);
-            v.check().map_err(|s| invalid(format!("{ctx}: {}", s.message())))?;
+            let mut v = Violations::default();
+            validate::password(&mut v, "password", password.expose());
+            v.into_result().map_err(|m| invalid(format!("{ctx}: {m}")))?;
             Ok(PinnedAgent {
                 agent_id: a.id,
                 params: SignInParams {
-                    password: Password::new(password),
+                    password,
                     phone_number: a.phone_number,
                     force: a.force,
                     auto_answer: a.auto_answer,
@@ -504,6 +488,19 @@ pub fn load_agents(
             })
         })
         .collect()
+}
+
+/// A password file's content without its trailing newline. Every buffer that held it is wiped
+/// (the file's bytes on drop, the password itself with the [`Password`]), and the password is
+/// copied once into a string of exactly its size, so no copy is left in freed memory.
+fn read_password_file(file: &Path, ctx: &str) -> Result<Password, ConfigError> {
+    let raw = Zeroizing::new(read(file, &format!("{ctx}: password_file"))?);
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| invalid(format!("{ctx}: password_file is not UTF-8")))?
+        .trim_end_matches(['\r', '\n']);
+    let mut password = String::with_capacity(text.len());
+    password.push_str(text);
+    Ok(Password::new(password))
 }
 
 #[cfg(unix)]
@@ -529,6 +526,8 @@ fn refuse_world_readable(_: &Path, _: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
     use std::os::unix::fs::PermissionsExt;
 
     fn args(extra: &[&str]) -> Result<Config, String> {
@@ -558,6 +557,7 @@ mod tests {
             (&["--ca-cert", "/nonexistent/ca.pem"][..], "--ca-cert"),
             (&["--event-window", "0"][..], "--event-window"),
             (&["--request-timeout", "soon"][..], "request-timeout"),
+            (&["--request-timeout", "5ms"][..], "request-timeout"),
         ] {
             let err = args(extra).unwrap_err();
             assert!(err.contains(needle), "{extra:?}: {err}");

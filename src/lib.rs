@@ -3,8 +3,10 @@
 //! Callers speak gRPC (`proto/ccgw/v1`); the bridge signs agents in, keeps their Guids fresh,
 //! polls their events and fans them out, so no caller ever handles a Guid.
 
+pub mod args;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod events;
 pub mod gateway;
 pub mod grpc;
@@ -28,11 +30,5 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/ccgw_descriptor.bin"));
 }
 pub mod sim;
+pub use crypto::install_crypto_provider;
 pub use server::{run, Listeners, RunError};
-
-/// Makes ring the process-wide rustls provider (idempotent). The gateway client and the API
-/// listener's TLS both use the process default; with one provider compiled in, nothing can
-/// disagree about which one that is.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

@@ -2,7 +2,8 @@
 //!
 //! Everything else lives in the library (`ccgw_bridge::run`), which the tests call too.
 
-use ccgw_bridge::config::{Cli, Command, Config, PinnedAgent, SimulateArgs};
+use ccgw_bridge::args::{Cli, Command};
+use ccgw_bridge::config::{Config, PinnedAgent, SimulateArgs};
 use ccgw_bridge::secret::Password;
 use ccgw_bridge::session::SignInParams;
 use ccgw_bridge::sim::{AuthMode, SimConfig, Simulator};

@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::gateway::{ClientBuildError, GatewayClient};
 use crate::grpc::auth::TokenCheck;
+use crate::grpc::limit::RequestLimit;
 use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
 use crate::proto::server::agent_session_service_server::AgentSessionServiceServer;
 use crate::proto::server::record_play_service_server::RecordPlayServiceServer;
@@ -59,7 +60,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    crate::install_crypto_provider();
+    crate::crypto::install_crypto_provider();
     let metrics = Arc::new(Metrics::default());
     if config.gateway.insecure_skip_verify {
         tracing::warn!("--insecure-skip-verify: the gateway's certificate is NOT verified; anyone on the path can read agent passwords");
@@ -77,6 +78,7 @@ pub async fn run(
         in_flight: Arc::new(tokio::sync::Semaphore::new(
             config.server.max_concurrent_requests,
         )),
+        cut: CancellationToken::new(),
     };
     let limits = &config.server;
     if limits.tls.is_none()
@@ -90,13 +92,19 @@ pub async fn run(
     }
     let token = TokenCheck::new(limits.auth_token.clone());
     let record_play = InterceptedService::new(
-        RecordPlayServiceServer::new(RecordPlayApi(bridge.clone()))
-            .max_decoding_message_size(limits.max_request_bytes),
+        RequestLimit::new(
+            RecordPlayServiceServer::new(RecordPlayApi(bridge.clone()))
+                .max_decoding_message_size(limits.max_request_bytes),
+            limits.max_request_bytes,
+        ),
         token.clone(),
     );
     let agent_session = InterceptedService::new(
-        AgentSessionServiceServer::new(AgentSessionApi(bridge.clone()))
-            .max_decoding_message_size(limits.max_request_bytes),
+        RequestLimit::new(
+            AgentSessionServiceServer::new(AgentSessionApi(bridge.clone()))
+                .max_decoding_message_size(limits.max_request_bytes),
+            limits.max_request_bytes,
+        ),
         token,
     );
 
@@ -193,12 +201,23 @@ pub async fn run(
         Duration::ZERO
     };
     let mut grpc = grpc;
-    if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
+    // Calls still running a moment before the cut are answered OUTCOME_UNKNOWN (they may have
+    // reached the gateway); only a call that cannot even be answered loses its connection.
+    let answer_by = (config.drain_timeout / 10).min(Duration::from_millis(100));
+    if tokio::time::timeout_at((deadline - reserve - answer_by).into(), &mut grpc)
         .await
         .is_err()
     {
-        tracing::warn!("gRPC calls still open at the drain deadline; closing them");
-        grpc.abort();
+        tracing::warn!(
+            "gRPC calls still open at the drain deadline; answering them OUTCOME_UNKNOWN"
+        );
+        bridge.cut.cancel();
+        if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
+            .await
+            .is_err()
+        {
+            grpc.abort();
+        }
     }
     if config.sign_out_on_shutdown
         && tokio::time::timeout_at(deadline.into(), sessions.sign_out_all(Some(deadline)))

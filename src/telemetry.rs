@@ -225,6 +225,18 @@ pub enum TelemetryError {
     Otlp(String),
 }
 
+/// The gateway client reports into the registry through this trait (it does not know the
+/// registry: dependencies point from telemetry down to the gateway, not back).
+impl crate::gateway::Observer for Metrics {
+    fn gateway_request(&self, interface: &'static str, outcome: &'static str, elapsed: Duration) {
+        Metrics::gateway_request(self, interface, outcome, elapsed);
+    }
+
+    fn guid_adopted(&self) {
+        Metrics::guid_adopted(self);
+    }
+}
+
 /// Keeps the OTLP pipeline alive; [`TelemetryGuard::shutdown`] flushes spans still buffered.
 #[must_use = "dropping the guard without shutdown() loses buffered spans"]
 pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);

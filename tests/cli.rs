@@ -195,8 +195,7 @@ async fn a_refused_call_prints_code_and_fields_and_exits_1() {
     let r = run(&h, &["session", "--agent", "1002"]).await;
     assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
     assert!(
-        r.stderr
-            .starts_with("error: FAILED_PRECONDITION AGENT_NOT_SIGNED_IN: "),
+        r.stderr.starts_with("error: NOT_FOUND SESSION_NOT_FOUND: "),
         "{}",
         r.stderr
     );

@@ -164,7 +164,8 @@ impl Hub {
                 None => w.next_seq,
                 Some(after) => {
                     let oldest = w.first_seq();
-                    if after + 1 < oldest || after >= w.next_seq {
+                    // Checked: a caller may send any u64 (u64::MAX + 1 would overflow).
+                    if after >= w.next_seq || after.checked_add(1).is_none_or(|n| n < oldest) {
                         return Err(SubscribeError::OutOfRange {
                             requested: after,
                             oldest,
@@ -303,6 +304,15 @@ mod tests {
         assert!(
             h.subscribe(Some(6)).is_ok(),
             "after the newest: live from here"
+        );
+        assert_eq!(
+            h.subscribe(Some(u64::MAX)).err(),
+            Some(SubscribeError::OutOfRange {
+                requested: u64::MAX,
+                oldest: 3,
+                newest: 6
+            }),
+            "no overflow on the largest position"
         );
     }
 

@@ -128,7 +128,7 @@ fn error_kind(e: &GatewayError) -> &'static str {
         GatewayError::Retcode { .. } => "retcode",
         GatewayError::Unreachable(_) => "unreachable",
         GatewayError::HttpStatus(_) => "http_status",
-        GatewayError::Timeout(_) => "timeout",
+        GatewayError::Timeout(_) | GatewayError::DeadlineTooShort(_) => "timeout",
         GatewayError::OutcomeUnknown(_) => "bad_answer",
     }
 }

@@ -6,6 +6,7 @@
 //! to deliver the next one instead of guessing.
 
 use crate::secret::Guid;
+use reqwest::header::HeaderValue;
 use std::sync::Mutex;
 use tokio::sync::watch;
 
@@ -19,7 +20,7 @@ pub struct GuidState {
 }
 
 /// One agent's Guid and cookies, shared by its poll loop and every call made for it.
-#[derive(Debug)]
+/// Its `Debug` shows neither: a load balancer's cookie can be as good as a session token.
 pub struct AgentAuth {
     guid: watch::Sender<GuidState>,
     cookies: Mutex<Option<String>>,
@@ -31,6 +32,19 @@ impl Default for AgentAuth {
             guid: watch::Sender::new(GuidState::default()),
             cookies: Mutex::new(None),
         }
+    }
+}
+
+impl std::fmt::Debug for AgentAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cookies = self
+            .cookies
+            .lock()
+            .map_or(0, |c| c.as_deref().map_or(0, |c| c.split("; ").count()));
+        f.debug_struct("AgentAuth")
+            .field("guid", &self.guid.borrow())
+            .field("cookies", &format_args!("<{cookies} redacted>"))
+            .finish()
     }
 }
 
@@ -57,9 +71,13 @@ impl AgentAuth {
         })
     }
 
-    /// The `Cookie` header value to send, if the gateway (or its load balancer) set any.
-    pub fn cookie_header(&self) -> Option<String> {
-        self.cookies.lock().ok().and_then(|c| c.clone())
+    /// The `Cookie` header value to send, if the gateway (or its load balancer) set any; marked
+    /// sensitive, so HTTP tooling never prints it and HTTP/2 never indexes it.
+    pub fn cookie_header(&self) -> Option<HeaderValue> {
+        let jar = self.cookies.lock().ok()?;
+        let mut value = HeaderValue::from_str(jar.as_deref()?).ok()?;
+        value.set_sensitive(true);
+        Some(value)
     }
 
     /// Stores `name=value` pairs from `Set-Cookie` headers (attributes dropped; same name replaced).
@@ -129,6 +147,20 @@ mod tests {
         let auth = AgentAuth::default();
         auth.store_cookies(["a=1; Path=/", "b=2"].into_iter());
         auth.store_cookies(["a=3; HttpOnly"].into_iter());
-        assert_eq!(auth.cookie_header().as_deref(), Some("b=2; a=3"));
+        assert_eq!(auth.cookie_header().unwrap(), "b=2; a=3");
+    }
+
+    #[test]
+    fn cookies_are_sensitive_and_never_in_debug_output() {
+        let auth = AgentAuth::default();
+        auth.adopt(Guid::new("279fe21d-guid"));
+        auth.store_cookies(["JSESSIONID=c00kie-secret; Path=/"].into_iter());
+        let header = auth.cookie_header().unwrap();
+        assert!(header.is_sensitive());
+        assert!(!format!("{header:?}").contains("c00kie"));
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains("c00kie"), "{shown}");
+        assert!(!shown.contains("279fe21d"), "{shown}");
+        assert!(shown.contains("<1 redacted>"), "{shown}");
     }
 }

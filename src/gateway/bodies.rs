@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 /// Body of `login` / `forcelogin` (api-notes §1.1).
 #[derive(Serialize)]
@@ -57,6 +58,46 @@ pub fn to_bytes<T: Serialize>(body: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(body).unwrap_or_default())
 }
 
+/// Serializes a body that holds a secret (the sign-in password) into a buffer of exactly its
+/// size, wiped when the last reference to it (the HTTP client's, after sending) is dropped.
+/// Exactly: a buffer that grows while being written reallocates and leaves a copy of what it
+/// held so far in freed memory.
+pub fn to_secret_bytes<T: Serialize>(body: &T) -> Bytes {
+    Bytes::from_owner(ZeroizingBuf(secret_json(body)))
+}
+
+fn secret_json<T: Serialize>(body: &T) -> Zeroizing<Vec<u8>> {
+    let mut size = ByteCount(0);
+    // Serializing these plain fields cannot fail.
+    let _ = serde_json::to_writer(&mut size, body);
+    let mut buf = Zeroizing::new(Vec::with_capacity(size.0));
+    let _ = serde_json::to_writer(&mut *buf, body);
+    buf
+}
+
+/// A writer that only counts, to size a secret's buffer before writing it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A byte buffer wiped on drop, as an owner `Bytes` can share.
+struct ZeroizingBuf(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +123,23 @@ mod tests {
             &s[..],
             br#"{"password":"","phonenum":"88001","autoenteridle":false,"status":4}"#
         );
+    }
+
+    #[test]
+    fn a_secret_body_is_written_into_a_buffer_of_exactly_its_size() {
+        // Longer than any first guess at a capacity: nothing may be reallocated.
+        let body = SignInBody {
+            password: &"p".repeat(32),
+            phonenum: &"8".repeat(24),
+            autoanswer: Some(false),
+            autoenteridle: Some(false),
+            releasephone: Some(false),
+            agenttype: Some(11),
+            status: Some(5),
+        };
+        let buf = secret_json(&body);
+        assert!(buf.len() > 128, "{}", buf.len());
+        assert_eq!(buf.capacity(), buf.len());
+        assert_eq!(&to_secret_bytes(&body)[..], &buf[..]);
     }
 }

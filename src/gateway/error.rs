@@ -23,6 +23,10 @@ pub enum GatewayError {
     /// No answer within the time allowed (the caller's deadline or the configured timeout).
     #[error("gateway did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The caller's deadline left too little time to reach the gateway, so the request was not
+    /// sent: it surely did not take effect.
+    #[error("the call's deadline left {left:?}, less than the {needed:?} a gateway request needs, so the request was not sent", left = .0, needed = super::MIN_REQUEST_BUDGET)]
+    DeadlineTooShort(std::time::Duration),
     /// The request may have reached the gateway, but its answer was lost or is unreadable.
     #[error("gateway answer lost or unreadable (the operation may have taken effect): {0}")]
     OutcomeUnknown(String),

@@ -9,19 +9,26 @@ pub mod bodies;
 mod envelope;
 mod error;
 mod interface;
+mod observer;
 pub mod retcodes;
 
 pub use auth::{parse_set_guid, AgentAuth, GuidState};
 pub use envelope::{DecodeError, Envelope, RawEvent};
 pub use error::{chain, GatewayError};
 pub use interface::Interface;
+pub use observer::Observer;
 
 use crate::secret::Guid;
-use crate::telemetry::Metrics;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+
+/// The least time left before a caller's deadline for a gateway request to be sent at all.
+/// A request sent with less would almost surely time out after the gateway may have acted
+/// (a play started, and the caller told only DEADLINE_EXCEEDED); refusing it up front tells
+/// the caller that nothing happened.
+pub const MIN_REQUEST_BUDGET: Duration = Duration::from_millis(10);
 
 /// Where the gateway is and how to talk to it. Built and checked by `config`.
 #[derive(Clone)]
@@ -74,7 +81,7 @@ pub struct GatewayClient {
     http: reqwest::Client,
     base: reqwest::Url,
     config: Arc<GatewayConfig>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Observer>,
     reachable: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -83,8 +90,11 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl GatewayClient {
     /// Builds the pooled HTTPS client from validated configuration.
-    pub fn new(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, ClientBuildError> {
-        crate::install_crypto_provider();
+    pub fn new(
+        config: GatewayConfig,
+        metrics: Arc<dyn Observer>,
+    ) -> Result<Self, ClientBuildError> {
+        crate::crypto::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             // The gateway is a Tomcat application; HTTP/1.1 keep-alive is what it speaks, and
             // h2 stream limits would make held polls starve operation calls.
@@ -165,10 +175,11 @@ impl GatewayClient {
             Err(GatewayError::HttpStatus(_)) => "http_status",
             Err(GatewayError::Timeout(_)) => "timeout",
             Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
+            Err(GatewayError::DeadlineTooShort(_)) => "not_sent",
         };
         match &result {
             Err(GatewayError::Unreachable(_)) => self.set_reachable(false),
-            Err(GatewayError::Timeout(_)) => {}
+            Err(GatewayError::Timeout(_) | GatewayError::DeadlineTooShort(_)) => {}
             _ => self.set_reachable(true),
         }
         let elapsed = started.elapsed();
@@ -229,12 +240,15 @@ impl GatewayClient {
             self.config.request_timeout
         };
         let timeout = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(default),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left < MIN_REQUEST_BUDGET {
+                    return Err(GatewayError::DeadlineTooShort(left));
+                }
+                left.min(default)
+            }
             None => default,
         };
-        if timeout < Duration::from_millis(1) {
-            return Err(GatewayError::Timeout(timeout));
-        }
 
         let mut url = self.base.clone();
         iface.push_path(&mut url, agent_id);

@@ -1,13 +1,14 @@
 //! `ccgw.v1.AgentSessionService`.
 
 use super::frame::EncodedEvent;
-use super::status::Violations;
+use super::status;
+use super::validate::Violations;
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
 use crate::proto::server::agent_session_service_server::AgentSessionService;
 use crate::proto::*;
 use crate::secret::Password;
-use crate::session::{SessionInfo, SignInParams, State};
+use crate::session::{SessionError, SessionInfo, SignInParams, State};
 use std::time::{Duration, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
@@ -83,10 +84,16 @@ impl AgentSessionService for AgentSessionApi {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 v.check()?;
-                bridge.sessions.sign_out(&r.agent_id, deadline).await?;
-                Ok(Response::new(SignOutResponse {
-                    message: String::new(),
-                }))
+                // Idempotent: the goal (this bridge holds no session for the agent) is reached,
+                // so a retried SignOut whose first answer was lost is OK too. Nothing is sent.
+                let message = match bridge.sessions.sign_out(&r.agent_id, deadline).await {
+                    Ok(()) => String::new(),
+                    Err(SessionError::NotSignedIn { agent_id }) => format!(
+                        "agent {agent_id} was not signed in through this bridge; nothing was sent to the gateway"
+                    ),
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(Response::new(SignOutResponse { message }))
             })
             .await
     }
@@ -102,9 +109,11 @@ impl AgentSessionService for AgentSessionApi {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 v.check()?;
-                Ok(Response::new(session_proto(
-                    bridge.sessions.info(&r.agent_id)?,
-                )))
+                let info = bridge.sessions.info(&r.agent_id).map_err(|e| match e {
+                    SessionError::NotSignedIn { agent_id } => status::session_not_found(&agent_id),
+                    e => e.into(),
+                })?;
+                Ok(Response::new(session_proto(info)))
             })
             .await
     }

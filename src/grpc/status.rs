@@ -4,6 +4,7 @@
 //! domain `ccgateway` for the gateway's retcodes (metadata `retcode`, `gateway_message`),
 //! domain `ccgw-bridge` for what the bridge itself decided.
 
+use super::validate::Violations;
 use crate::gateway::retcodes::{self, Class};
 use crate::gateway::GatewayError;
 use crate::session::SessionError;
@@ -71,8 +72,11 @@ pub fn gateway_status(err: &GatewayError) -> Status {
         }
         GatewayError::Unreachable(_) => b(Code::Unavailable, "GATEWAY_UNREACHABLE", &[]),
         GatewayError::HttpStatus(status) => {
+            // 429 and 503 say the request was not processed. A 502 or 504 from a proxy may
+            // come after the gateway acted (the answer was bad or late), so it is UNKNOWN
+            // like any other 5xx: UNAVAILABLE would invite a retry that plays twice.
             let code = match status {
-                429 | 502 | 503 | 504 => Code::Unavailable,
+                429 | 503 => Code::Unavailable,
                 500..=599 => Code::Unknown,
                 _ => Code::FailedPrecondition,
             };
@@ -83,8 +87,22 @@ pub fn gateway_status(err: &GatewayError) -> Status {
             )
         }
         GatewayError::Timeout(_) => b(Code::DeadlineExceeded, "GATEWAY_TIMEOUT", &[]),
-        GatewayError::OutcomeUnknown(_) => b(Code::Unknown, "OUTCOME_UNKNOWN", &[]),
+        GatewayError::DeadlineTooShort(_) => b(Code::DeadlineExceeded, "DEADLINE_TOO_SHORT", &[]),
+        GatewayError::OutcomeUnknown(_) => outcome_unknown(err.to_string()),
     }
+}
+
+/// The request may have reached the gateway (which may have acted on it), but the bridge will
+/// not learn the outcome: UNKNOWN `OUTCOME_UNKNOWN`, never UNAVAILABLE, because a retry could
+/// do the work twice (e.g. play a recording twice).
+pub fn outcome_unknown(message: impl Into<String>) -> Status {
+    with_info(
+        Code::Unknown,
+        message,
+        BRIDGE_DOMAIN,
+        "OUTCOME_UNKNOWN",
+        &[],
+    )
 }
 
 impl From<SessionError> for Status {
@@ -116,29 +134,29 @@ impl From<SessionError> for Status {
     }
 }
 
-/// Collects field violations, then becomes one INVALID_ARGUMENT with a `BadRequest`.
-#[derive(Default, Debug)]
-pub struct Violations(Vec<(String, String)>);
+/// `GetSession` for an agent the bridge does not hold (never signed in through it, or signed
+/// out): there is no session to describe.
+pub fn session_not_found(agent_id: &str) -> Status {
+    with_info(
+        Code::NotFound,
+        format!(
+            "this bridge holds no session for agent {agent_id} (never signed in through it, or signed out)"
+        ),
+        BRIDGE_DOMAIN,
+        "SESSION_NOT_FOUND",
+        &[("agent_id", agent_id.to_owned())],
+    )
+}
 
 impl Violations {
-    /// Records that `field` is invalid, and why.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
-    }
-
-    /// `Ok` when nothing was recorded.
+    /// `Ok` when nothing was recorded, else one INVALID_ARGUMENT with a `BadRequest` listing
+    /// the recorded violations.
     pub fn check(self) -> Result<(), Status> {
-        if self.0.is_empty() {
+        let Some(message) = self.message() else {
             return Ok(());
-        }
-        let message = self
-            .0
-            .iter()
-            .map(|(f, d)| format!("{f}: {d}"))
-            .collect::<Vec<_>>()
-            .join("; ");
+        };
         let mut details = ErrorDetails::new();
-        for (field, description) in self.0 {
+        for (field, description) in self.listed {
             details.add_bad_request_violation(field, description);
         }
         Err(Status::with_error_details(
@@ -175,6 +193,7 @@ pub fn code_label(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::validate::MAX_LISTED_VIOLATIONS;
 
     #[test]
     fn every_retcode_family_maps_as_designed() {
@@ -209,6 +228,21 @@ mod tests {
     }
 
     #[test]
+    fn violations_are_listed_up_to_the_cap_and_counted_beyond() {
+        let mut v = Violations::default();
+        for i in 0..20_000 {
+            v.add(format!("types[{i}]"), "not a play event type");
+        }
+        let s = v.check().unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let listed = s.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(listed.len(), MAX_LISTED_VIOLATIONS);
+        assert_eq!(listed[0].field, "types[0]");
+        assert!(s.message().contains("19990 more"), "{}", s.message());
+        assert!(s.message().len() < 1024, "{}", s.message().len());
+    }
+
+    #[test]
     fn transport_failures_say_whether_the_outcome_is_known() {
         let code = |e: GatewayError| gateway_status(&e).code();
         assert_eq!(
@@ -216,7 +250,11 @@ mod tests {
             Code::Unavailable
         );
         assert_eq!(code(GatewayError::HttpStatus(503)), Code::Unavailable);
+        assert_eq!(code(GatewayError::HttpStatus(429)), Code::Unavailable);
         assert_eq!(code(GatewayError::HttpStatus(500)), Code::Unknown);
+        // A proxy's 502/504 may follow the gateway's work: never "retry me".
+        assert_eq!(code(GatewayError::HttpStatus(502)), Code::Unknown);
+        assert_eq!(code(GatewayError::HttpStatus(504)), Code::Unknown);
         assert_eq!(
             code(GatewayError::HttpStatus(404)),
             Code::FailedPrecondition

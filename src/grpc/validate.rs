@@ -1,8 +1,57 @@
 //! Request validation: every rule a precise field violation, checked before the gateway is
 //! called (design §3, api-notes limits).
 
-use super::status::Violations;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+/// How many field violations are listed; the rest are only counted. Without a cap, a request
+/// with thousands of bad entries (e.g. `types`) makes trailers larger than HTTP/2 allows, and
+/// the client sees a protocol error instead of INVALID_ARGUMENT.
+pub const MAX_LISTED_VIOLATIONS: usize = 10;
+
+/// Collects field violations. The gRPC layer turns them into one INVALID_ARGUMENT
+/// (`Violations::check`, in `status`); the agents file into one line of text
+/// ([`Violations::into_result`]).
+#[derive(Default, Debug)]
+pub struct Violations {
+    pub(super) listed: Vec<(String, String)>,
+    total: usize,
+}
+
+impl Violations {
+    /// Records that `field` is invalid, and why (kept for the first [`MAX_LISTED_VIOLATIONS`]).
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.total += 1;
+        if self.listed.len() < MAX_LISTED_VIOLATIONS {
+            self.listed.push((field.into(), description.into()));
+        }
+    }
+
+    /// `Ok` when nothing was recorded, else the violations as one line.
+    pub fn into_result(self) -> Result<(), String> {
+        self.message().map_or(Ok(()), Err)
+    }
+
+    /// One line naming the listed violations and counting the rest; `None` when there are none.
+    pub(super) fn message(&self) -> Option<String> {
+        if self.total == 0 {
+            return None;
+        }
+        let mut message = self
+            .listed
+            .iter()
+            .map(|(f, d)| format!("{f}: {d}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let unlisted = self.total - self.listed.len();
+        if unlisted > 0 {
+            message.push_str(&format!(
+                "; and {unlisted} more violation(s) not listed ({} in all)",
+                self.total
+            ));
+        }
+        Some(message)
+    }
+}
 
 /// Limits that depend on the gateway's version or the operator's policy.
 #[derive(Debug, Clone)]
@@ -106,6 +155,8 @@ impl Limits {
             );
         } else if has_control(value) {
             v.add(field, "must not contain control characters");
+        } else if value.trim().is_empty() {
+            v.add(field, "must not be blank");
         } else if let Some(policy) = &self.voice_paths {
             if !policy.allows(value) {
                 v.add(
@@ -229,6 +280,8 @@ mod tests {
         assert!(!fails(|v| l.voice_path(v, "voice_path", &"é".repeat(100))));
         assert!(fails(|v| l.voice_path(v, "voice_path", &"a".repeat(101))));
         assert!(fails(|v| l.voice_path(v, "voice_path", "")));
+        assert!(fails(|v| l.voice_path(v, "voice_path", "   ")));
+        assert!(fails(|v| l.voice_path(v, "voice_path", "\u{3000}")));
         assert!(fails(|v| l.voice_path(v, "voice_path", "/a\r\nb")));
     }
 

@@ -3,7 +3,8 @@
 //! A stream is an `unfold` over the watcher's [`Subscription`]: no task and no queue per
 //! watcher, so an open stream costs a cursor, and dropping it (client cancel) releases it at once.
 
-use super::status::{with_info, Violations, BRIDGE_DOMAIN};
+use super::status::{with_info, BRIDGE_DOMAIN};
+use super::validate::Violations;
 use crate::events::{End, Event, Next, SubscribeError, Subscription};
 use crate::session::{Session, Sessions};
 use crate::telemetry::Metrics;
@@ -36,8 +37,11 @@ pub fn subscribe(
     if !session_id.is_empty() && session_id != &*session.session_id {
         return Err(with_info(
             Code::FailedPrecondition,
+            // The bridge keeps no history of ids: it cannot tell an ended session from one it
+            // never issued, so it says both (a resume needs the current one either way).
             format!(
-                "session {session_id} has ended; agent {agent_id} signed in again and sequences restarted"
+                "session {session_id} is not the current session of agent {agent_id}: it is unknown to this bridge or has ended (the current session is {}; sequences restart with every session)",
+                session.session_id
             ),
             BRIDGE_DOMAIN,
             "SESSION_CHANGED",

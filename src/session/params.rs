@@ -1,18 +1,8 @@
 //! What a sign-in needs, held (password zeroized on drop) for re-sign-in.
 
-use crate::gateway::bodies::SignInBody;
+use crate::gateway::bodies::{to_secret_bytes, SignInBody};
 use crate::secret::Password;
 use bytes::Bytes;
-use zeroize::Zeroizing;
-
-/// A byte buffer wiped on drop, as an owner `Bytes` can share.
-struct ZeroizingBuf(Zeroizing<Vec<u8>>);
-
-impl AsRef<[u8]> for ZeroizingBuf {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
 
 /// Credentials and gateway options of one agent's sign-in.
 #[derive(Clone, Debug)]
@@ -48,10 +38,7 @@ impl SignInParams {
             agenttype: self.agent_type,
             status: self.status,
         };
-        let mut buf = Zeroizing::new(Vec::with_capacity(128));
-        // Serializing these plain fields into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *buf, &body);
-        Bytes::from_owner(ZeroizingBuf(buf))
+        to_secret_bytes(&body)
     }
 
     /// Whether another sign-in request is for the same agent identity and settings, so that

@@ -446,9 +446,9 @@ async fn lost_sign_in_answer_is_outcome_unknown_and_force_recovers() {
                 agent_id: "1001".into(),
             })
             .await,
-        Code::FailedPrecondition,
+        Code::NotFound,
     );
-    assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN");
+    assert_eq!(reason(&s), "SESSION_NOT_FOUND");
     let s = expect_code(
         sessions.sign_in(sign_in_request("1001")).await,
         Code::AlreadyExists,

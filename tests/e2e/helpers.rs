@@ -2,7 +2,8 @@
 #![allow(dead_code)] // each test module uses part of the shared harness
 //! them, real tonic clients in front.
 
-use ccgw_bridge::config::{Cli, Config};
+use ccgw_bridge::args::Cli;
+use ccgw_bridge::config::Config;
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::{

@@ -14,9 +14,25 @@ async fn oversized_requests_are_refused_before_decoding() {
     h.sign_in("1001").await;
     let mut req = play_request("1001");
     req.voice_path = "x".repeat(5000);
-    // tonic answers OUT_OF_RANGE for a message over the decoding limit.
-    let s = expect_code(h.play().await.begin_play(req).await, Code::OutOfRange);
-    assert!(s.message().contains("too large"), "{s:?}");
+    // gRPC's status-code table: a message over the configured limit is RESOURCE_EXHAUSTED.
+    let s = expect_code(
+        h.play().await.begin_play(req).await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(reason(&s), "REQUEST_TOO_LARGE");
+    assert!(s.message().contains("4096 bytes"), "{s:?}");
+    let s = expect_code(
+        h.play()
+            .await
+            .watch_play_events(WatchPlayEventsRequest {
+                agent_id: "1001".into(),
+                types: vec![1; 5000],
+                ..Default::default()
+            })
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(reason(&s), "REQUEST_TOO_LARGE");
     let mut req = play_request("1001");
     req.voice_path = "x".repeat(101);
     expect_code(h.play().await.begin_play(req).await, Code::InvalidArgument);

@@ -10,4 +10,5 @@ mod python;
 mod recordplay;
 mod reliability;
 mod retcodes;
+mod statuses;
 mod validation;

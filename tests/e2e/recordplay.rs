@@ -230,9 +230,9 @@ async fn get_list_and_sign_out() {
                 agent_id: "1001".into(),
             })
             .await,
-        tonic::Code::FailedPrecondition,
+        tonic::Code::NotFound,
     );
-    assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN");
+    assert_eq!(reason(&s), "SESSION_NOT_FOUND");
     let s = expect_code(
         h.play()
             .await

@@ -11,7 +11,8 @@
 use crate::guid::{metric, reqwest_metrics};
 use crate::helpers::*;
 use crate::ops::{health_watch, until_status};
-use ccgw_bridge::config::{Cli, Config};
+use ccgw_bridge::args::Cli;
+use ccgw_bridge::config::Config;
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::*;
@@ -896,7 +897,7 @@ async fn sign_out_racing_sign_in_leaves_one_consistent_session() {
             );
         }
         Err(s) => {
-            assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN", "{s:?}");
+            assert_eq!(reason(&s), "SESSION_NOT_FOUND", "{s:?}");
             assert!(!gateway, "the gateway holds a session the bridge forgot");
         }
     }

@@ -202,12 +202,8 @@ async fn check_injected(h: &Harness, retcode: &str, rpc: Rpc, code: Code, want_r
         })
         .await;
     if rpc.signs_in() {
-        let s = expect_code(held, Code::FailedPrecondition);
-        assert_eq!(
-            reason(&s),
-            "AGENT_NOT_SIGNED_IN",
-            "refused sign-in: not held"
-        );
+        let s = expect_code(held, Code::NotFound);
+        assert_eq!(reason(&s), "SESSION_NOT_FOUND", "refused sign-in: not held");
     } else {
         assert!(held.is_ok(), "{retcode} on {rpc:?}: session kept: {held:?}");
     }
@@ -436,9 +432,9 @@ async fn wrong_password_is_unauthenticated() {
                 agent_id: AGENT.into(),
             })
             .await,
-        Code::FailedPrecondition,
+        Code::NotFound,
     );
-    assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN");
+    assert_eq!(reason(&s), "SESSION_NOT_FOUND");
     req.password = "right".into();
     sessions.sign_in(req).await.expect("right password");
 }
@@ -601,9 +597,9 @@ async fn killed_session_without_credentials_is_failed_precondition() {
                 agent_id: AGENT.into(),
             })
             .await,
-        Code::FailedPrecondition,
+        Code::NotFound,
     );
-    assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN");
+    assert_eq!(reason(&s), "SESSION_NOT_FOUND");
     // Signing in again works.
     h.sign_in(AGENT).await;
 }
@@ -682,7 +678,7 @@ async fn already_signed_out_counts_as_signed_out() {
                 agent_id: AGENT.into(),
             })
             .await,
-        Code::FailedPrecondition,
+        Code::NotFound,
     );
-    assert_eq!(reason(&s), "AGENT_NOT_SIGNED_IN");
+    assert_eq!(reason(&s), "SESSION_NOT_FOUND");
 }
