@@ -187,10 +187,17 @@ pub async fn run(
     tracing::info!(timeout = ?config.drain_timeout, "draining");
     let started = Instant::now();
     draining.cancel();
-    let _ = readiness.await;
+    // Not awaited: the loop may be inside a gateway probe (up to the connect timeout), and
+    // NOT_SERVING must not wait for it.
+    readiness.abort();
     ready.store(false, Ordering::Release);
     set_health(&reporter, ServingStatus::NotServing).await;
     sessions.end_streams();
+    if !config.sign_out_on_shutdown {
+        // Agents stay signed in for a replacement instance: stop taking their events from
+        // the gateway now, or the events polled during the drain would be lost with the hubs.
+        sessions.stop();
+    }
     stop_grpc.cancel();
     // One budget for the whole drain. In-flight calls may use it all but a reserve that the
     // sign-outs need (a quarter of it, at most a second); every later wait takes what is left.

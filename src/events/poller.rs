@@ -42,9 +42,19 @@ pub enum PollEnd {
     Cancelled,
     /// The gateway delivered `AgentOther_ShutdownService`.
     SignedOutByGateway,
-    /// The poll was refused: the agent is no longer signed in (`100-006`/`000-003`).
-    NotSignedIn(String),
+    /// The poll was refused for its Guid (`100-006`/`000-003`). `after_lost_answer`: a poll
+    /// answer was lost since the last answered poll, so the refused Guid may have been rotated
+    /// by an answer the bridge never read (the gateway may still hold the bridge's session).
+    GuidRefused {
+        /// A poll answer was lost since the last answered poll.
+        after_lost_answer: bool,
+    },
+    /// The gateway answered `105-005`/`105-006`/`105-007`: sign in again (disaster recovery).
+    SignInAgain(String),
 }
+
+/// The DR retcodes after which the vendor says to sign in again (api-notes §7).
+const SIGN_IN_AGAIN: [&str; 3] = ["105-005", "105-006", "105-007"];
 
 /// Everything one agent's loop needs.
 pub struct Poller {
@@ -58,8 +68,9 @@ pub struct Poller {
     pub hub: Arc<Hub>,
     /// Unix ms of the last answered poll, for `Session.last_poll_at`.
     pub last_poll_at: Arc<AtomicU64>,
-    /// Counts answered polls (success or failure), so a call refused for its Guid can wait for
-    /// the poll that would carry a newer one.
+    /// Counts polls the gateway answered (not transport failures, not Guid refusals, which end
+    /// the loop), so a call refused for its Guid can wait for the poll that would carry a newer
+    /// one.
     pub polls: Arc<tokio::sync::watch::Sender<u64>>,
     /// Stops the loop.
     pub cancel: CancellationToken,
@@ -73,6 +84,7 @@ impl Poller {
     /// Runs until the agent is signed out or the loop is cancelled.
     pub async fn run(self) -> PollEnd {
         let mut failures: u32 = 0;
+        let mut lost_answer = false;
         loop {
             let sent = self.auth.current();
             let answer = tokio::select! {
@@ -80,10 +92,16 @@ impl Poller {
                 () = self.cancel.cancelled() => return PollEnd::Cancelled,
                 a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
             };
-            self.polls.send_modify(|n| *n += 1);
+            // Only answers count; a Guid refusal ends the loop (which ends the session) instead.
+            if answer.is_ok()
+                || matches!(&answer, Err(e @ GatewayError::Retcode { .. }) if !e.is_auth_rejection())
+            {
+                self.polls.send_modify(|n| *n += 1);
+            }
             let pause = match answer {
                 Ok(envelope) => {
                     failures = 0;
+                    lost_answer = false;
                     self.last_poll_at.store(unix_ms(), Ordering::Relaxed);
                     match envelope.event {
                         Some(raw) => {
@@ -103,10 +121,24 @@ impl Poller {
                         continue;
                     }
                     self.metrics.poll_error("not_signed_in");
-                    return PollEnd::NotSignedIn(e.retcode().unwrap_or_default().to_owned());
+                    return PollEnd::GuidRefused {
+                        after_lost_answer: lost_answer,
+                    };
+                }
+                Err(GatewayError::Retcode { retcode, .. })
+                    if SIGN_IN_AGAIN.contains(&retcode.as_str()) =>
+                {
+                    self.metrics.poll_error("sign_in_again");
+                    return PollEnd::SignInAgain(retcode);
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    // The request may have reached the gateway: its answer may have carried a
+                    // new Guid.
+                    lost_answer |= matches!(
+                        e,
+                        GatewayError::Timeout(_) | GatewayError::OutcomeUnknown(_)
+                    );
                     self.metrics.poll_error(error_kind(&e));
                     tracing::warn!(agent_id = %self.agent_id, error = %e, failures, "event poll failed; backing off");
                     backoff(&self.settings, failures)

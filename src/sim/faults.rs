@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{header, Response, StatusCode};
 
-use super::shared::lock;
+use super::sync::lock;
 use super::wire::{self, Reply};
 
 /// One injected fault: which requests it hits, what happens, how often.

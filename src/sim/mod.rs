@@ -25,7 +25,9 @@
 
 mod control;
 mod faults;
+mod idle;
 mod play;
+mod playback;
 mod poll;
 mod record;
 mod routes;
@@ -33,6 +35,7 @@ mod server;
 mod shared;
 mod signin;
 mod state;
+mod sync;
 mod tls;
 mod wire;
 
@@ -146,7 +149,7 @@ impl Simulator {
         let ca_path = tls::write_ca_file(&certs.ca_pem, addr.port())?;
         let shared = Arc::new(Shared::new(config));
         tokio::spawn(server::serve(listener, acceptor, Arc::clone(&shared)));
-        tokio::spawn(state::reap_idle_agents(Arc::clone(&shared)));
+        tokio::spawn(idle::reap_idle_agents(Arc::clone(&shared)));
         Ok(Simulator {
             shared,
             addr,
@@ -221,10 +224,37 @@ impl Simulator {
         self.shared.agents.rotate_guid(agent_id)
     }
 
+    /// Like [`Simulator::rotate_guid`], but the poll answer that delivers the new Guid is lost
+    /// after the gateway rotated (the connection closes without an answer): the client never
+    /// sees the new Guid while the gateway refuses the old one (at once in strict mode).
+    pub fn rotate_guid_lost(&self, agent_id: &str) {
+        self.shared.agents.rotate_guid_lost(agent_id)
+    }
+
+    /// Disaster recovery: every later request with the session's Guids (polls included, a held
+    /// poll at once) answers `retcode` (`105-005`, `105-006` or `105-007`: "sign in again"). The
+    /// gateway still counts the agent signed in: a plain login answers `100-002`, a forcelogin
+    /// replaces the session.
+    pub fn require_sign_in_again(&self, agent_id: &str, retcode: &'static str) {
+        self.shared.agents.require_sign_in_again(agent_id, retcode)
+    }
+
+    /// Another client signs the agent in (`forcelogin` when `force`), as a second bridge or an
+    /// agent's desktop would; not recorded among [`Simulator::requests`]. Returns the retcode
+    /// of a refusal (`100-002` when the agent is signed in and `force` is false).
+    pub fn sign_in_elsewhere(&self, agent_id: &str, force: bool) -> Result<(), &'static str> {
+        signin::sign_in(&self.shared, agent_id, None, force).map(|_| ())
+    }
+
     /// Queues a raw `event` object, delivered as-is by a poll (a held poll is woken). Ignored if
     /// the agent is not signed in.
     pub fn queue_event(&self, agent_id: &str, event: serde_json::Value) {
         self.shared.agents.queue_raw_event(agent_id, event)
+    }
+
+    /// Events queued for the agent's session and not yet delivered by a poll (0 without one).
+    pub fn pending_events(&self, agent_id: &str) -> usize {
+        self.shared.agents.pending_events(agent_id)
     }
 
     /// Whether the agent currently has a session.

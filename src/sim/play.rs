@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::playback::{AbortOnDrop, Phase};
 use super::state::{Agent, Session};
 
 /// What sequence tasks need from the simulator: the vendor's timings (from the configuration)
@@ -33,39 +33,6 @@ pub(crate) enum PlayOp<'a> {
     Pause,
     Resume,
     Jump { forward: bool, time: &'a str },
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-enum Phase {
-    #[default]
-    Idle,
-    /// Accepted; the phone is being called (start events under way).
-    Starting,
-    Playing {
-        ends_at: Instant,
-    },
-    Paused {
-        remaining: Duration,
-    },
-    /// Ending (stop, natural end or failure events under way).
-    Stopping,
-}
-
-/// Playback state of one session.
-#[derive(Default)]
-pub(crate) struct Play {
-    phase: Phase,
-    generation: u64,
-    task: Option<AbortOnDrop>,
-}
-
-/// Aborts the sequence task when the play state (hence the session) goes away.
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort()
-    }
 }
 
 /// What a sequence task does.

@@ -12,6 +12,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::routes::Dropped;
 use super::shared::Shared;
 use super::state::{Agent, AgentState, NOT_SIGNED_IN};
 use super::wire::{self, Reply};
@@ -22,12 +23,19 @@ enum Answer {
     Event(Value, Option<String>),
     Empty(Option<String>),
     Refused(&'static str),
+    /// The answer is lost after its effect (see [`Simulator::rotate_guid_lost`](super::Simulator::rotate_guid_lost)).
+    Lost,
 }
 
 /// Handles one poll request of `agent_id` carrying `guid`.
-pub(crate) async fn poll(shared: &Shared, agent_id: &str, guid: Option<&str>) -> Reply {
+/// `Err` when the answer is lost after its effect.
+pub(crate) async fn poll(
+    shared: &Shared,
+    agent_id: &str,
+    guid: Option<&str>,
+) -> Result<Reply, Dropped> {
     let Some(agent) = shared.agents.get(agent_id) else {
-        return Reply::retcode(NOT_SIGNED_IN);
+        return Ok(Reply::retcode(NOT_SIGNED_IN));
     };
     let now = Instant::now();
     let (serial, ticket) = {
@@ -41,7 +49,7 @@ pub(crate) async fn poll(shared: &Shared, agent_id: &str, guid: Option<&str>) ->
                 session.poll_ticket += 1;
                 (session.serial, session.poll_ticket)
             }
-            Err(retcode) => return Reply::retcode(retcode),
+            Err(retcode) => return Ok(Reply::retcode(retcode)),
         }
     };
     // Let an older held poll notice it has been replaced.
@@ -65,7 +73,7 @@ pub(crate) async fn poll(shared: &Shared, agent_id: &str, guid: Option<&str>) ->
             _ = woken => {}
             _ = tokio::time::sleep_until(wake_at) => {}
             // The connection is going away too; just do not outlive the simulator.
-            _ = shared.shutdown.cancelled() => return Reply::html(StatusCode::SERVICE_UNAVAILABLE),
+            _ = shared.shutdown.cancelled() => return Ok(Reply::html(StatusCode::SERVICE_UNAVAILABLE)),
         }
     }
 }
@@ -114,11 +122,18 @@ fn step(
         // Replaced by a newer poll, which gets whatever is pending.
         return Ok(Answer::Empty(None));
     }
+    if let Some(retcode) = session.sign_in_again {
+        return Ok(Answer::Refused(retcode));
+    }
     let now = Instant::now();
     let has_event = !session.events.is_empty();
     let rotation_due = session.rotation_due(now);
     if !has_event && !rotation_due && !last_look {
         return Err(session.next_rotation());
+    }
+    if rotation_due && std::mem::take(&mut session.lose_rotation_answer) {
+        state.replace_guid(&shared.agents, now);
+        return Ok(Answer::Lost);
     }
     let event = session.events.pop_front();
     let new_guid = if rotation_due {
@@ -132,9 +147,10 @@ fn step(
     })
 }
 
-fn render(shared: &Shared, answer: Answer) -> Reply {
+fn render(shared: &Shared, answer: Answer) -> Result<Reply, Dropped> {
     let (body, new_guid) = match answer {
-        Answer::Refused(retcode) => return Reply::retcode(retcode),
+        Answer::Lost => return Err(Dropped),
+        Answer::Refused(retcode) => return Ok(Reply::retcode(retcode)),
         Answer::Event(event, new_guid) => (
             json!({"message": "", "retcode": "0", "event": event}),
             new_guid,
@@ -151,13 +167,13 @@ fn render(shared: &Shared, answer: Answer) -> Reply {
         }
     };
     let reply = Reply::json(&body);
-    match new_guid {
+    Ok(match new_guid {
         Some(guid) => reply.with_header(
             HeaderName::from_static("set-guid"),
             wire::set_guid(&guid, shared.config.set_guid_attributes),
         ),
         None => reply,
-    }
+    })
 }
 
 /// Marks a poll as held for the idle sign-out, and counts its end as activity.

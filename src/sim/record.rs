@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::shared::lock;
+use super::sync::lock;
 
 /// Requests kept at most; older ones are forgotten so a long benchmark cannot exhaust memory.
 const MAX_RECORDED: usize = 200_000;

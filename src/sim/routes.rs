@@ -180,7 +180,7 @@ pub(crate) async fn handle(
         Route::Found { .. } if !acceptable_content_type(&parts.headers) => {
             Reply::html(StatusCode::UNSUPPORTED_MEDIA_TYPE)
         }
-        Route::Found { op, agent_id } => operate(shared, op, agent_id, guid, &body).await,
+        Route::Found { op, agent_id } => operate(shared, op, agent_id, guid, &body).await?,
     };
     match fault {
         Some(FaultKind::DropAfterEffect) => Err(Dropped),
@@ -212,18 +212,19 @@ fn body_too_large(headers: &http::HeaderMap) -> bool {
         .is_some_and(|len| len > MAX_BODY)
 }
 
-/// Runs an interface: its effect on the simulated gateway and its answer.
+/// Runs an interface: its effect on the simulated gateway and its answer (`Err` when the
+/// answer is lost after the effect).
 async fn operate(
     shared: &Shared,
     op: Op<'_>,
     agent_id: &str,
     guid: Option<&str>,
     body: &[u8],
-) -> Reply {
+) -> Result<Reply, Dropped> {
     let play_op = match op {
-        Op::Login { force } => return signin::login(shared, agent_id, body, force),
-        Op::Logout => return signin::logout(shared, agent_id, guid),
-        Op::UpdateGuid => return signin::update_guid(shared, agent_id, guid),
+        Op::Login { force } => return Ok(signin::login(shared, agent_id, body, force)),
+        Op::Logout => return Ok(signin::logout(shared, agent_id, guid)),
+        Op::UpdateGuid => return Ok(signin::update_guid(shared, agent_id, guid)),
         Op::Poll => return poll::poll(shared, agent_id, guid).await,
         Op::Play => PlayOp::Begin(body),
         Op::StopPlay => PlayOp::Stop,
@@ -232,7 +233,7 @@ async fn operate(
         Op::Jump { forward, time } => PlayOp::Jump { forward, time },
     };
     let Some(agent) = shared.agents.get(agent_id) else {
-        return Reply::retcode(NOT_SIGNED_IN);
+        return Ok(Reply::retcode(NOT_SIGNED_IN));
     };
     let env = PlayEnv {
         step: shared.config.play_step,
@@ -247,11 +248,11 @@ async fn operate(
         }
     };
     agent.wake();
-    if retcode == "0" {
+    Ok(if retcode == "0" {
         Reply::json(&wire::success())
     } else {
         Reply::retcode(retcode)
-    }
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! log and counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -83,10 +82,4 @@ impl Shared {
             fixed => fixed,
         }
     }
-}
-
-/// Locks a mutex, ignoring poisoning: the simulator's state stays usable even if a test panicked
-/// while a guard was alive.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

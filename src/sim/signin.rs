@@ -28,27 +28,10 @@ pub(crate) fn login(shared: &Shared, agent_id: &str, body: &[u8], force: bool) -
     {
         return Reply::retcode("100-004");
     }
-    let agent = shared.agents.get_or_create(agent_id);
-    let (guid, login_time) = {
-        let mut state = agent.lock();
-        if state.session.is_some() {
-            if !force {
-                return Reply::retcode("100-002");
-            }
-            // The old session's poller learns it was replaced.
-            state.end_with_shutdown();
-        }
-        let session = state.start_session(agent_id, shared.agents.rotation_period());
-        session.push_event("AgentOther_InService", Value::Null);
-        session.push_event("AgentState_Ready", Value::Null);
-        match request.status {
-            Some(3) => session.push_event("AgentState_SetNotReady_Success", Value::Null),
-            Some(5) => session.push_event("AgentState_Work", Value::Null),
-            _ => {}
-        }
-        (session.guid().to_owned(), session.login_time_ms)
+    let (guid, login_time) = match sign_in(shared, agent_id, request.status, force) {
+        Ok(signed_in) => signed_in,
+        Err(retcode) => return Reply::retcode(retcode),
     };
-    agent.wake();
     shared.sign_ins.fetch_add(1, Ordering::Relaxed);
     let body = json!({
         "message": "",
@@ -69,6 +52,38 @@ pub(crate) fn login(shared: &Shared, agent_id: &str, body: &[u8], force: bool) -
             wire::set_guid(&guid, shared.config.set_guid_attributes),
         )
         .with_header(SET_COOKIE, format!("ccgwsticky={}; Path=/", wire::NODE))
+}
+
+/// The effect of a sign-in: a new session (ending the current one when `force`), or
+/// `100-002` when the agent has one. Returns the new Guid and the sign-in time.
+pub(crate) fn sign_in(
+    shared: &Shared,
+    agent_id: &str,
+    status: Option<i64>,
+    force: bool,
+) -> Result<(String, u64), &'static str> {
+    let agent = shared.agents.get_or_create(agent_id);
+    let signed_in = {
+        let mut state = agent.lock();
+        if state.session.is_some() {
+            if !force {
+                return Err("100-002");
+            }
+            // The old session's poller learns it was replaced.
+            state.end_with_shutdown();
+        }
+        let session = state.start_session(agent_id, shared.agents.rotation_period());
+        session.push_event("AgentOther_InService", Value::Null);
+        session.push_event("AgentState_Ready", Value::Null);
+        match status {
+            Some(3) => session.push_event("AgentState_SetNotReady_Success", Value::Null),
+            Some(5) => session.push_event("AgentState_Work", Value::Null),
+            _ => {}
+        }
+        (session.guid().to_owned(), session.login_time_ms)
+    };
+    agent.wake();
+    Ok(signed_in)
 }
 
 /// `DELETE /onlineagent/{id}/logout` and `.../forcelogout`: ends the session. No

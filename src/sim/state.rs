@@ -14,8 +14,8 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::play::Play;
-use super::shared::{lock, Shared};
+use super::playback::Play;
+use super::sync::lock;
 use super::wire;
 use super::{AuthMode, SimConfig};
 
@@ -70,7 +70,8 @@ impl Agents {
         }))
     }
 
-    fn all(&self) -> Vec<Arc<Agent>> {
+    /// Every agent known so far.
+    pub fn all(&self) -> Vec<Arc<Agent>> {
         self.map
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -100,6 +101,26 @@ impl Agents {
         });
     }
 
+    /// Requests a rotation whose delivering poll answer is lost after the gateway rotated.
+    pub fn rotate_guid_lost(&self, id: &str) {
+        self.with_agent(id, |state| {
+            if let Some(session) = state.session.as_mut() {
+                session.rotate_requested = true;
+                session.lose_rotation_answer = true;
+            }
+        });
+    }
+
+    /// Makes every later request of the session's Guids answer `retcode` (DR: "sign in
+    /// again"); the gateway still counts the agent signed in, so a plain login gets `100-002`.
+    pub fn require_sign_in_again(&self, id: &str, retcode: &'static str) {
+        self.with_agent(id, |state| {
+            if let Some(session) = state.session.as_mut() {
+                session.sign_in_again = Some(retcode);
+            }
+        });
+    }
+
     /// Queues an event object as given (ignored when the agent has no session).
     pub fn queue_raw_event(&self, id: &str, event: Value) {
         self.with_agent(id, |state| {
@@ -107,6 +128,13 @@ impl Agents {
                 session.events.push_back(event);
             }
         });
+    }
+
+    /// Events queued for the agent's session (0 without one).
+    pub fn pending_events(&self, id: &str) -> usize {
+        self.get(id)
+            .and_then(|agent| agent.lock().session.as_ref().map(|s| s.events.len()))
+            .unwrap_or(0)
     }
 
     /// Whether the agent has a session.
@@ -213,6 +241,8 @@ impl AgentState {
             last_seen: now,
             polls_in_flight: 0,
             poll_ticket: 0,
+            lose_rotation_answer: false,
+            sign_in_again: None,
             play: Play::default(),
         })
     }
@@ -227,6 +257,9 @@ impl AgentState {
         let session = self.session.as_mut().ok_or(NOT_SIGNED_IN)?;
         let guid = guid.ok_or(WRONG_GUID)?;
         if session.accepts(guid, now) {
+            if let Some(retcode) = session.sign_in_again {
+                return Err(retcode);
+            }
             session.last_seen = now;
             return Ok(session);
         }
@@ -326,6 +359,10 @@ pub(crate) struct Session {
     pub polls_in_flight: u32,
     /// Incremented by every admitted poll; a held poll with an older ticket has been replaced.
     pub poll_ticket: u64,
+    /// The poll answer that delivers the next rotation is lost after the rotation happened.
+    pub lose_rotation_answer: bool,
+    /// A DR retcode (`105-005/006/007`) every request with this session's Guids gets.
+    pub sign_in_again: Option<&'static str>,
     pub play: Play,
 }
 
@@ -364,37 +401,5 @@ impl Session {
     /// When a held poll must wake up to deliver a rotation.
     pub fn next_rotation(&self) -> Option<Instant> {
         self.next_rotation
-    }
-}
-
-/// Signs out agents that sent no request for `idle_timeout` (vendor `MAXTIME`), with
-/// `AgentOther_ShutdownService` for a poller that may come back. A held poll counts as activity.
-pub(crate) async fn reap_idle_agents(shared: Arc<Shared>) {
-    let idle = shared.config.idle_timeout;
-    let period = (idle / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let now = Instant::now();
-        for agent in shared.agents.all() {
-            let expired = {
-                let mut state = agent.lock();
-                let idle_session = state.session.as_ref().is_some_and(|s| {
-                    s.polls_in_flight == 0 && now.saturating_duration_since(s.last_seen) >= idle
-                });
-                if idle_session {
-                    state.end_with_shutdown();
-                }
-                idle_session
-            };
-            if expired {
-                tracing::debug!(agent = %agent.id, "simulator: idle agent signed out");
-                agent.wake();
-            }
-        }
     }
 }

@@ -1,10 +1,7 @@
 //! The Guid lifecycle: adoption from polls, rotation storms, re-sign-in, forced sign-out.
 
 use crate::helpers::*;
-use ccgw_bridge::config::PinnedAgent;
 use ccgw_bridge::proto::*;
-use ccgw_bridge::secret::Password;
-use ccgw_bridge::session::SignInParams;
 use ccgw_bridge::sim::{AuthMode, SimConfig};
 use std::time::Duration;
 use tonic::Code;
@@ -262,22 +259,7 @@ async fn concurrent_sign_ins_for_one_agent_make_one_login() {
 
 #[tokio::test]
 async fn pinned_agents_are_signed_in_at_start_and_kept_signed_in() {
-    let h = Harness::with(fast_sim(), |c| {
-        c.agents.push(PinnedAgent {
-            agent_id: "1005".into(),
-            params: SignInParams {
-                password: Password::new("pw".into()),
-                phone_number: "88005".into(),
-                force: false,
-                auto_answer: None,
-                auto_enter_idle: None,
-                release_phone: None,
-                agent_type: None,
-                status: None,
-            },
-        })
-    })
-    .await;
+    let h = Harness::with(fast_sim(), |c| c.agents.push(pinned_agent("1005"))).await;
     h.sim
         .wait_for_request(|r| r.method == "PUT" && r.path.ends_with("/onlineagent/1005"))
         .await;

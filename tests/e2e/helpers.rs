@@ -3,13 +3,15 @@
 //! them, real tonic clients in front.
 
 use ccgw_bridge::args::Cli;
-use ccgw_bridge::config::Config;
+use ccgw_bridge::config::{Config, PinnedAgent};
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::{
     AgentEvent, BeginPlayRequest, GetSessionRequest, ListSessionsRequest, ListSessionsResponse,
     PlayEvent, Session, SignInRequest, WatchAgentEventsRequest, WatchPlayEventsRequest,
 };
+use ccgw_bridge::secret::Password;
+use ccgw_bridge::session::SignInParams;
 use ccgw_bridge::sim::{SimConfig, Simulator};
 use ccgw_bridge::{run, Listeners, RunError};
 use clap::Parser;
@@ -273,4 +275,21 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// An agents-file entry for `agent` (password `pw`, phone 88005, no `force`).
+pub fn pinned_agent(agent: &str) -> PinnedAgent {
+    PinnedAgent {
+        agent_id: agent.into(),
+        params: SignInParams {
+            password: Password::new("pw".into()),
+            phone_number: "88005".into(),
+            force: false,
+            auto_answer: None,
+            auto_enter_idle: None,
+            release_phone: None,
+            agent_type: None,
+            status: None,
+        },
+    }
 }

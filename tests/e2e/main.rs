@@ -4,6 +4,7 @@ mod events;
 mod faults;
 mod guid;
 mod helpers;
+mod lifecycle;
 mod limits;
 mod ops;
 mod python;

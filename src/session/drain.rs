@@ -1,0 +1,46 @@
+//! The session layer's part of a drain: end streams, sign out (or stop polling), stop tasks.
+
+use super::{Session, Sessions, Slot};
+use crate::events::End;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Sessions {
+    /// Ends every event stream with `End::Shutdown` and refuses new sign-ins; sessions stay
+    /// usable for unary calls still in flight. First step of a drain.
+    pub fn end_streams(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        for session in self.live_sessions() {
+            session.hub.close(End::Shutdown);
+        }
+    }
+
+    /// Signs out every live session (in parallel) and stops all poll loops.
+    pub async fn sign_out_all(&self, deadline: Option<Instant>) {
+        let sessions = self.live_sessions();
+        let logouts = sessions.iter().map(|s| async move {
+            if let Err(e) = self.logout(s, deadline).await {
+                tracing::warn!(agent_id = %s.agent_id, error = %e, "sign-out at shutdown failed");
+            }
+        });
+        futures::future::join_all(logouts).await;
+        self.stop();
+    }
+
+    /// Stops every poll loop and background task without signing out.
+    pub fn stop(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+    }
+
+    /// Waits until every background task (poll loops, re-sign-ins) has finished.
+    pub async fn wait_stopped(&self) {
+        self.shared.tasks.wait().await;
+    }
+
+    fn live_sessions(&self) -> Vec<Arc<Session>> {
+        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        slots.iter().filter_map(|s| s.running()).collect()
+    }
+}

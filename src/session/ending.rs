@@ -1,0 +1,82 @@
+//! Why a session ended, and the one rule that follows from it: whether signing the agent in
+//! again may take the agent over (`forcelogin`) when the gateway answers `100-002`.
+//!
+//! The gateway allows one session per agent. A bridge that takes an agent over from another
+//! client (a second replica, an agent's desktop) starts a fight: the other client takes it
+//! back, and so on. So the bridge answers `100-002` with `forcelogin` only when it knows the
+//! session it replaces is its own: the gateway refused a Guid the bridge may never have seen
+//! (a poll answer carrying a new Guid was lost), refused a call's Guid while still answering
+//! polls with it, or told it to sign in again (DR retcodes).
+//! After any other ending — above all after being kicked — signing in again is a plain
+//! `login`, retried with back-off by keep-signed-in. A coordinator (the agent pool) may add
+//! proof that a previous holder's ownership ended; it decides that outside this rule.
+
+/// Why the bridge's session of an agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The bridge signed the agent out (or the gateway confirmed it out while the bridge was
+    /// signing out).
+    SignedOut,
+    /// The gateway sent `AgentOther_ShutdownService`: an inspector, another client's
+    /// `forcelogin` or the idle sign-out ended the session.
+    SignedOutByGateway,
+    /// The gateway refused the session's Guid after answering every earlier poll: another
+    /// client signed the agent in, or the gateway dropped the session.
+    GuidRefused,
+    /// The gateway refused the session's Guid after a poll answer was lost: it may have
+    /// carried a new Guid, so the gateway may still hold the agent under the bridge's own
+    /// session.
+    AnswerLost,
+    /// A call was refused for its Guid while polls with that same Guid were still answered:
+    /// the gateway holds the bridge's own session, only not for this call.
+    CallRefused,
+    /// The gateway answered `105-005`/`105-006`/`105-007` (disaster recovery): sign in again.
+    SignInAgain,
+    /// Replaced by the bridge's own new sign-in.
+    Replaced,
+}
+
+impl EndReason {
+    /// Whether a `100-002` on signing in again may be answered with `forcelogin`: only when the
+    /// session the gateway still counts is the bridge's own.
+    pub fn may_take_over(self) -> bool {
+        matches!(
+            self,
+            EndReason::AnswerLost | EndReason::SignInAgain | EndReason::CallRefused
+        )
+    }
+
+    /// Whether the gateway asked for the agent to be signed in again at once (otherwise a
+    /// held agent is signed in again by its next call, or by keep-signed-in).
+    pub fn wants_sign_in_again(self) -> bool {
+        self == EndReason::SignInAgain
+    }
+
+    /// Label for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            EndReason::SignedOut => "signed_out",
+            EndReason::SignedOutByGateway => "signed_out_by_gateway",
+            EndReason::GuidRefused => "guid_refused",
+            EndReason::AnswerLost => "answer_lost",
+            EndReason::CallRefused => "call_refused",
+            EndReason::SignInAgain => "sign_in_again",
+            EndReason::Replaced => "replaced",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndReason::*;
+
+    #[test]
+    fn only_the_bridges_own_session_is_taken_over() {
+        assert!(AnswerLost.may_take_over());
+        assert!(SignInAgain.may_take_over());
+        assert!(CallRefused.may_take_over());
+        for kicked in [SignedOut, SignedOutByGateway, GuidRefused, Replaced] {
+            assert!(!kicked.may_take_over(), "{kicked:?}");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Keep-signed-in: agents of the agents file are signed in at start and again after the gateway
+//! ends their session, with back-off, until signed out or the bridge stops. Signing in again is
+//! a plain `login` unless the ended session was the bridge's own (see [`super::EndReason`]).
+
+use super::{SessionError, Sessions, SignInParams};
+use crate::events::PollSettings;
+use std::sync::Arc;
+
+impl Sessions {
+    /// Signs an agent in now and keeps it signed in (re-sign-in with back-off after the
+    /// gateway ends its session) until it is signed out or the bridge stops. For `--agents-file`.
+    pub fn keep_signed_in(&self, agent_id: &str, params: SignInParams) {
+        let slot = self.slots().entry(Arc::from(agent_id)).or_default().clone();
+        {
+            let mut inner = slot.lock();
+            inner.creds = Some(params);
+            inner.keep_signed_in = true;
+        }
+        self.spawn_keep_signed_in(Arc::from(agent_id), true);
+    }
+
+    /// Signs the agent in again in the background: until it succeeds (with back-off) when
+    /// `until_signed_in`, else once.
+    pub(super) fn spawn_keep_signed_in(&self, agent_id: Arc<str>, until_signed_in: bool) {
+        let this = self.clone();
+        let max = self.shared.settings.resign_backoff_max;
+        self.shared.tasks.spawn(async move {
+            let settings = PollSettings {
+                backoff_max: max,
+                ..PollSettings::default()
+            };
+            let mut failures = 0u32;
+            loop {
+                match this.resign_in(&agent_id, None, None).await {
+                    Ok(_) => return,
+                    Err(SessionError::ShuttingDown | SessionError::NotSignedIn { .. }) => return,
+                    Err(e) if !until_signed_in => {
+                        tracing::warn!(agent_id = %agent_id, error = %e, "signing in again failed; the next call tries again");
+                        return;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(agent_id = %agent_id, error = %e, failures, "automatic sign-in failed; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = this.shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(crate::events::backoff(&settings, failures)) => {}
+                }
+            }
+        });
+    }
+
+    /// Whether every agent the bridge must keep signed in currently is.
+    pub fn pinned_ready(&self) -> bool {
+        self.slots().values().all(|slot| {
+            let inner = slot.lock();
+            !inner.keep_signed_in || inner.session.as_ref().is_some_and(|s| s.is_live())
+        })
+    }
+}

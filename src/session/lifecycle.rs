@@ -1,0 +1,386 @@
+//! The sign-in lifecycle of one agent: sign-in, the poll loop and what its end means, signing
+//! in again, and sign-out. Every step holds the agent's lifecycle lock, so sign-in and sign-out
+//! of one agent never overlap; why a session ended is recorded in its slot and decides how the
+//! agent is signed in again (see [`EndReason`]).
+
+use super::guid_retry::{remaining, settle_refusal, Settled};
+use super::{
+    lock_owned, new_session_id, not_signed_in, EndReason, Session, SessionError, Sessions,
+    SignInParams, Slot,
+};
+use crate::events::{End, Hub, PollEnd, Poller};
+use crate::gateway::{AgentAuth, GatewayError, Interface};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+impl Sessions {
+    /// Signs an agent in (`forcelogin` when `params.force`), or returns the session the bridge
+    /// already holds for it. Serialised with every other sign-in/out of the same agent.
+    pub async fn sign_in(
+        &self,
+        agent_id: &str,
+        params: SignInParams,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, SessionError> {
+        if self.shared.draining.load(Ordering::Acquire) {
+            return Err(SessionError::ShuttingDown);
+        }
+        let (slot, _guard) = self.lock_slot(agent_id, true).await?;
+        if let Some(current) = slot.running() {
+            let inner = slot.lock();
+            if inner
+                .creds
+                .as_ref()
+                .is_some_and(|held| !held.same_credentials(&params))
+            {
+                return Err(SessionError::CredentialsMismatch {
+                    agent_id: agent_id.to_owned(),
+                });
+            }
+            return Ok(current);
+        }
+        let take_over = {
+            let mut inner = slot.lock();
+            inner.signing_in = true;
+            inner.ended.is_some_and(EndReason::may_take_over)
+        };
+        let result = self
+            .login(&slot, agent_id, &params, take_over, deadline)
+            .await;
+        let mut inner = slot.lock();
+        inner.signing_in = false;
+        match result {
+            Ok(session) => {
+                if self.shared.settings.hold_credentials {
+                    inner.creds = Some(params);
+                }
+                Ok(session)
+            }
+            Err(e) => {
+                if inner.session.is_none() && !inner.keep_signed_in {
+                    drop(inner);
+                    self.slots().remove(agent_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Signs in with `params`, installs the new session and starts its poll loop.
+    /// Caller holds the slot's lifecycle lock.
+    async fn login(
+        &self,
+        slot: &Arc<Slot>,
+        agent_id: &str,
+        params: &SignInParams,
+        take_over: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, SessionError> {
+        let auth = Arc::new(AgentAuth::default());
+        let gw = &self.shared.gateway;
+        let body = params.body();
+        let iface = if params.force {
+            Interface::ForceLogin
+        } else {
+            Interface::Login
+        };
+        let mut result = gw
+            .call(iface, agent_id, &auth, None, Some(body.clone()), deadline)
+            .await;
+        if take_over && !params.force && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
+        {
+            // The gateway still counts the agent as signed in under the Guid the bridge lost:
+            // it is the bridge's own session, so taking it over is safe.
+            result = gw
+                .call(
+                    Interface::ForceLogin,
+                    agent_id,
+                    &auth,
+                    None,
+                    Some(body),
+                    deadline,
+                )
+                .await;
+        }
+        result?;
+        if auth.current().guid.is_none() {
+            return Err(GatewayError::OutcomeUnknown(
+                "sign-in answer carried no Set-GUID header".into(),
+            )
+            .into());
+        }
+        let agent: Arc<str> = Arc::from(agent_id);
+        let session_id: Arc<str> = Arc::from(new_session_id().as_str());
+        let session = Arc::new(Session {
+            hub: Arc::new(Hub::new(
+                self.shared.settings.event_window,
+                self.shared.metrics.clone(),
+                agent.clone(),
+                session_id.clone(),
+            )),
+            agent_id: agent,
+            session_id,
+            auth,
+            signed_in_at: SystemTime::now(),
+            last_poll_at: Arc::new(AtomicU64::new(0)),
+            polls: Arc::new(tokio::sync::watch::Sender::new(0)),
+            cancel: self.shared.shutdown.child_token(),
+            signing_out: AtomicBool::new(false),
+        });
+        let previous = {
+            let mut inner = slot.lock();
+            inner.ended = None;
+            inner.session.replace(session.clone())
+        };
+        if let Some(previous) = previous {
+            self.retire(&previous, End::SessionEnded);
+        }
+        tracing::info!(agent_id, session_id = %session.session_id, "agent signed in");
+        self.start_polling(slot.clone(), session.clone());
+        Ok(session)
+    }
+
+    fn start_polling(&self, slot: Arc<Slot>, session: Arc<Session>) {
+        let poller = Poller {
+            gateway: self.shared.gateway.clone(),
+            agent_id: session.agent_id.clone(),
+            auth: session.auth.clone(),
+            hub: session.hub.clone(),
+            last_poll_at: session.last_poll_at.clone(),
+            polls: session.polls.clone(),
+            cancel: session.cancel.clone(),
+            settings: self.shared.settings.poll.clone(),
+            metrics: self.shared.metrics.clone(),
+        };
+        let this = self.clone();
+        self.shared.tasks.spawn(async move {
+            let end = poller.run().await;
+            this.on_poll_end(slot, session, end).await;
+        });
+    }
+
+    /// The poll loop ended: records why, ends the session's streams, and signs the agent in
+    /// again where that is the rule (keep-signed-in, or the gateway asked for it).
+    async fn on_poll_end(&self, slot: Arc<Slot>, session: Arc<Session>, end: PollEnd) {
+        let reason = match end {
+            PollEnd::Cancelled => return,
+            // The gateway confirms the sign-out in progress (its answer may yet be lost).
+            _ if session.signing_out.load(Ordering::Acquire) => EndReason::SignedOut,
+            PollEnd::SignedOutByGateway => EndReason::SignedOutByGateway,
+            PollEnd::GuidRefused {
+                after_lost_answer: true,
+            } => EndReason::AnswerLost,
+            PollEnd::GuidRefused {
+                after_lost_answer: false,
+            } => EndReason::GuidRefused,
+            PollEnd::SignInAgain(_) => EndReason::SignInAgain,
+        };
+        let is_current = {
+            let mut inner = slot.lock();
+            let is_current = inner
+                .session
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &session));
+            if is_current {
+                inner.ended = Some(reason);
+            }
+            is_current
+        };
+        if reason == EndReason::SignedOut {
+            tracing::info!(agent_id = %session.agent_id, "the gateway confirmed the sign-out");
+            self.retire(&session, End::SignedOut);
+            return;
+        }
+        tracing::warn!(agent_id = %session.agent_id, ?end, reason = reason.label(), "the gateway ended the agent's session");
+        self.retire(&session, End::SessionEnded);
+        if !is_current {
+            return;
+        }
+        let _guard = lock_owned(&slot).await;
+        let (still_current, has_creds, keep) = {
+            let inner = slot.lock();
+            (
+                inner
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(s, &session)),
+                inner.creds.is_some(),
+                inner.keep_signed_in,
+            )
+        };
+        if !still_current {
+            return;
+        }
+        if keep || (has_creds && reason.wants_sign_in_again()) {
+            self.spawn_keep_signed_in(session.agent_id.clone(), keep);
+        } else if !has_creds {
+            self.remove_if_same(&session.agent_id, &slot);
+        }
+    }
+
+    /// Stops a session's poll loop and ends its streams (idempotent).
+    pub(super) fn retire(&self, session: &Session, why: End) {
+        session.cancel.cancel();
+        session.hub.close(why);
+    }
+
+    /// The live session of an agent, signing it in again first if it ended and the bridge holds
+    /// its credentials.
+    pub async fn current(
+        &self,
+        agent_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, SessionError> {
+        let slot = self.slot(agent_id)?;
+        if let Some(s) = slot.running() {
+            return Ok(s);
+        }
+        self.resign_in(agent_id, None, deadline).await
+    }
+
+    /// The live session of an agent, without any gateway call (for watchers).
+    pub fn live(&self, agent_id: &str) -> Result<Arc<Session>, SessionError> {
+        self.slot(agent_id)?
+            .running()
+            .ok_or_else(|| not_signed_in(agent_id))
+    }
+
+    /// Signs the agent in again with held credentials, replacing `stale` (unless another task
+    /// already replaced it, in which case that session is returned). `stale` comes with why it
+    /// is given up while its poll loop still runs.
+    pub(super) async fn resign_in(
+        &self,
+        agent_id: &str,
+        stale: Option<(&Arc<Session>, EndReason)>,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, SessionError> {
+        if self.shared.draining.load(Ordering::Acquire) {
+            return Err(SessionError::ShuttingDown);
+        }
+        let (slot, _guard) = self.lock_slot(agent_id, false).await?;
+        let (current, creds) = {
+            let inner = slot.lock();
+            (inner.session.clone(), inner.creds.clone())
+        };
+        if let Some(current) = current.as_ref().filter(|c| c.is_live()) {
+            if stale.is_none_or(|(s, _)| !Arc::ptr_eq(s, current)) {
+                return Ok(current.clone());
+            }
+        }
+        let mut creds = creds.ok_or_else(|| not_signed_in(agent_id))?;
+        let ended = {
+            let mut inner = slot.lock();
+            if let Some((_, why)) = stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live()))
+            {
+                inner.ended = Some(why);
+            }
+            inner.ended
+        };
+        if let Some(current) = &current {
+            self.retire(current, End::SessionEnded);
+        }
+        // `force` is for the first sign-in only: signing in again never kicks another client.
+        creds.force &= current.is_none() && ended.is_none();
+        let take_over = ended.is_some_and(EndReason::may_take_over);
+        let session = self
+            .login(&slot, agent_id, &creds, take_over, deadline)
+            .await?;
+        if current.is_some() {
+            self.shared.metrics.resigned_in();
+            tracing::info!(agent_id, "signed the agent in again with held credentials");
+        }
+        Ok(session)
+    }
+
+    /// Signs an agent out and forgets it (and its credentials). Its streams complete normally.
+    pub async fn sign_out(
+        &self,
+        agent_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), SessionError> {
+        let (slot, _guard) = self.lock_slot(agent_id, false).await?;
+        let session = slot.lock().session.clone();
+        if let Some(session) = session.filter(|s| s.is_live()) {
+            self.logout(&session, deadline).await?;
+        }
+        self.remove_if_same(agent_id, &slot);
+        Ok(())
+    }
+
+    /// `logout` for a live session; on success its streams end with `End::SignedOut`.
+    ///
+    /// A sign-out is safe to repeat (a second one answers `100-006`, "already out"), so one
+    /// whose answer was lost is sent once more. If the outcome stays unknown the session stays
+    /// live and polled: the poll loop then learns from the gateway whether it is still signed
+    /// in, and ends the session if not.
+    pub(super) async fn logout(
+        &self,
+        session: &Arc<Session>,
+        deadline: Option<Instant>,
+    ) -> Result<(), SessionError> {
+        session.signing_out.store(true, Ordering::Release);
+        let mut result = self.send_logout(session, deadline).await;
+        if matches!(&result, Err(e) if e.retcode().is_none()) {
+            result = self.send_logout(session, deadline).await;
+        }
+        match result {
+            // Already out at the gateway: the goal is reached.
+            Ok(()) => {}
+            Err(e) if matches!(e.retcode(), Some("100-006" | "100-008")) => {}
+            // The poll loop saw the gateway confirm the sign-out meanwhile.
+            Err(_) if !session.is_live() => {}
+            Err(e) => {
+                session.signing_out.store(false, Ordering::Release);
+                return Err(e.into());
+            }
+        }
+        tracing::info!(agent_id = %session.agent_id, "agent signed out");
+        self.retire(session, End::SignedOut);
+        Ok(())
+    }
+
+    /// One `logout` request, sent again with a newer Guid if the first was refused for a Guid
+    /// the poll loop had just replaced.
+    async fn send_logout(
+        &self,
+        session: &Arc<Session>,
+        deadline: Option<Instant>,
+    ) -> Result<(), GatewayError> {
+        let gw = &self.shared.gateway;
+        let agent_id = &session.agent_id;
+        let sent = session.auth.current();
+        let mut result = gw
+            .call(
+                Interface::Logout,
+                agent_id,
+                &session.auth,
+                sent.guid.as_ref(),
+                None,
+                deadline,
+            )
+            .await;
+        if matches!(&result, Err(e) if e.is_auth_rejection())
+            && settle_refusal(
+                session,
+                sent.generation,
+                remaining(self.shared.settings.auth_retry_wait, deadline),
+            )
+            .await
+                == Settled::NewerGuid
+        {
+            let guid = session.auth.current().guid;
+            result = gw
+                .call(
+                    Interface::Logout,
+                    agent_id,
+                    &session.auth,
+                    guid.as_ref(),
+                    None,
+                    deadline,
+                )
+                .await;
+        }
+        result.map(|_| ())
+    }
+}

@@ -1,0 +1,99 @@
+//! Read-only views of the registry for callers, readiness and metrics (never a Guid or a
+//! password).
+
+use super::{slot_has_creds, Session, SessionError, SessionInfo, Sessions, Slot, State};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl Sessions {
+    /// A view of one agent's session.
+    pub fn info(&self, agent_id: &str) -> Result<SessionInfo, SessionError> {
+        let slot = self.slot(agent_id)?;
+        Ok(info_of(agent_id, &slot))
+    }
+
+    /// A view of `session` itself (not of whatever the agent's slot holds by now), so a caller
+    /// is told about the session its own call produced.
+    pub fn describe(&self, session: &Session) -> SessionInfo {
+        let can_resign_in = self
+            .slot(&session.agent_id)
+            .is_ok_and(|slot| slot_has_creds(&slot));
+        view(session, session.state(), can_resign_in)
+    }
+
+    /// How many agents are in each state right now (for the `sessions` gauge at scrape time).
+    pub fn count_by_state(&self) -> [(&'static str, i64); 4] {
+        let mut counts = [
+            State::SigningIn,
+            State::SignedIn,
+            State::SigningOut,
+            State::Ended,
+        ]
+        .map(|s| (s.label(), 0i64));
+        for info in self.list() {
+            if let Some(c) = counts.iter_mut().find(|(l, _)| *l == info.state.label()) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
+    /// Whether the bridge holds no agent at all (readiness then probes the gateway itself).
+    pub fn is_empty(&self) -> bool {
+        self.slots().is_empty()
+    }
+
+    /// Views of every agent the bridge holds, ordered by agent id.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let slots: Vec<(Arc<str>, Arc<Slot>)> = self
+            .slots()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out: Vec<SessionInfo> = slots.iter().map(|(id, s)| info_of(id, s)).collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+}
+
+fn info_of(agent_id: &str, slot: &Slot) -> SessionInfo {
+    let inner = slot.lock();
+    let can_resign_in = inner.creds.is_some();
+    match &inner.session {
+        Some(s) => {
+            let state = if inner.signing_in {
+                State::SigningIn
+            } else {
+                s.state()
+            };
+            view(s, state, can_resign_in)
+        }
+        None => SessionInfo {
+            agent_id: agent_id.to_owned(),
+            session_id: String::new(),
+            state: if inner.signing_in {
+                State::SigningIn
+            } else {
+                State::Ended
+            },
+            signed_in_at: None,
+            watchers: 0,
+            last_poll_at_ms: 0,
+            last_sequence: 0,
+            can_resign_in,
+        },
+    }
+}
+
+fn view(s: &Session, state: State, can_resign_in: bool) -> SessionInfo {
+    SessionInfo {
+        agent_id: s.agent_id.to_string(),
+        session_id: s.session_id.to_string(),
+        state,
+        signed_in_at: Some(s.signed_in_at),
+        watchers: s.hub.watchers(),
+        last_poll_at_ms: s.last_poll_at.load(Ordering::Relaxed),
+        last_sequence: s.hub.last_sequence(),
+        can_resign_in,
+    }
+}

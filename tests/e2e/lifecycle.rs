@@ -1,0 +1,318 @@
+//! The agent lifecycle after lost answers, DR retcodes and other clients' sign-ins: the bridge's
+//! view of an agent ends up agreeing with the gateway's, and it never fights another client.
+
+use crate::helpers::*;
+use ccgw_bridge::proto::*;
+use ccgw_bridge::sim::{AuthMode, Fault, FaultKind, FaultMatch, Interface, SimConfig};
+use std::time::Duration;
+use tonic::Code;
+
+/// Bound for things that happen "within a few seconds" (a hang guard, not a speed assertion).
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Strict dynamic auth whose automatic rotations never happen during a test.
+fn strict_dynamic() -> SimConfig {
+    SimConfig {
+        auth: AuthMode::Dynamic {
+            rotate_every: Duration::from_secs(3600),
+            strict: true,
+            overlap: Duration::ZERO,
+        },
+        ..fast_sim()
+    }
+}
+
+fn count(h: &Harness, suffix: &str, agent: &str) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with(&format!("/onlineagent/{agent}{suffix}")))
+        .count()
+}
+
+fn logins(h: &Harness, agent: &str) -> usize {
+    count(h, "", agent)
+}
+
+fn forcelogins(h: &Harness, agent: &str) -> usize {
+    count(h, "/forcelogin", agent)
+}
+
+fn plays(h: &Harness, agent: &str) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&format!("/recordplay/{agent}/play")))
+        .count()
+}
+
+/// Waits for the end of a stream: `Ok` when it completed, the status when it failed.
+async fn stream_end<T>(w: &mut tonic::Streaming<T>) -> Result<(), tonic::Status> {
+    tokio::time::timeout(SETTLE, async {
+        loop {
+            match w.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(s),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within the settle bound")
+}
+
+/// The first request matching `pred`, waited for within the settle bound.
+async fn request(
+    h: &Harness,
+    pred: impl Fn(&ccgw_bridge::sim::RecordedRequest) -> bool,
+) -> ccgw_bridge::sim::RecordedRequest {
+    tokio::time::timeout(SETTLE, h.sim.wait_for_request(pred))
+        .await
+        .expect("the request arrives within the settle bound")
+}
+
+/// Finding 1: the poll answer carrying the rotated Guid is lost; the gateway refuses the old
+/// Guid while it still counts the agent signed in. The bridge takes its own session back with
+/// one `forcelogin`, and a play right after succeeds within its deadline.
+#[tokio::test]
+async fn a_lost_guid_rotation_is_recovered_with_one_forcelogin() {
+    let h = Harness::with(strict_dynamic(), |_| {}).await;
+    let first = h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    h.sim.clear_requests();
+    h.sim.rotate_guid_lost("1001");
+    // The old session ends once the bridge's poll is refused.
+    let _ = stream_end(&mut w).await;
+    h.play()
+        .await
+        .begin_play(with_deadline(play_request("1001"), Duration::from_secs(5)))
+        .await
+        .expect("the bridge gets its own agent back at once");
+    assert!(forcelogins(&h, "1001") <= 1, "{:?}", h.sim.requests());
+    assert_eq!(plays(&h, "1001"), 1, "one play on the wire");
+    let s = h.session("1001").await;
+    assert_eq!(s.state, SessionState::SignedIn as i32);
+    assert_ne!(s.session_id, first.session_id);
+    assert!(h.sim.signed_in("1001"));
+}
+
+/// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
+#[tokio::test]
+async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
+    let h = Harness::with(strict_dynamic(), |c| c.agents.push(pinned_agent("1005"))).await;
+    request(&h, |r| r.path.ends_with("/agentevent/1005")).await;
+    let guid = h.sim.current_guid("1005").expect("signed in");
+    h.sim.clear_requests();
+    h.sim.rotate_guid_lost("1005");
+    let taken_back = request(&h, |r| r.path.ends_with("/onlineagent/1005/forcelogin")).await;
+    assert_eq!(taken_back.json().unwrap()["phonenum"], "88005");
+    let polled = request(&h, |r| {
+        r.path.ends_with("/agentevent/1005") && r.header("guid").is_some_and(|g| g != guid)
+    })
+    .await;
+    assert_eq!(polled.header("guid"), h.sim.current_guid("1005").as_deref());
+    assert_eq!(forcelogins(&h, "1005"), 1);
+}
+
+/// Finding 2: the sign-out reached the gateway but its answer was lost. The bridge's view
+/// agrees with the gateway's: signed out, streams ended.
+#[tokio::test]
+async fn a_sign_out_whose_answer_is_lost_leaves_no_zombie() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Logout),
+        kind: FaultKind::DropAfterEffect,
+        count: Some(1),
+    });
+    let answer = h
+        .sessions()
+        .await
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await;
+    assert!(!h.sim.signed_in("1001"));
+    let _ = stream_end(&mut w).await;
+    // Whatever SignOut answered, the bridge no longer reports the agent signed in.
+    let view = h
+        .sessions()
+        .await
+        .get_session(GetSessionRequest {
+            agent_id: "1001".into(),
+        })
+        .await;
+    match view {
+        Ok(s) => assert_eq!(s.into_inner().state, SessionState::Ended as i32),
+        Err(s) => assert!(
+            matches!(s.code(), Code::NotFound | Code::FailedPrecondition),
+            "{s:?}"
+        ),
+    }
+    answer.expect("a lost answer to a sign-out that took effect is found out and answered OK");
+}
+
+/// Finding 2, the other outcome: the sign-out never reached the gateway. The bridge sends it
+/// again (a sign-out is safe to repeat) and the agent is out.
+#[tokio::test]
+async fn a_sign_out_lost_before_the_gateway_is_sent_again() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Logout),
+        kind: FaultKind::DropConnection,
+        count: Some(1),
+    });
+    h.sessions()
+        .await
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .expect("signed out");
+    assert!(!h.sim.signed_in("1001"));
+    assert!(
+        stream_end(&mut w).await.is_ok(),
+        "sign-out completes streams"
+    );
+}
+
+/// Finding 3: a DR retcode on the poll means "sign in again": with held credentials the bridge
+/// does, taking over its own stale session (`100-002` → one `forcelogin`).
+#[tokio::test]
+async fn dr_retcodes_on_polls_sign_the_agent_in_again() {
+    for retcode in ["105-005", "105-006", "105-007"] {
+        let h = Harness::start().await;
+        let first = h.sign_in("1001").await;
+        let mut w = h.watch_all("1001").await;
+        h.sim.clear_requests();
+        h.sim.require_sign_in_again("1001", retcode);
+        let status = stream_end(&mut w).await.expect_err("the old session ended");
+        assert_eq!(reason(&status), "SESSION_ENDED", "{retcode}");
+        let guid = request(&h, |r| r.path.ends_with("/onlineagent/1001/forcelogin")).await;
+        assert!(guid.header("guid").is_none());
+        let new_guid = h.sim.current_guid("1001").expect("signed in again");
+        request(&h, |r| {
+            r.path.ends_with("/agentevent/1001") && r.header("guid") == Some(new_guid.as_str())
+        })
+        .await;
+        let s = h.session("1001").await;
+        assert_eq!(s.state, SessionState::SignedIn as i32, "{retcode}");
+        assert_ne!(s.session_id, first.session_id);
+        assert_eq!(forcelogins(&h, "1001"), 1, "{retcode}");
+        h.play()
+            .await
+            .begin_play(play_request("1001"))
+            .await
+            .expect("the new session works");
+    }
+}
+
+/// Finding 3 without held credentials: the session ends with a clear status.
+#[tokio::test]
+async fn dr_retcodes_without_credentials_end_the_session() {
+    let h = Harness::with(fast_sim(), |c| c.sessions.hold_credentials = false).await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    h.sim.require_sign_in_again("1001", "105-006");
+    let status = stream_end(&mut w).await.expect_err("the session ended");
+    assert_eq!(reason(&status), "SESSION_ENDED");
+    let status = expect_code(
+        h.play().await.begin_play(play_request("1001")).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&status), "AGENT_NOT_SIGNED_IN");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+}
+
+/// Issue 11 point 1: a pinned agent kicked by another client's `forcelogin` (the bridge gets
+/// the sign-out event) is never forced back; keep-signed-in retries a plain `login`.
+#[tokio::test]
+async fn a_kicked_pinned_agent_is_never_forced_back() {
+    let h = Harness::with(fast_sim(), |c| {
+        c.agents.push(pinned_agent("1005"));
+        c.sessions.resign_backoff_max = Duration::from_millis(200);
+    })
+    .await;
+    request(&h, |r| r.path.ends_with("/agentevent/1005")).await;
+    h.sim.clear_requests();
+    h.sim.sign_in_elsewhere("1005", true).expect("taken over");
+    // Two plain logins (refused with 100-002) prove the retry loop runs.
+    for _ in 0..2 {
+        request(&h, |r| {
+            r.method == "PUT" && r.path.ends_with("/onlineagent/1005")
+        })
+        .await;
+        assert_eq!(forcelogins(&h, "1005"), 0, "{:?}", h.sim.requests());
+        h.sim.clear_requests();
+    }
+}
+
+/// Issue 11 point 1: the bridge's Guid is refused after another client signed the agent in
+/// (no sign-out event). A caller's next call does not take the agent over.
+#[tokio::test]
+async fn a_guid_refused_after_another_sign_in_is_not_taken_over() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    h.sim.kill_session("1001");
+    h.sim
+        .sign_in_elsewhere("1001", false)
+        .expect("signed in elsewhere");
+    let _ = stream_end(&mut w).await;
+    h.sim.clear_requests();
+    let status = expect_code(
+        h.play().await.begin_play(play_request("1001")).await,
+        Code::AlreadyExists,
+    );
+    assert_eq!(reason(&status), "AGENT_ALREADY_SIGNED_IN");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+    assert_eq!(plays(&h, "1001"), 0);
+}
+
+/// Finding 9: with `--no-sign-out-on-shutdown` the agents stay signed in for a replacement
+/// instance, so the draining bridge stops polling at once: an event queued during the drain
+/// stays at the gateway instead of being taken and lost with the closed streams.
+#[tokio::test]
+async fn without_sign_out_on_shutdown_polling_stops_when_the_drain_starts() {
+    let mut h = Harness::with(fast_sim(), |c| c.sign_out_on_shutdown = false).await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    // An unary call in flight (one that makes no events) keeps the drain open meanwhile.
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::StopPlay),
+        kind: FaultKind::Latency(Duration::from_secs(1)),
+        count: Some(1),
+    });
+    let mut play = h.play().await;
+    let call = tokio::spawn(async move {
+        play.stop_play(StopPlayRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+    });
+    request(&h, |r| r.path.ends_with("/stopplay")).await;
+    h.begin_stop();
+    stream_end(&mut w)
+        .await
+        .expect_err("the drain ends streams");
+    h.sim.queue_event(
+        "1001",
+        serde_json::json!({"eventType": "AgentState_Ready", "workNo": "1001", "content": null}),
+    );
+    // Answered (nothing was playing: a refusal), not cut off.
+    let answered = call.await.unwrap();
+    assert_ne!(
+        answered.map_err(|s| s.code()).err(),
+        Some(Code::Unavailable)
+    );
+    h.stopped().await.expect("drained");
+    assert_eq!(
+        h.sim.pending_events("1001"),
+        1,
+        "the event waits for the next holder"
+    );
+    assert!(h.sim.signed_in("1001"));
+}
