@@ -11,3 +11,4 @@ mod recordplay;
 mod reliability;
 mod retcodes;
 mod validation;
+mod venv;
