@@ -77,6 +77,7 @@ pub async fn run(
         in_flight: Arc::new(tokio::sync::Semaphore::new(
             config.server.max_concurrent_requests,
         )),
+        cut: CancellationToken::new(),
     };
     let limits = &config.server;
     if limits.tls.is_none()
@@ -148,7 +149,7 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let stop_admin = CancellationToken::new();
     let admin = listeners.admin.map(|listener| {
-        let grpc_health = tonic::service::Routes::new(health.clone()).into_axum_router();
+        let grpc_health = grpc_router(health.clone());
         let router = admin_router(
             grpc_health,
             AdminState {
@@ -193,12 +194,23 @@ pub async fn run(
         Duration::ZERO
     };
     let mut grpc = grpc;
-    if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
+    // Calls still running a moment before the cut are answered OUTCOME_UNKNOWN (they may have
+    // reached the gateway); only a call that cannot even be answered loses its connection.
+    let answer_by = (config.drain_timeout / 10).min(Duration::from_millis(100));
+    if tokio::time::timeout_at((deadline - reserve - answer_by).into(), &mut grpc)
         .await
         .is_err()
     {
-        tracing::warn!("gRPC calls still open at the drain deadline; closing them");
-        grpc.abort();
+        tracing::warn!(
+            "gRPC calls still open at the drain deadline; answering them OUTCOME_UNKNOWN"
+        );
+        bridge.cut.cancel();
+        if tokio::time::timeout_at((deadline - reserve).into(), &mut grpc)
+            .await
+            .is_err()
+        {
+            grpc.abort();
+        }
     }
     if config.sign_out_on_shutdown
         && tokio::time::timeout_at(deadline.into(), sessions.sign_out_all(Some(deadline)))
@@ -273,6 +285,28 @@ struct AdminState {
     metrics: Arc<Metrics>,
     sessions: Sessions,
     ready: Arc<AtomicBool>,
+}
+
+/// The gRPC health service as an axum router without a fallback (tonic's `Routes` adds one that
+/// answers every unknown path with HTTP 200).
+fn grpc_router<S>(svc: S) -> axum::Router
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt;
+    axum::Router::new().route_service(
+        &format!("/{}/{{*rest}}", S::NAME),
+        svc.map_request(|req: http::Request<axum::body::Body>| req.map(tonic::body::Body::new)),
+    )
 }
 
 /// Plain-HTTP probes and metrics, merged with the gRPC health service (`grpc_health`) so one

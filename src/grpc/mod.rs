@@ -16,6 +16,7 @@ use crate::telemetry::Metrics;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 use tracing::Instrument;
@@ -35,6 +36,10 @@ pub struct Bridge {
     /// Permits for concurrently running calls (`--max-concurrent-requests`); excess calls are
     /// refused at once rather than queued behind a slow gateway.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when a drain runs out of time for the calls still in flight: they are
+    /// answered `OUTCOME_UNKNOWN` instead of having their connection cut (which a client sees
+    /// as UNAVAILABLE, "retry": wrong for a play the gateway may have started).
+    pub cut: CancellationToken,
 }
 
 impl Bridge {
@@ -58,7 +63,13 @@ impl Bridge {
         );
         crate::telemetry::adopt_remote_parent(&span, metadata);
         let result = match self.in_flight.try_acquire() {
-            Ok(_permit) => handler.instrument(span.clone()).await,
+            Ok(_permit) => tokio::select! {
+                biased;
+                result = handler.instrument(span.clone()) => result,
+                () = self.cut.cancelled() => Err(status::outcome_unknown(
+                    "the bridge shut down before this call finished; it may have reached the gateway and taken effect",
+                )),
+            },
             Err(_) => Err(status::with_info(
                 tonic::Code::ResourceExhausted,
                 "too many calls in flight on this bridge (--max-concurrent-requests); retry with backoff",

@@ -1,10 +1,10 @@
 //! `ccgw.v1.RecordPlayService`.
 
 use super::frame::EncodedEvent;
-use super::status::{with_info, Violations, BRIDGE_DOMAIN};
+use super::status::{self, with_info, Violations, BRIDGE_DOMAIN};
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
-use crate::events::Next;
+use crate::events::{End, Next};
 use crate::gateway::bodies::{to_bytes, PlayBody};
 use crate::gateway::Interface;
 use crate::proto::server::record_play_service_server::RecordPlayService;
@@ -87,6 +87,11 @@ impl RecordPlayApi {
                             }
                             _ => {}
                         },
+                        // The gateway accepted the play: a drain must not answer UNAVAILABLE
+                        // ("retry elsewhere"), which would play it twice.
+                        Next::Ended(End::Shutdown) => return Err(status::outcome_unknown(
+                            "the gateway accepted the play, but the bridge is shutting down and will not observe its outcome; do not send it again",
+                        )),
                         Next::Ended(end) => return Err(watch::ended_status(session, end)),
                         Next::Overrun { .. } => return Err(with_info(
                             Code::Unknown,

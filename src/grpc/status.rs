@@ -71,8 +71,11 @@ pub fn gateway_status(err: &GatewayError) -> Status {
         }
         GatewayError::Unreachable(_) => b(Code::Unavailable, "GATEWAY_UNREACHABLE", &[]),
         GatewayError::HttpStatus(status) => {
+            // 429 and 503 say the request was not processed. A 502 or 504 from a proxy may
+            // come after the gateway acted (the answer was bad or late), so it is UNKNOWN
+            // like any other 5xx: UNAVAILABLE would invite a retry that plays twice.
             let code = match status {
-                429 | 502 | 503 | 504 => Code::Unavailable,
+                429 | 503 => Code::Unavailable,
                 500..=599 => Code::Unknown,
                 _ => Code::FailedPrecondition,
             };
@@ -83,8 +86,21 @@ pub fn gateway_status(err: &GatewayError) -> Status {
             )
         }
         GatewayError::Timeout(_) => b(Code::DeadlineExceeded, "GATEWAY_TIMEOUT", &[]),
-        GatewayError::OutcomeUnknown(_) => b(Code::Unknown, "OUTCOME_UNKNOWN", &[]),
+        GatewayError::OutcomeUnknown(_) => outcome_unknown(err.to_string()),
     }
+}
+
+/// The request may have reached the gateway (which may have acted on it), but the bridge will
+/// not learn the outcome: UNKNOWN `OUTCOME_UNKNOWN`, never UNAVAILABLE, because a retry could
+/// do the work twice (e.g. play a recording twice).
+pub fn outcome_unknown(message: impl Into<String>) -> Status {
+    with_info(
+        Code::Unknown,
+        message,
+        BRIDGE_DOMAIN,
+        "OUTCOME_UNKNOWN",
+        &[],
+    )
 }
 
 impl From<SessionError> for Status {
@@ -216,7 +232,11 @@ mod tests {
             Code::Unavailable
         );
         assert_eq!(code(GatewayError::HttpStatus(503)), Code::Unavailable);
+        assert_eq!(code(GatewayError::HttpStatus(429)), Code::Unavailable);
         assert_eq!(code(GatewayError::HttpStatus(500)), Code::Unknown);
+        // A proxy's 502/504 may follow the gateway's work: never "retry me".
+        assert_eq!(code(GatewayError::HttpStatus(502)), Code::Unknown);
+        assert_eq!(code(GatewayError::HttpStatus(504)), Code::Unknown);
         assert_eq!(
             code(GatewayError::HttpStatus(404)),
             Code::FailedPrecondition

@@ -89,6 +89,42 @@ async fn probes_answer_on_the_admin_listener() {
     // Not ready once the gateway is gone (probed every second while idle).
     until_status(&mut w, ServingStatus::NotServing).await;
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    // A wrong probe path must fail the probe, even while /readyz is 503 (the gRPC router's
+    // fallback used to answer 200 to anything).
+    for path in [
+        "/healthz",
+        "/readyz/",
+        "/",
+        "/metrics/x",
+        "/grpc.health.v1.Nope/Check",
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 404, "GET {path}: {:?}", r.headers());
+    }
+    // gRPC on the same port keeps working.
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
     assert_eq!(
         get("/livez").await.unwrap().status(),
         200,

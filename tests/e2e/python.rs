@@ -18,9 +18,9 @@ async fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("{what}: cannot start .venv/bin/python ({e}); {INSTALL_HINT}")
-    });
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start .venv/bin/python ({e}); {INSTALL_HINT}"));
     match tokio::time::timeout(limit, child.wait_with_output()).await {
         Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
         Err(_) => panic!("{what}: still running after {limit:?}; killed"),
