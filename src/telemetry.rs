@@ -30,6 +30,7 @@ pub struct Metrics {
     events_received: Counter,
     events_delivered: Counter,
     watcher_overruns: Counter,
+    ready: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,6 +55,7 @@ impl Default for Metrics {
         let events_received = Counter::default();
         let events_delivered = Counter::default();
         let watcher_overruns = Counter::default();
+        let ready = Gauge::default();
         registry.register(
             "grpc_server_handled",
             "gRPC calls completed, by method and status code",
@@ -110,6 +112,11 @@ impl Default for Metrics {
             "Watchers ended because they fell behind the retained window",
             watcher_overruns.clone(),
         );
+        registry.register(
+            "ready",
+            "1 while the bridge is ready (the gateway answers and no pinned agent is down), else 0",
+            ready.clone(),
+        );
         Self {
             registry,
             rpc_total,
@@ -124,6 +131,7 @@ impl Default for Metrics {
             events_received,
             events_delivered,
             watcher_overruns,
+            ready,
         }
     }
 }
@@ -194,6 +202,11 @@ impl Metrics {
         self.events_delivered.inc();
     }
 
+    /// Readiness changed.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     /// A watcher fell out of the retained window.
     pub fn watcher_overrun(&self) {
         self.watcher_overruns.inc();
@@ -238,6 +251,11 @@ impl TelemetryGuard {
     }
 }
 
+/// Logs without `RUST_LOG`: the bridge's own at INFO, dependencies' only at WARN and above.
+/// rustls-platform-verifier logs every refused certificate as an ERROR, once per connection
+/// attempt; readiness reports the same failure once, with a hint (`--ca-cert`), so it is off.
+pub const DEFAULT_LOG_FILTER: &str = "warn,ccgw_bridge=info,rustls_platform_verifier=off";
+
 static OTEL_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Installs the global subscriber: `RUST_LOG`-style filtering (default `info`), text or JSON
@@ -252,7 +270,7 @@ pub fn init(
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());

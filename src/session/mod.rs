@@ -14,6 +14,7 @@ pub use session::{Session, SessionInfo, State};
 
 use crate::events::{End, Hub, PollEnd, PollSettings, Poller};
 use crate::gateway::{AgentAuth, Envelope, GatewayClient, GatewayError, Interface};
+use crate::readiness::{Pinned, PinnedAgents};
 use crate::telemetry::Metrics;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -110,6 +111,8 @@ struct Shared {
     shutdown: CancellationToken,
     draining: AtomicBool,
     tasks: TaskTracker,
+    /// Pinned agents' states for readiness (kept up to date here, read in O(1) there).
+    pinned: Arc<PinnedAgents>,
 }
 
 /// The registry of agent sessions; cheap to clone, shared by every RPC handler.
@@ -130,6 +133,7 @@ impl Sessions {
                 shutdown: CancellationToken::new(),
                 draining: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
+                pinned: Arc::default(),
             }),
         }
     }
@@ -324,6 +328,12 @@ impl Sessions {
             return;
         }
         if keep {
+            self.shared.pinned.set(
+                &session.agent_id,
+                Pinned::Down(format!(
+                    "the gateway ended its session ({end:?}); signing in again"
+                )),
+            );
             self.spawn_keep_signed_in(session.agent_id.clone());
         } else if !has_creds {
             self.remove_if_same(&session.agent_id, &slot);
@@ -464,6 +474,7 @@ impl Sessions {
             self.logout(&session, deadline).await?;
         }
         self.remove_if_same(agent_id, &slot);
+        self.shared.pinned.remove(agent_id);
         Ok(())
     }
 
@@ -530,6 +541,9 @@ impl Sessions {
             inner.creds = Some(params);
             inner.keep_signed_in = true;
         }
+        self.shared
+            .pinned
+            .set(agent_id, Pinned::Down("not signed in yet".into()));
         self.spawn_keep_signed_in(Arc::from(agent_id));
     }
 
@@ -544,9 +558,10 @@ impl Sessions {
             let mut failures = 0u32;
             loop {
                 match this.resign_in(&agent_id, None, None).await {
-                    Ok(_) => return,
+                    Ok(_) => return this.shared.pinned.set(&agent_id, Pinned::Held),
                     Err(SessionError::ShuttingDown | SessionError::NotSignedIn { .. }) => return,
                     Err(e) => {
+                        this.shared.pinned.set(&agent_id, pinned_failure(&e));
                         failures += 1;
                         tracing::warn!(agent_id = %agent_id, error = %e, failures, "automatic sign-in failed; retrying");
                     }
@@ -559,12 +574,9 @@ impl Sessions {
         });
     }
 
-    /// Whether every agent the bridge must keep signed in currently is.
-    pub fn pinned_ready(&self) -> bool {
-        self.slots().values().all(|slot| {
-            let inner = slot.lock();
-            !inner.keep_signed_in || inner.session.as_ref().is_some_and(|s| s.is_live())
-        })
+    /// The pinned agents' states, for readiness.
+    pub fn pinned(&self) -> Arc<PinnedAgents> {
+        self.shared.pinned.clone()
     }
 
     /// A view of one agent's session.
@@ -693,6 +705,15 @@ fn view(s: &Session, state: State, can_resign_in: bool) -> SessionInfo {
         last_poll_at_ms: s.last_poll_at.load(Ordering::Relaxed),
         last_sequence: s.hub.last_sequence(),
         can_resign_in,
+    }
+}
+
+/// A pinned agent's failed sign-in, for readiness: held by another client (`100-002`) does not
+/// block it, anything else does (with the failure as the reason).
+fn pinned_failure(e: &SessionError) -> Pinned {
+    match e {
+        SessionError::Gateway(g) if g.retcode() == Some("100-002") => Pinned::HeldElsewhere,
+        e => Pinned::Down(e.to_string()),
     }
 }
 

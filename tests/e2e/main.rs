@@ -7,6 +7,7 @@ mod helpers;
 mod limits;
 mod ops;
 mod python;
+mod readiness;
 mod recordplay;
 mod reliability;
 mod retcodes;
