@@ -318,13 +318,16 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+/// `/metrics` in the format the scraper asks for (`Accept`): OpenMetrics or text 0.0.4.
+async fn metrics_text(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     state.metrics.set_sessions(&state.sessions.count_by_state());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::telemetry::Exposition::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics.render_as(format),
     )
 }

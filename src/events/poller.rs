@@ -102,7 +102,8 @@ impl Poller {
                         // A Guid arrived meanwhile (e.g. from a call's answer); use it.
                         continue;
                     }
-                    self.metrics.poll_error("not_signed_in");
+                    // Counted by the session layer, which knows whether the bridge itself
+                    // signed the agent out (an expected end, not an error).
                     return PollEnd::NotSignedIn(e.retcode().unwrap_or_default().to_owned());
                 }
                 Err(e) => {

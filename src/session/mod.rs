@@ -310,6 +310,9 @@ impl Sessions {
         if end == PollEnd::Cancelled || session.signing_out.load(Ordering::Acquire) {
             return;
         }
+        if matches!(end, PollEnd::NotSignedIn(_)) {
+            self.shared.metrics.poll_error("not_signed_in");
+        }
         tracing::warn!(agent_id = %session.agent_id, ?end, "the gateway ended the agent's session");
         self.end(&session, End::SessionEnded);
         let _guard = lock_owned(&slot).await;

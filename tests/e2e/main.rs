@@ -5,6 +5,7 @@ mod faults;
 mod guid;
 mod helpers;
 mod limits;
+mod metrics;
 mod ops;
 mod python;
 mod readiness;
