@@ -3,6 +3,9 @@
 
 #[path = "e2e/helpers.rs"]
 mod helpers;
+#[path = "e2e/venv.rs"]
+#[allow(dead_code)] // shared with the e2e binary, which uses the rest
+mod venv;
 
 use helpers::Harness;
 use serde_json::Value;
@@ -11,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::timeout;
+use venv::manifest_addr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ccgw-bridge");
 /// Upper bound of any one CLI run (they take milliseconds; this only stops a hang).
@@ -37,27 +41,6 @@ fn bare_cli() -> Command {
     }
     cmd.stdin(Stdio::null()).kill_on_drop(true);
     cmd
-}
-
-/// The `CCGW_ADDR` value of deploy/k8s/pod-sidecar.yaml, unchanged but for its port (the tests'
-/// bridges listen on ephemeral ports): what the app of the manifest gets.
-pub fn manifest_addr(port: u16) -> String {
-    let manifest = include_str!("../deploy/k8s/pod-sidecar.yaml");
-    let mut lines = manifest.lines();
-    lines
-        .find(|l| l.trim() == "- name: CCGW_ADDR")
-        .expect("the manifest sets CCGW_ADDR");
-    let value = lines
-        .next()
-        .and_then(|l| l.trim().strip_prefix("value: "))
-        .expect("CCGW_ADDR has a value on the next line")
-        .trim();
-    let (host, default_port) = value.rsplit_once(':').expect("HOST:PORT");
-    assert_eq!(
-        default_port, "50051",
-        "the manifest's port is the default --listen port"
-    );
-    format!("{host}:{port}")
 }
 
 struct Run {

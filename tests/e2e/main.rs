@@ -1,6 +1,7 @@
 //! End-to-end tests: one test binary (links once), modules by area.
 
 mod events;
+mod examples;
 mod faults;
 mod guid;
 mod helpers;
