@@ -61,3 +61,40 @@ fn buf_breaking_refuses_a_renumbered_field() {
     assert!(!broken.status.success(), "a renumbered field is refused");
     assert!(report.contains("voice_path"), "{report}");
 }
+
+/// Every relative link of the README and docs/ names a file of the repository: a clone has
+/// nothing outside it (the architecture once lived in `../shared/design.md`).
+#[test]
+fn documentation_links_stay_inside_the_repository() {
+    let root = venv::root();
+    let mut docs = vec![root.join("README.md"), root.join("deploy/k8s/README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        docs.push(entry.unwrap().path());
+    }
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let dir = doc.parent().unwrap();
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            let path = target.split('#').next().unwrap();
+            if path.is_empty() || path.contains("://") {
+                continue;
+            }
+            let resolved = dir.join(path);
+            assert!(
+                resolved.exists(),
+                "{}: link {target:?} names nothing in the repository",
+                doc.display()
+            );
+            let canonical = resolved.canonicalize().unwrap();
+            assert!(
+                canonical.starts_with(root.canonicalize().unwrap()),
+                "{}: link {target:?} leaves the repository",
+                doc.display()
+            );
+        }
+    }
+}
