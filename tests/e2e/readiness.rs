@@ -70,6 +70,17 @@ async fn a_pinned_agent_held_elsewhere_does_not_block_readiness() {
         "the new bridge tried to sign 1001 in too ({logins} logins)"
     );
     assert!(old.sim.signed_in("1001"), "the old holder was not kicked");
+    // Its metrics say the same: ready, and the pinned agent not held here (state `ended`).
+    let text = reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| crate::guid::metric(&text, name);
+    assert_eq!(metric("ccgw_ready"), 1.0, "{text}");
+    assert_eq!(metric(r#"ccgw_sessions{state="ended"}"#), 1.0, "{text}");
+    assert_eq!(metric(r#"ccgw_sessions{state="signed_in"}"#), 0.0, "{text}");
     let _ = stop.send(());
     new.await.unwrap().unwrap();
 }
