@@ -45,20 +45,45 @@ const EXIT_USAGE: u8 = 2;
 /// `ccgw-bridge call`: talk to a running bridge over gRPC.
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// The bridge's gRPC API.
+    /// The bridge's gRPC API, as any gRPC client takes it: `HOST:PORT`, `dns:///HOST:PORT`,
+    /// `ipv4:ADDR:PORT`, `ipv6:[ADDR]:PORT`, or a URL (`http://…`, `https://…`).
     #[arg(
         long,
         env = "CCGW_ADDR",
-        default_value = "http://127.0.0.1:50051",
+        default_value = "127.0.0.1:50051",
         global = true
     )]
     pub addr: String,
     /// Deadline of each call (sent to the bridge as grpc-timeout); for `watch`, of connecting.
-    #[arg(long, default_value = "10s", value_parser = duration, global = true)]
+    #[arg(long, env = "CCGW_CALL_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub timeout: Duration,
-    /// One JSON object per line, for scripts.
-    #[arg(long, global = true)]
+    /// One JSON object per line, for scripts; a failure too (`{"error": {…}}`).
+    #[arg(long, env = "CCGW_CALL_JSON", global = true)]
     pub json: bool,
+    /// PEM CA bundle trusted for a bridge serving TLS (`--tls-cert`); implies TLS.
+    #[arg(long, env = "CCGW_CALL_CA_CERT", value_name = "PATH", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for a bridge requiring mutual TLS (`--tls-client-ca`).
+    #[arg(
+        long,
+        env = "CCGW_CALL_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key",
+        global = true
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(
+        long,
+        env = "CCGW_CALL_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert",
+        global = true
+    )]
+    pub client_key: Option<PathBuf>,
+    /// File holding the bearer token of a bridge started with `--auth-token-file`.
+    #[arg(long, env = "CCGW_CALL_TOKEN_FILE", value_name = "PATH", global = true)]
+    pub token_file: Option<PathBuf>,
     /// What to call.
     #[command(subcommand)]
     pub op: CallOp,
@@ -209,17 +234,25 @@ impl From<Status> for Failure {
 }
 
 /// Runs one `call` subcommand and returns the process exit code: 0 on success, 1 when the call
-/// fails with a gRPC status (printed to stderr as `error: CODE REASON: message`), 2 on usage
-/// errors.
+/// fails with a gRPC status (printed to stderr as `error: CODE REASON: message`, or with
+/// `--json` to stdout as one `{"error": {…}}` object), 2 on usage errors.
 pub async fn run(args: CallArgs) -> ExitCode {
     match call(&args)
         .await
         .map_err(|f| explain_transport(f, &args.addr))
     {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) if args.json => {
+            let _ = emit!("{}", json!({"error": {"code": "USAGE", "message": msg}}));
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(Failure::Usage(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Call(status)) if args.json => {
+            let _ = emit!("{}", json!({ "error": status_json(&status) }));
+            ExitCode::from(EXIT_CALL_FAILED)
         }
         Err(Failure::Call(status)) => {
             eprint!("{}", describe_status(&status));
@@ -280,6 +313,179 @@ pub fn describe_status(status: &Status) -> String {
     out
 }
 
+/// A failed call as JSON: `code` (name) and `code_number`, `message`, and from the details
+/// `reason`, `domain`, `metadata` (an `ErrorInfo`) and `field_violations` (a `BadRequest`).
+pub fn status_json(status: &Status) -> Value {
+    let mut obj = json!({
+        "code": crate::grpc::status::code_label(status.code()),
+        "code_number": status.code() as i32,
+        "message": status.message(),
+    });
+    if let Some(info) = status.get_details_error_info() {
+        obj["reason"] = Value::from(info.reason);
+        obj["domain"] = Value::from(info.domain);
+        obj["metadata"] = Value::Object(
+            info.metadata
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
+                .collect(),
+        );
+    }
+    if let Some(bad) = status.get_details_bad_request() {
+        obj["field_violations"] = bad
+            .field_violations
+            .into_iter()
+            .map(|v| json!({"field": v.field, "description": v.description}))
+            .collect();
+    }
+    obj
+}
+
+/// The URI tonic connects to for `addr`, which may be written in gRPC's name syntax (what
+/// grpcio, grpc-js, grpc-go and grpc-java take: `HOST:PORT`, `dns:[//AUTHORITY/]HOST[:PORT]`,
+/// `ipv4:ADDR[:PORT]`, `ipv6:[ADDR][:PORT]`) or as an `http://`/`https://` URL. Without a
+/// scheme the connection uses TLS when `tls` (a CA or client certificate was given). A missing
+/// port is 443, as in gRPC's name resolution.
+pub fn endpoint_uri(addr: &str, tls: bool) -> Result<String, String> {
+    let hint = "expected HOST:PORT (e.g. 127.0.0.1:50051), dns:///HOST:PORT or http(s)://HOST:PORT";
+    let scheme = if tls { "https" } else { "http" };
+    let target = addr.trim();
+    if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        if tls && target.starts_with("http://") {
+            return Err(format!(
+                "{addr:?} is plaintext (http://) but a TLS option was given; use https:// or HOST:PORT"
+            ));
+        }
+        if rest.is_empty() {
+            return Err(format!("{addr:?} names no host; {hint}"));
+        }
+        return Ok(target.to_owned());
+    }
+    let host_port = if let Some(rest) = target.strip_prefix("dns:") {
+        // dns://AUTHORITY/HOST:PORT names a DNS server to ask; the system resolver is used.
+        match rest.strip_prefix("//") {
+            Some(with_authority) => match with_authority.split_once('/') {
+                Some((_, name)) => name,
+                None => {
+                    return Err(format!(
+                        "{addr:?}: dns://AUTHORITY must be followed by /HOST:PORT; {hint}"
+                    ))
+                }
+            },
+            None => rest,
+        }
+    } else if let Some(rest) = target
+        .strip_prefix("ipv4:")
+        .or_else(|| target.strip_prefix("ipv6:"))
+    {
+        if rest.contains(',') {
+            return Err(format!(
+                "{addr:?}: one address only (this client does no load balancing)"
+            ));
+        }
+        rest
+    } else if target.contains("://") || target.starts_with("unix:") {
+        return Err(format!("{addr:?}: unsupported scheme; {hint}"));
+    } else {
+        target
+    };
+    if host_port.is_empty() || host_port.contains('/') {
+        return Err(format!("{addr:?} is not a gRPC target; {hint}"));
+    }
+    // A port is present unless the text ends in a bare host (an IPv6 literal ends in `]`).
+    let has_port = match host_port.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    let uri = if has_port {
+        format!("{scheme}://{host_port}")
+    } else {
+        format!("{scheme}://{host_port}:443")
+    };
+    uri.parse::<http::Uri>()
+        .map_err(|e| format!("{addr:?}: {e}; {hint}"))?;
+    Ok(uri)
+}
+
+/// The channel `call` uses: `--addr` in any accepted form, TLS from `--ca-cert` /
+/// `--client-cert`, `--timeout` as the connect timeout. Connects on the first call, so an
+/// unreachable bridge is reported like any other failed call (UNAVAILABLE, exit 1).
+fn channel(args: &CallArgs) -> Result<tonic::transport::Channel, Failure> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let tls = args.ca_cert.is_some() || args.client_cert.is_some();
+    let uri = endpoint_uri(&args.addr, tls).map_err(|e| Failure::Usage(format!("--addr {e}")))?;
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| Failure::Usage(format!("--addr {:?}: {e}", args.addr)))?
+        .connect_timeout(args.timeout);
+    if uri_is_tls(&args.addr, tls) {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Failure::Usage(format!("{flag} {}: {e}", path.display())))
+        };
+        let Some(ca) = &args.ca_cert else {
+            return Err(Failure::Usage(
+                "a TLS bridge (https://) needs --ca-cert: the CA that signed its --tls-cert".into(),
+            ));
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?));
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            config = config.identity(Identity::from_pem(
+                read("--client-cert", cert)?,
+                read("--client-key", key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| Failure::Usage(format!("--ca-cert/--client-cert: {e}")))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+fn uri_is_tls(addr: &str, tls: bool) -> bool {
+    addr.trim().starts_with("https://") || (tls && !addr.trim().starts_with("http://"))
+}
+
+/// The `authorization` metadata for `--token-file` (content trimmed, as the bridge reads it).
+fn bearer(
+    args: &CallArgs,
+) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, Failure> {
+    let Some(path) = &args.token_file else {
+        return Ok(None);
+    };
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", path.display())))?;
+    format!("Bearer {}", raw.trim())
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            Failure::Usage(format!(
+                "--token-file {}: not a valid token",
+                path.display()
+            ))
+        })
+}
+
+/// Adds the bearer token to every request of a client.
+#[derive(Clone)]
+struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// A unary request carrying the `--timeout` deadline (sent as grpc-timeout and enforced by the
 /// channel too).
 fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -289,16 +495,12 @@ fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 }
 
 async fn call(args: &CallArgs) -> Result<(), Failure> {
-    let channel = Endpoint::from_shared(args.addr.clone())
-        .map_err(|e| Failure::Usage(format!("--addr {:?}: {e}", args.addr)))?
-        .connect_timeout(args.timeout)
-        // Connects on the first call, so an unreachable bridge is reported like any other
-        // failed call (UNAVAILABLE, exit 1).
-        .connect_lazy();
+    let channel = channel(args)?;
+    let token = Token(bearer(args)?);
     let out = Output { json: args.json };
     let t = args.timeout;
-    let sessions = || AgentSessionServiceClient::new(channel.clone());
-    let play = || RecordPlayServiceClient::new(channel.clone());
+    let sessions = || AgentSessionServiceClient::with_interceptor(channel.clone(), token.clone());
+    let play = || RecordPlayServiceClient::with_interceptor(channel.clone(), token.clone());
     match &args.op {
         CallOp::SignIn {
             agent,
@@ -435,11 +637,16 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
                 .list_sessions(with_deadline(ListSessionsRequest {}, t))
                 .await?
                 .into_inner();
-            if r.sessions.is_empty() && !out.json {
+            if out.json {
+                // One object, so an empty result is explicit: {"sessions": []}.
+                let list: Vec<Value> = r.sessions.iter().map(session_json).collect();
+                emit!("{}", json!({ "sessions": list }))?;
+            } else if r.sessions.is_empty() {
                 emit!("no sessions")?;
-            }
-            for s in &r.sessions {
-                out.session(s)?;
+            } else {
+                for s in &r.sessions {
+                    out.session(s)?;
+                }
             }
         }
         CallOp::Session { agent } => {
@@ -540,23 +747,9 @@ impl Output {
     }
 
     fn session(&self, s: &Session) -> std::io::Result<()> {
-        let state = SessionState::try_from(s.state)
-            .map(|st| st.as_str_name().to_owned())
-            .unwrap_or_else(|_| s.state.to_string());
+        let state = state_name(s);
         if self.json {
-            emit!(
-                "{}",
-                json!({
-                    "agent_id": s.agent_id,
-                    "session_id": s.session_id,
-                    "state": state,
-                    "signed_in_at": s.signed_in_at.as_ref().map(|t| t.to_string()),
-                    "watchers": s.watchers,
-                    "last_poll_at": s.last_poll_at.as_ref().map(|t| t.to_string()),
-                    "last_sequence": s.last_sequence,
-                    "can_resign_in": s.can_resign_in,
-                })
-            )
+            emit!("{}", session_json(s))
         } else {
             let ts = |t: &Option<prost_types::Timestamp>| {
                 t.as_ref().map_or_else(|| "-".to_owned(), |t| t.to_string())
@@ -638,6 +831,25 @@ impl Output {
     }
 }
 
+fn state_name(s: &Session) -> String {
+    SessionState::try_from(s.state)
+        .map(|st| st.as_str_name().to_owned())
+        .unwrap_or_else(|_| s.state.to_string())
+}
+
+fn session_json(s: &Session) -> Value {
+    json!({
+        "agent_id": s.agent_id,
+        "session_id": s.session_id,
+        "state": state_name(s),
+        "signed_in_at": s.signed_in_at.as_ref().map(|t| t.to_string()),
+        "watchers": s.watchers,
+        "last_poll_at": s.last_poll_at.as_ref().map(|t| t.to_string()),
+        "last_sequence": s.last_sequence,
+        "can_resign_in": s.can_resign_in,
+    })
+}
+
 /// A protobuf `Struct` as the JSON object it carries.
 pub fn struct_to_json(s: &prost_types::Struct) -> Value {
     Value::Object(
@@ -695,6 +907,55 @@ mod tests {
             .collect(),
         };
         assert_eq!(struct_to_json(&s), json!({"cause": 0, "ratio": 0.5}));
+    }
+
+    #[test]
+    fn grpc_targets_and_urls_become_uris() {
+        let ok = |addr: &str, tls: bool| endpoint_uri(addr, tls).unwrap();
+        assert_eq!(ok("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(ok("127.0.0.1:50051", true), "https://127.0.0.1:50051");
+        assert_eq!(ok("dns:///bridge:7", false), "http://bridge:7");
+        assert_eq!(ok("dns://8.8.8.8/bridge:7", false), "http://bridge:7");
+        assert_eq!(ok("dns:bridge:7", false), "http://bridge:7");
+        assert_eq!(ok("ipv4:10.0.0.1:7", false), "http://10.0.0.1:7");
+        assert_eq!(ok("ipv6:[::1]:7", false), "http://[::1]:7");
+        assert_eq!(ok("[::1]:7", false), "http://[::1]:7");
+        assert_eq!(ok("bridge", false), "http://bridge:443");
+        assert_eq!(ok("[::1]", false), "http://[::1]:443");
+        assert_eq!(ok("http://h:1", false), "http://h:1");
+        assert_eq!(ok("https://h:1", false), "https://h:1");
+        for bad in [
+            "",
+            "unix:/x",
+            "ftp://h:1",
+            "http://",
+            "h:1/x",
+            "ipv4:a:1,b:2",
+            "dns://x",
+        ] {
+            assert!(endpoint_uri(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(
+            endpoint_uri("http://h:1", true).is_err(),
+            "plaintext URL with TLS flags"
+        );
+    }
+
+    #[test]
+    fn status_json_carries_reason_metadata_and_fields() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let details = ErrorDetails::with_error_info(
+            "OUTCOME_UNKNOWN",
+            "ccgw-bridge",
+            [("agent_id".to_owned(), "1001".to_owned())],
+        );
+        let status = Status::with_error_details(Code::Unknown, "lost", details);
+        assert_eq!(
+            status_json(&status),
+            json!({"code": "UNKNOWN", "code_number": 2, "message": "lost",
+                   "reason": "OUTCOME_UNKNOWN", "domain": "ccgw-bridge",
+                   "metadata": {"agent_id": "1001"}})
+        );
     }
 
     #[test]

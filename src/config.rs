@@ -243,6 +243,11 @@ impl BridgeArgs {
         &self,
         gateway_override: Option<(String, Vec<u8>)>,
     ) -> Result<Config, ConfigError> {
+        if self.simulate && (self.gateway_url.is_some() || self.ca_cert.is_some()) {
+            return Err(invalid(
+                "--simulate runs its own gateway: it cannot be combined with --gateway-url or --ca-cert (CCGW_GATEWAY_URL, CCGW_CA_CERT); drop one or the other",
+            ));
+        }
         let (base_url, ca_pem) = match gateway_override {
             Some((url, ca)) => (url, Some(ca)),
             None => {
@@ -360,7 +365,7 @@ impl BridgeArgs {
         };
         let auth_token = match &self.auth_token_file {
             Some(path) => {
-                refuse_world_readable(path, "--auth-token-file")?;
+                refuse_world_readable(path, "--auth-token-file", "it holds the API token")?;
                 let raw = read(path, "--auth-token-file")?;
                 let token = String::from_utf8(raw)
                     .map_err(|_| invalid("--auth-token-file: not UTF-8"))?
@@ -437,7 +442,7 @@ pub fn load_agents(
     limits: &Limits,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<PinnedAgent>, ConfigError> {
-    refuse_world_readable(path, "--agents-file")?;
+    refuse_world_readable(path, "--agents-file", "it holds or points at passwords")?;
     let text = String::from_utf8(read(path, "--agents-file")?)
         .map_err(|_| invalid(format!("--agents-file {}: not UTF-8", path.display())))?;
     let file: AgentsFile = toml::from_str(&text)
@@ -458,7 +463,7 @@ pub fn load_agents(
             }
             let password = match (&a.password_file, &a.password_env) {
                 (Some(file), None) => {
-                    refuse_world_readable(file, &ctx)?;
+                    refuse_world_readable(file, &ctx, "it holds a password")?;
                     read_password_file(file, &ctx)?
                 }
                 (None, Some(name)) => Password::new(env(name).ok_or_else(|| {
@@ -504,13 +509,13 @@ fn read_password_file(file: &Path, ctx: &str) -> Result<Password, ConfigError> {
 }
 
 #[cfg(unix)]
-fn refuse_world_readable(path: &Path, what: &str) -> Result<(), ConfigError> {
+fn refuse_world_readable(path: &Path, what: &str, holds: &str) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let meta =
         std::fs::metadata(path).map_err(|e| invalid(format!("{what} {}: {e}", path.display())))?;
     if meta.permissions().mode() & 0o004 != 0 {
         return Err(invalid(format!(
-            "{what} {}: readable by every user (mode {:o}); it holds or points at passwords: chmod o-r it",
+            "{what} {}: readable by every user (mode {:o}); {holds}: chmod o-r it",
             path.display(),
             meta.permissions().mode() & 0o777
         )));
@@ -519,7 +524,7 @@ fn refuse_world_readable(path: &Path, what: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(not(unix))]
-fn refuse_world_readable(_: &Path, _: &str) -> Result<(), ConfigError> {
+fn refuse_world_readable(_: &Path, _: &str, _: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 

@@ -19,6 +19,9 @@ const EX_UNAVAILABLE: u8 = 69;
 
 /// Agent signed in automatically under `--simulate`, so one client command can play to it.
 const DEMO_AGENT: &str = "1001";
+/// Validates the configuration under `--simulate` before the simulator exists (replaced by its
+/// URL and CA once the bridge's ports are bound).
+const SIMULATOR_PLACEHOLDER: &str = "https://127.0.0.1:8043";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,48 +60,20 @@ async fn bridge(cli: Cli) -> ExitCode {
                 return ExitCode::from(EX_USAGE);
             }
         };
-    // Under --simulate the gateway is ours: start it first so its URL and CA enter the config.
-    let simulator = if cli.bridge.simulate {
-        let config = SimConfig {
-            play_duration: std::time::Duration::from_secs(10),
-            ..SimConfig::default()
-        };
-        match Simulator::start(config, ([127, 0, 0, 1], 0).into()).await {
-            Ok(sim) => Some(sim),
-            Err(e) => {
-                eprintln!("ccgw-bridge: cannot start the simulator: {e}");
-                return ExitCode::from(EX_UNAVAILABLE);
-            }
-        }
-    } else {
-        None
-    };
-    let gateway = simulator
-        .as_ref()
-        .map(|s| (s.url(), s.ca_pem().as_bytes().to_vec()));
-    let mut config: Config = match cli.bridge.validate(gateway) {
+    // Everything is validated before a port is bound. Under --simulate the gateway is the
+    // simulator, started only once the bridge's own ports are bound (a busy --listen must not
+    // leave a simulator behind); its URL and CA replace the placeholder then.
+    let placeholder = cli
+        .bridge
+        .simulate
+        .then(|| (SIMULATOR_PLACEHOLDER.to_owned(), Vec::new()));
+    let mut config: Config = match cli.bridge.validate(placeholder) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ccgw-bridge: {e}");
             return ExitCode::from(EX_USAGE);
         }
     };
-    if let Some(sim) = &simulator {
-        config.agents.push(PinnedAgent {
-            agent_id: DEMO_AGENT.into(),
-            params: SignInParams {
-                password: Password::new(String::new()),
-                phone_number: "88001".into(),
-                force: true,
-                auto_answer: None,
-                auto_enter_idle: None,
-                release_phone: None,
-                agent_type: None,
-                status: None,
-            },
-        });
-        tracing::info!(gateway = %sim.url(), ca = %sim.ca_path().display(), agent = DEMO_AGENT, "simulator started; demo agent will be signed in");
-    }
     let grpc = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -119,6 +94,39 @@ async fn bridge(cli: Cli) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let simulator = if cli.bridge.simulate {
+        let sim_config = SimConfig {
+            play_duration: std::time::Duration::from_secs(10),
+            ..SimConfig::default()
+        };
+        match Simulator::start(sim_config, ([127, 0, 0, 1], 0).into()).await {
+            Ok(sim) => Some(sim),
+            Err(e) => {
+                eprintln!("ccgw-bridge: cannot start the simulator: {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(sim) = &simulator {
+        config.gateway.base_url = sim.url();
+        config.gateway.ca_pem = Some(sim.ca_pem().as_bytes().to_vec());
+        config.agents.push(PinnedAgent {
+            agent_id: DEMO_AGENT.into(),
+            params: SignInParams {
+                password: Password::new(String::new()),
+                phone_number: "88001".into(),
+                force: true,
+                auto_answer: None,
+                auto_enter_idle: None,
+                release_phone: None,
+                agent_type: None,
+                status: None,
+            },
+        });
+        tracing::info!(gateway = %sim.url(), ca = %sim.ca_path().display(), agent = DEMO_AGENT, "simulator started; demo agent will be signed in");
+    }
     let listeners = Listeners {
         grpc,
         admin: Some(admin),

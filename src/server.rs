@@ -10,6 +10,7 @@ use crate::grpc::limit::RequestLimit;
 use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
 use crate::proto::server::agent_session_service_server::AgentSessionServiceServer;
 use crate::proto::server::record_play_service_server::RecordPlayServiceServer;
+use crate::readiness::Readiness;
 use crate::session::Sessions;
 use crate::telemetry::Metrics;
 use axum::extract::State;
@@ -155,8 +156,9 @@ pub async fn run(
 
     let ready = Arc::new(AtomicBool::new(false));
     let stop_admin = CancellationToken::new();
+    let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
     let admin = listeners.admin.map(|listener| {
-        let grpc_health = tonic::service::Routes::new(health.clone()).into_axum_router();
+        let grpc_health = grpc_router(health.clone());
         let router = admin_router(
             grpc_health,
             AdminState {
@@ -174,14 +176,43 @@ pub async fn run(
     });
 
     let draining = CancellationToken::new();
-    let readiness = tokio::spawn(readiness_loop(
+    let readiness = Readiness {
         gateway,
-        sessions.clone(),
-        reporter.clone(),
-        ready.clone(),
-        draining.clone(),
-    ));
-    tracing::info!(listen = ?grpc_addr, "ccgw-bridge serving");
+        pinned: sessions.pinned(),
+        idle: Box::new({
+            let sessions = sessions.clone();
+            move || sessions.is_empty()
+        }),
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
+    let readiness = tokio::spawn({
+        let draining = draining.clone();
+        let reporter = reporter.clone();
+        async move {
+            readiness
+                .run(draining, |serving| {
+                    let reporter = reporter.clone();
+                    async move {
+                        let status = if serving {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        };
+                        set_health(&reporter, status).await;
+                    }
+                })
+                .await
+        }
+    });
+    let show =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(
+        listen = %show(grpc_addr),
+        admin = %show(admin_addr),
+        version = env!("CARGO_PKG_VERSION"),
+        "ccgw-bridge serving"
+    );
 
     shutdown.await;
     tracing::info!(timeout = ?config.drain_timeout, "draining");
@@ -253,52 +284,33 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Keeps health in step with reality: SERVING only while the gateway answers and every pinned
-/// agent is signed in. Reacts at once to the gateway client's reachability changes and
-/// re-checks (probing the gateway when no traffic shows it) every second.
-async fn readiness_loop(
-    gateway: GatewayClient,
-    sessions: Sessions,
-    reporter: HealthReporter,
-    ready: Arc<AtomicBool>,
-    draining: CancellationToken,
-) {
-    let mut reachability = gateway.reachability();
-    let mut last: Option<bool> = None;
-    let mut last_probe = Instant::now() - Duration::from_secs(3600);
-    loop {
-        let mut reachable = *reachability.borrow_and_update();
-        let idle = sessions.is_empty();
-        if (!reachable || idle) && last_probe.elapsed() >= Duration::from_secs(1) {
-            last_probe = Instant::now();
-            reachable = gateway.probe().await;
-            reachability.borrow_and_update();
-        }
-        let now = reachable && sessions.pinned_ready();
-        if last != Some(now) {
-            ready.store(now, Ordering::Release);
-            let status = if now {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_health(&reporter, status).await;
-            tracing::info!(serving = now, "readiness changed");
-            last = Some(now);
-        }
-        tokio::select! {
-            () = draining.cancelled() => return,
-            _ = reachability.changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
     sessions: Sessions,
     ready: Arc<AtomicBool>,
+}
+
+/// The gRPC health service as an axum router without a fallback (tonic's `Routes` adds one that
+/// answers every unknown path with HTTP 200).
+fn grpc_router<S>(svc: S) -> axum::Router
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt;
+    axum::Router::new().route_service(
+        &format!("/{}/{{*rest}}", S::NAME),
+        svc.map_request(|req: http::Request<axum::body::Body>| req.map(tonic::body::Body::new)),
+    )
 }
 
 /// Plain-HTTP probes and metrics, merged with the gRPC health service (`grpc_health`) so one
@@ -320,13 +332,16 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+/// `/metrics` in the format the scraper asks for (`Accept`): OpenMetrics or text 0.0.4.
+async fn metrics_text(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     state.metrics.set_sessions(&state.sessions.count_by_state());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::telemetry::Exposition::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics.render_as(format),
     )
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     events_received: Counter,
     events_delivered: Counter,
     watcher_overruns: Counter,
+    ready: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,6 +55,7 @@ impl Default for Metrics {
         let events_received = Counter::default();
         let events_delivered = Counter::default();
         let watcher_overruns = Counter::default();
+        let ready = Gauge::default();
         registry.register(
             "grpc_server_handled",
             "gRPC calls completed, by method and status code",
@@ -110,6 +112,11 @@ impl Default for Metrics {
             "Watchers ended because they fell behind the retained window",
             watcher_overruns.clone(),
         );
+        registry.register(
+            "ready",
+            "1 while the bridge is ready (the gateway answers and no pinned agent is down), else 0",
+            ready.clone(),
+        );
         Self {
             registry,
             rpc_total,
@@ -124,6 +131,7 @@ impl Default for Metrics {
             events_received,
             events_delivered,
             watcher_overruns,
+            ready,
         }
     }
 }
@@ -194,17 +202,155 @@ impl Metrics {
         self.events_delivered.inc();
     }
 
+    /// Readiness changed.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     /// A watcher fell out of the retained window.
     pub fn watcher_overrun(&self) {
         self.watcher_overruns.inc();
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics 1.0 text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The exposition in `format`.
+    pub fn render_as(&self, format: Exposition) -> String {
+        match format {
+            Exposition::OpenMetrics => self.render(),
+            Exposition::Text004 => to_text_004(&self.render()),
+        }
+    }
+}
+
+/// The two exposition formats `/metrics` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+    /// Prometheus text format 0.0.4 (what `promtool check metrics` and older scrapers read).
+    Text004,
+}
+
+impl Exposition {
+    /// The `Content-Type` of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::Text004 => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// The format a scraper's `Accept` header prefers: OpenMetrics when it is acceptable with
+    /// at least the quality of text/plain, else text 0.0.4 (also without an `Accept`, as the
+    /// Prometheus text format is the lowest common denominator of scrapers and tools).
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        let Some(accept) = accept else {
+            return Exposition::Text004;
+        };
+        let mut open_metrics = 0.0f32;
+        let mut text = 0.0f32;
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open_metrics = open_metrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if open_metrics > 0.0 && open_metrics >= text {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::Text004
+        }
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4: a counter family `x` is named after its
+/// sample `x_total` in `# HELP`/`# TYPE` (the 0.0.4 convention, which `promtool` checks),
+/// `# UNIT` lines and the final `# EOF` are dropped. Everything else (gauges, histograms,
+/// labels, values) is the same in both formats.
+fn to_text_004(open_metrics: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for line in open_metrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.push(name);
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len() + 16 * counters.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_004_names_counters_after_their_samples() {
+        let om = "# HELP a_x Things.\n# TYPE a_x counter\na_x_total{k=\"v\"} 1\n# HELP a_g G.\n# TYPE a_g gauge\na_g 2\n# EOF\n";
+        assert_eq!(
+            to_text_004(om),
+            "# HELP a_x_total Things.\n# TYPE a_x_total counter\na_x_total{k=\"v\"} 1\n# HELP a_g G.\n# TYPE a_g gauge\na_g 2\n"
+        );
+    }
+
+    #[test]
+    fn the_scraper_chooses_the_format() {
+        use Exposition::*;
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Exposition::negotiate(Some(prometheus)), OpenMetrics);
+        assert_eq!(
+            Exposition::negotiate(Some("text/plain;version=0.0.4")),
+            Text004
+        );
+        assert_eq!(
+            Exposition::negotiate(Some(
+                "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"
+            )),
+            Text004
+        );
+        assert_eq!(Exposition::negotiate(Some("*/*")), Text004);
+        assert_eq!(Exposition::negotiate(None), Text004);
+        assert_eq!(
+            Exposition::negotiate(Some("application/openmetrics-text")),
+            OpenMetrics
+        );
     }
 }
 
@@ -250,6 +396,11 @@ impl TelemetryGuard {
     }
 }
 
+/// Logs without `RUST_LOG`: the bridge's own at INFO, dependencies' only at WARN and above.
+/// rustls-platform-verifier logs every refused certificate as an ERROR, once per connection
+/// attempt; readiness reports the same failure once, with a hint (`--ca-cert`), so it is off.
+pub const DEFAULT_LOG_FILTER: &str = "warn,ccgw_bridge=info,rustls_platform_verifier=off";
+
 static OTEL_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Installs the global subscriber: `RUST_LOG`-style filtering (default `info`), text or JSON
@@ -264,7 +415,7 @@ pub fn init(
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());

@@ -3,6 +3,9 @@
 
 #[path = "e2e/helpers.rs"]
 mod helpers;
+#[path = "e2e/venv.rs"]
+#[allow(dead_code)] // shared with the e2e binary, which uses the rest
+mod venv;
 
 use helpers::Harness;
 use serde_json::Value;
@@ -11,25 +14,32 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::timeout;
+use venv::manifest_addr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ccgw-bridge");
 /// Upper bound of any one CLI run (they take milliseconds; this only stops a hang).
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// `ccgw-bridge call --addr <bridge> ARGS…`, with no `CCGW_*` variables inherited.
+/// `ccgw-bridge call --addr <bridge> ARGS…`, with no `CCGW_*` variables inherited. The address
+/// is given in the form the deploy manifest gives the app (see `manifest_addr`).
 fn cli(h: &Harness, args: &[&str]) -> Command {
+    let mut cmd = bare_cli();
+    cmd.arg("call")
+        .arg("--addr")
+        .arg(manifest_addr(h.addr.port()))
+        .args(args);
+    cmd
+}
+
+/// The binary with a clean `CCGW_*` environment.
+fn bare_cli() -> Command {
     let mut cmd = Command::new(BIN);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("CCGW_") {
             cmd.env_remove(name);
         }
     }
-    cmd.arg("call")
-        .arg("--addr")
-        .arg(format!("http://{}", h.addr))
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
     cmd
 }
 
@@ -152,12 +162,9 @@ async fn sign_in_play_watch_and_list_sessions() {
 
     let listed = run(&h, &["sessions", "--json"]).await;
     ok(&listed);
-    let sessions: Vec<Value> = listed
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
-    assert_eq!(sessions.len(), 1, "{}", listed.stdout);
+    let listed: Value = serde_json::from_str(listed.stdout.trim()).expect("one JSON object");
+    let sessions = listed["sessions"].as_array().expect("a sessions array");
+    assert_eq!(sessions.len(), 1, "{listed}");
     assert_eq!(sessions[0]["agent_id"], "1001");
     assert_eq!(sessions[0]["session_id"], session_id.as_str());
     assert!(sessions[0]["last_sequence"].as_u64().unwrap() >= 1);
@@ -199,6 +206,210 @@ async fn a_refused_call_prints_code_and_fields_and_exits_1() {
         "{}",
         r.stderr
     );
+}
+
+#[tokio::test]
+async fn json_covers_errors_and_empty_results_and_has_environment_twins() {
+    let h = Harness::start().await;
+    // Empty: one explicit object, not silence.
+    let r = run(&h, &["sessions", "--json"]).await;
+    ok(&r);
+    assert_eq!(r.stdout.trim(), r#"{"sessions":[]}"#);
+    let r = run(&h, &["sessions"]).await;
+    ok(&r);
+    assert_eq!(r.stdout.trim(), "no sessions");
+
+    // A refusal: one JSON object with code, reason, domain, metadata and message (exit 1).
+    let r = run(&h, &["session", "--agent", "1002", "--json"]).await;
+    assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
+    let e: Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
+    assert_eq!(e["error"]["code"], "FAILED_PRECONDITION", "{e}");
+    assert_eq!(e["error"]["code_number"], 9, "{e}");
+    assert_eq!(e["error"]["reason"], "AGENT_NOT_SIGNED_IN", "{e}");
+    assert_eq!(e["error"]["domain"], "ccgw-bridge", "{e}");
+    assert_eq!(e["error"]["metadata"]["agent_id"], "1002", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("1002"),
+        "{e}"
+    );
+
+    // Bad input: field violations.
+    h.sign_in("1001").await;
+    let r = run(
+        &h,
+        &["play", "--agent", "1001", "--voice-path", "", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, Some(1));
+    let e: Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
+    assert_eq!(e["error"]["code"], "INVALID_ARGUMENT", "{e}");
+    assert_eq!(
+        e["error"]["field_violations"][0]["field"], "voice_path",
+        "{e}"
+    );
+
+    // Environment twins of --json and --timeout (and --addr).
+    let out = timeout(
+        LIMIT,
+        bare_cli()
+            .args(["call", "sessions"])
+            .env("CCGW_ADDR", manifest_addr(h.addr.port()))
+            .env("CCGW_CALL_JSON", "true")
+            .env("CCGW_CALL_TIMEOUT", "5s")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON via CCGW_CALL_JSON");
+    assert_eq!(v["sessions"][0]["agent_id"], "1001");
+    let out = bare_cli()
+        .args(["call", "sessions"])
+        .env("CCGW_ADDR", manifest_addr(h.addr.port()))
+        .env("CCGW_CALL_TIMEOUT", "soon")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad CCGW_CALL_TIMEOUT is a usage error"
+    );
+
+    // Nothing listening: UNAVAILABLE as JSON, naming the address.
+    let r = timeout(
+        LIMIT,
+        bare_cli()
+            .args([
+                "call",
+                "--json",
+                "--addr",
+                &free_addr().to_string(),
+                "sessions",
+            ])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    let e: Value = serde_json::from_slice(&r.stdout).expect("one JSON object");
+    assert_eq!(e["error"]["code"], "UNAVAILABLE", "{e}");
+}
+
+/// Every address form a gRPC client takes (and URLs) reaches the bridge; others are usage
+/// errors with a hint.
+#[tokio::test]
+async fn addr_accepts_grpc_targets_and_urls() {
+    let h = Harness::start().await;
+    let port = h.addr.port();
+    for addr in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("dns:///localhost:{port}"),
+        format!("dns:localhost:{port}"),
+        format!("ipv4:127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}"),
+    ] {
+        let out = timeout(
+            LIMIT,
+            bare_cli()
+                .args(["call", "--addr", &addr, "sessions"])
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(out.status.success(), "--addr {addr}: {out:?}");
+    }
+    for bad in ["unix:/tmp/x.sock", "ftp://x:1", "http://", "a b:1"] {
+        let out = bare_cli()
+            .args(["call", "--addr", bad, "sessions"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--addr {bad}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--addr"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn call_reaches_a_bridge_with_mutual_tls_and_a_token() {
+    use ccgw_bridge::config::ServerTls;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    const TOKEN: &str = "0123456789abcdef-token";
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+    let client = leaf(vec!["caller".into()]);
+    let h = Harness::with(helpers::fast_sim(), |c| {
+        c.server.auth_token = Some(TOKEN.into());
+        c.server.tls = Some(ServerTls {
+            cert: server.0.clone().into_bytes(),
+            key: server.1.clone().into_bytes(),
+            client_ca: Some(ca.clone().into_bytes()),
+        });
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("ccgw-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", &ca),
+        file("client.pem", &client.0),
+        file("client.key", &client.1),
+    );
+    let token = file("token", &format!("{TOKEN}\n"));
+    let tls = [
+        "--ca-cert",
+        ca.as_str(),
+        "--client-cert",
+        cert.as_str(),
+        "--client-key",
+        key.as_str(),
+    ];
+    let call = |extra: &[&str]| {
+        let mut cmd = bare_cli();
+        cmd.args(["call", "--json", "--addr", &manifest_addr(h.addr.port())])
+            .args(tls)
+            .args(extra);
+        cmd
+    };
+    let out = timeout(LIMIT, call(&["--token-file", &token, "sessions"]).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"sessions":[]}"#
+    );
+    // Without the token the bridge refuses, and says why.
+    let out = timeout(LIMIT, call(&["sessions"]).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["error"]["reason"], "MISSING_TOKEN", "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -252,7 +463,7 @@ async fn simulate_then_one_command_plays_and_watch_shows_it() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let addr = format!("http://{grpc}");
+    let addr = grpc.to_string();
     // Ready once the demo agent is signed in: the session command succeeds.
     let started = std::time::Instant::now();
     loop {

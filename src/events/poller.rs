@@ -120,7 +120,8 @@ impl Poller {
                         // A Guid arrived meanwhile (e.g. from a call's answer); use it.
                         continue;
                     }
-                    self.metrics.poll_error("not_signed_in");
+                    // Counted by the session layer, which knows whether the bridge itself
+                    // signed the agent out (an expected end, not an error).
                     return PollEnd::GuidRefused {
                         after_lost_answer: lost_answer,
                     };

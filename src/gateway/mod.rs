@@ -206,23 +206,19 @@ impl GatewayClient {
     }
 
     /// Checks that the gateway answers HTTPS at all (any HTTP status counts), for readiness
-    /// while no agent traffic shows it. Touches no agent.
-    pub async fn probe(&self) -> bool {
+    /// while no agent traffic shows it; a failure's cause chain (connect, TLS) is returned for
+    /// readiness to report. Touches no agent.
+    pub async fn probe(&self) -> Result<(), String> {
         let result = self
             .http
             .get(self.base.clone())
             .timeout(self.config.connect_timeout)
             .send()
-            .await;
-        let ok = match result {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::debug!(error = %chain(&e), "gateway probe failed");
-                false
-            }
-        };
-        self.set_reachable(ok);
-        ok
+            .await
+            .map(drop)
+            .map_err(|e| chain(&e));
+        self.set_reachable(result.is_ok());
+        result
     }
 
     async fn exchange(

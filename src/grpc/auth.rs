@@ -31,6 +31,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `authorization` value with the Bearer scheme: the scheme is
+/// case-insensitive and followed by one or more spaces (RFC 7235 §2.1, RFC 6750 §2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.0 else {
@@ -40,7 +49,7 @@ impl tonic::service::Interceptor for TokenCheck {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         match presented {
             Some(token) if same(token.as_bytes(), expected) => Ok(request),
             Some(_) => Err(with_info(
@@ -81,6 +90,13 @@ mod tests {
         assert_eq!(call(&mut off, None), Ok(()));
         let mut on = TokenCheck::new(Some(b"s3cr3t".to_vec()));
         assert_eq!(call(&mut on, Some("Bearer s3cr3t")), Ok(()));
+        // The scheme is case-insensitive (RFC 7235).
+        assert_eq!(call(&mut on, Some("bearer s3cr3t")), Ok(()));
+        assert_eq!(call(&mut on, Some("BEARER  s3cr3t")), Ok(()));
+        assert_eq!(
+            call(&mut on, Some("Basic s3cr3t")),
+            Err(Code::Unauthenticated)
+        );
         assert_eq!(
             call(&mut on, Some("Bearer s3cr3")),
             Err(Code::Unauthenticated)

@@ -4,6 +4,7 @@
 
 use super::{SessionError, Sessions, SignInParams};
 use crate::events::PollSettings;
+use crate::readiness::{Pinned, PinnedAgents};
 use std::sync::Arc;
 
 impl Sessions {
@@ -16,6 +17,9 @@ impl Sessions {
             inner.creds = Some(params);
             inner.keep_signed_in = true;
         }
+        self.shared
+            .pinned
+            .set(agent_id, Pinned::Down("not signed in yet".into()));
         self.spawn_keep_signed_in(Arc::from(agent_id), true);
     }
 
@@ -32,6 +36,9 @@ impl Sessions {
             let mut failures = 0u32;
             loop {
                 match this.resign_in(&agent_id, None, None).await {
+                    Ok(_) if until_signed_in => {
+                        return this.shared.pinned.set(&agent_id, Pinned::Held)
+                    }
                     Ok(_) => return,
                     Err(SessionError::ShuttingDown | SessionError::NotSignedIn { .. }) => return,
                     Err(e) if !until_signed_in => {
@@ -39,6 +46,7 @@ impl Sessions {
                         return;
                     }
                     Err(e) => {
+                        this.shared.pinned.set(&agent_id, pinned_failure(&e));
                         failures += 1;
                         tracing::warn!(agent_id = %agent_id, error = %e, failures, "automatic sign-in failed; retrying");
                     }
@@ -51,11 +59,17 @@ impl Sessions {
         });
     }
 
-    /// Whether every agent the bridge must keep signed in currently is.
-    pub fn pinned_ready(&self) -> bool {
-        self.slots().values().all(|slot| {
-            let inner = slot.lock();
-            !inner.keep_signed_in || inner.session.as_ref().is_some_and(|s| s.is_live())
-        })
+    /// The pinned agents' states, for readiness.
+    pub fn pinned(&self) -> Arc<PinnedAgents> {
+        self.shared.pinned.clone()
+    }
+}
+
+/// A pinned agent's failed sign-in, for readiness: held by another client (`100-002`) does not
+/// block it, anything else does (with the failure as the reason).
+fn pinned_failure(e: &SessionError) -> Pinned {
+    match e {
+        SessionError::Gateway(g) if g.retcode() == Some("100-002") => Pinned::HeldElsewhere,
+        e => Pinned::Down(e.to_string()),
     }
 }

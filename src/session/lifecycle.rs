@@ -10,6 +10,7 @@ use super::{
 };
 use crate::events::{End, Hub, PollEnd, Poller};
 use crate::gateway::{AgentAuth, GatewayError, Interface};
+use crate::readiness::Pinned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -192,6 +193,9 @@ impl Sessions {
             self.retire(&session, End::SignedOut);
             return;
         }
+        if matches!(reason, EndReason::GuidRefused | EndReason::AnswerLost) {
+            self.shared.metrics.poll_error("not_signed_in");
+        }
         tracing::warn!(agent_id = %session.agent_id, ?end, reason = reason.label(), "the gateway ended the agent's session");
         self.retire(&session, End::SessionEnded);
         if !is_current {
@@ -211,6 +215,15 @@ impl Sessions {
         };
         if !still_current {
             return;
+        }
+        if keep {
+            self.shared.pinned.set(
+                &session.agent_id,
+                Pinned::Down(format!(
+                    "the gateway ended its session ({}); signing in again",
+                    reason.label()
+                )),
+            );
         }
         if keep || (has_creds && reason.wants_sign_in_again()) {
             self.spawn_keep_signed_in(session.agent_id.clone(), keep);
@@ -305,6 +318,7 @@ impl Sessions {
             self.logout(&session, deadline).await?;
         }
         self.remove_if_same(agent_id, &slot);
+        self.shared.pinned.remove(agent_id);
         Ok(())
     }
 

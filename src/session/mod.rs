@@ -31,6 +31,7 @@ pub use session::{Session, SessionInfo, State};
 
 use crate::events::PollSettings;
 use crate::gateway::{GatewayClient, GatewayError};
+use crate::readiness::PinnedAgents;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -131,6 +132,8 @@ struct Shared {
     shutdown: CancellationToken,
     draining: AtomicBool,
     tasks: TaskTracker,
+    /// Pinned agents' states for readiness (kept up to date here, read in O(1) there).
+    pinned: Arc<PinnedAgents>,
 }
 
 /// The registry of agent sessions; cheap to clone, shared by every RPC handler.
@@ -151,6 +154,7 @@ impl Sessions {
                 shutdown: CancellationToken::new(),
                 draining: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
+                pinned: Arc::default(),
             }),
         }
     }

@@ -1,15 +1,19 @@
 //! End-to-end tests: one test binary (links once), modules by area.
 
 mod events;
+mod examples;
 mod faults;
 mod guid;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod ops;
 mod python;
+mod readiness;
 mod recordplay;
 mod reliability;
 mod retcodes;
 mod statuses;
 mod validation;
+mod venv;

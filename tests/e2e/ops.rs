@@ -89,6 +89,42 @@ async fn probes_answer_on_the_admin_listener() {
     // Not ready once the gateway is gone (probed every second while idle).
     until_status(&mut w, ServingStatus::NotServing).await;
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    // A wrong probe path must fail the probe, even while /readyz is 503 (the gRPC router's
+    // fallback used to answer 200 to anything).
+    for path in [
+        "/healthz",
+        "/readyz/",
+        "/",
+        "/metrics/x",
+        "/grpc.health.v1.Nope/Check",
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 404, "GET {path}: {:?}", r.headers());
+    }
+    // gRPC on the same port keeps working.
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
     assert_eq!(
         get("/livez").await.unwrap().status(),
         200,
@@ -451,6 +487,8 @@ async fn invalid_configuration_exits_64_before_binding() {
             "/nonexistent.pem",
         ],
         vec![],
+        // --simulate replaces the gateway: another one given beside it would be ignored.
+        vec!["--simulate", "--gateway-url", "https://10.0.0.5:8043"],
     ] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccgw-bridge"))
             .args(&args)
@@ -463,4 +501,55 @@ async fn invalid_configuration_exits_64_before_binding() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "one clear message: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_world_readable_token_file_is_refused_as_what_it_is() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("ccgw-token-{}", std::process::id()));
+    std::fs::write(&path, "0123456789abcdef-token\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccgw-bridge"))
+        .args(["--simulate", "--auth-token-file", path.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--auth-token-file") && err.contains("API token"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("password"),
+        "a token file holds no password: {err}"
+    );
+}
+
+#[tokio::test]
+async fn under_simulate_a_busy_listen_port_fails_before_the_simulator_starts() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccgw-bridge"))
+        .args([
+            "--simulate",
+            "--listen",
+            &held.local_addr().unwrap().to_string(),
+        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("--listen"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("simulator started"),
+        "no simulator was started: {err}"
+    );
 }

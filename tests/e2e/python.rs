@@ -1,8 +1,8 @@
 //! Cross-language proof: a stock Python grpcio client, with stubs generated from the project's
 //! own .proto files, drives the bridge (tests/python/client.py).
 //!
-//! Needs `python3` with the packages of tests/python/requirements.txt; fails (never skips)
-//! without them, saying what to install.
+//! Needs `.venv/` with the packages of tests/python/requirements.txt (`scripts/test-deps`);
+//! fails (never skips) without them, saying what to run.
 
 use crate::helpers::*;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 use tokio::process::Command;
 
-const INSTALL_HINT: &str = "run `python3 -m pip install -r tests/python/requirements.txt`";
+use crate::venv::{self, HINT as INSTALL_HINT};
 
 /// Runs `cmd` to completion within `limit`, killing it on timeout.
 async fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Output {
@@ -18,9 +18,9 @@ async fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("{what}: cannot start python3 ({e}); install Python 3 and {INSTALL_HINT}")
-    });
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start .venv/bin/python ({e}); {INSTALL_HINT}"));
     match tokio::time::timeout(limit, child.wait_with_output()).await {
         Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
         Err(_) => panic!("{what}: still running after {limit:?}; killed"),
@@ -55,7 +55,7 @@ impl Drop for TempDir {
 
 /// Generates the Python stubs of proto/ccgw/v1/*.proto into `out` (package `ccgw.v1`).
 async fn generate_stubs(root: &Path, out: &Path) {
-    let mut probe = Command::new("python3");
+    let mut probe = Command::new(venv::python());
     probe.args(["-c", "import grpc, grpc_tools.protoc"]);
     let found = run_bounded(
         probe,
@@ -65,11 +65,11 @@ async fn generate_stubs(root: &Path, out: &Path) {
     .await;
     assert!(
         found.status.success(),
-        "python3 lacks grpcio/grpcio-tools: {INSTALL_HINT}\n{}",
+        ".venv/bin/python lacks grpcio/grpcio-tools: {INSTALL_HINT}\n{}",
         String::from_utf8_lossy(&found.stderr)
     );
 
-    let mut protoc = Command::new("python3");
+    let mut protoc = Command::new(venv::python());
     protoc
         .current_dir(root)
         .args(["-m", "grpc_tools.protoc", "-I", "proto"])
@@ -105,7 +105,7 @@ async fn python_grpcio_client_plays_watches_and_signs_out() {
     let stubs = TempDir::new();
     generate_stubs(root, &stubs.0).await;
 
-    let mut client = Command::new("python3");
+    let mut client = Command::new(venv::python());
     client
         .current_dir(root)
         .env("PYTHONPATH", &stubs.0)

@@ -5,7 +5,10 @@ The stubs are generated elsewhere (tests/e2e/python.rs does it) and found on PYT
 
     python3 -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT \
         proto/ccgw/v1/recordplay.proto proto/ccgw/v1/session.proto
-    PYTHONPATH=OUT python3 tests/python/client.py --addr 127.0.0.1:50051 --agent 1001
+    PYTHONPATH=OUT .venv/bin/python tests/python/client.py --addr 127.0.0.1:50051 --agent 1001
+
+(`scripts/test-deps` creates .venv/ with the packages; examples/python/ is the user-facing
+example.)
 
 Steps: SignIn -> WatchPlayEvents (background thread) -> BeginPlay(await_outcome) -> StopPlay ->
 the watcher saw PLAY_STARTED < PLAY_SUCCEEDED < PLAY_STOPPED with the session's id -> an empty
@@ -24,8 +27,9 @@ try:
     import grpc
 except ImportError:
     sys.exit(
-        "client.py: FAILED: grpcio is not installed; run "
-        "python3 -m pip install -r tests/python/requirements.txt"
+        "client.py: FAILED: grpcio is not installed for this Python; run scripts/test-deps "
+        "(it creates .venv/ with python3 -m venv and installs tests/python/requirements.txt) "
+        "and use .venv/bin/python"
     )
 
 try:
@@ -33,7 +37,7 @@ try:
 except ImportError as e:
     sys.exit(
         f"client.py: FAILED: cannot import the generated stubs ({e}); generate them with "
-        "python3 -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT "
+        ".venv/bin/python -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT "
         "proto/ccgw/v1/recordplay.proto proto/ccgw/v1/session.proto and put OUT on PYTHONPATH"
     )
 

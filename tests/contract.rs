@@ -1,0 +1,100 @@
+//! The gRPC contract is guarded like a public API: `buf lint` passes (every exception is in
+//! buf.yaml with its reason), and `buf breaking` — which CI runs against the previous commit of
+//! main (scripts/buf-check) — really refuses a breaking change.
+
+#[path = "e2e/venv.rs"]
+#[allow(dead_code)] // shared with the e2e binary, which uses the rest
+mod venv;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn buf() -> PathBuf {
+    venv::npm_dir("tools/buf").join("node_modules/.bin/buf")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.current_dir(venv::root())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}; {}", venv::HINT))
+}
+
+#[test]
+fn buf_lint_passes() {
+    let out = run(Command::new(buf()).arg("lint"));
+    assert!(
+        out.status.success(),
+        "buf lint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn buf_breaking_refuses_a_renumbered_field() {
+    let dir = std::env::temp_dir().join(format!("ccgw-contract-{}", std::process::id()));
+    let v1 = dir.join("ccgw/v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    for file in ["recordplay.proto", "session.proto"] {
+        std::fs::copy(venv::root().join("proto/ccgw/v1").join(file), v1.join(file)).unwrap();
+    }
+    let unchanged = run(Command::new(buf())
+        .arg("breaking")
+        .arg(&dir)
+        .args(["--against", "proto"]));
+    assert!(unchanged.status.success(), "{unchanged:?}");
+
+    let path = v1.join("recordplay.proto");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("string voice_path = 2;"));
+    std::fs::write(
+        &path,
+        text.replace("string voice_path = 2;", "string voice_path = 9;"),
+    )
+    .unwrap();
+    let broken = run(Command::new(buf())
+        .arg("breaking")
+        .arg(&dir)
+        .args(["--against", "proto"]));
+    let report = String::from_utf8_lossy(&broken.stdout);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!broken.status.success(), "a renumbered field is refused");
+    assert!(report.contains("voice_path"), "{report}");
+}
+
+/// Every relative link of the README and docs/ names a file of the repository: a clone has
+/// nothing outside it (the architecture once lived in `../shared/design.md`).
+#[test]
+fn documentation_links_stay_inside_the_repository() {
+    let root = venv::root();
+    let mut docs = vec![root.join("README.md"), root.join("deploy/k8s/README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        docs.push(entry.unwrap().path());
+    }
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let dir = doc.parent().unwrap();
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            let path = target.split('#').next().unwrap();
+            if path.is_empty() || path.contains("://") {
+                continue;
+            }
+            let resolved = dir.join(path);
+            assert!(
+                resolved.exists(),
+                "{}: link {target:?} names nothing in the repository",
+                doc.display()
+            );
+            let canonical = resolved.canonicalize().unwrap();
+            assert!(
+                canonical.starts_with(root.canonicalize().unwrap()),
+                "{}: link {target:?} leaves the repository",
+                doc.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `/metrics` as Prometheus and its linter read it: HELP and TYPE for every family, the text
+//! format 0.0.4 on request, and normal traffic (a caller's SignOut) counted as no error.
+
+use crate::guid::metric;
+use crate::helpers::*;
+use ccgw_bridge::proto::*;
+use ccgw_bridge::sim::{Fault, FaultKind, FaultMatch, Interface};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tonic::Code;
+
+async fn scrape(h: &Harness, accept: Option<&str>) -> (String, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(format!("http://{}/metrics", h.admin));
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    (content_type, resp.text().await.unwrap())
+}
+
+/// Checks what `promtool check metrics` checks for this exposition, plus the format's own
+/// rules: every sample belongs to a family with `# HELP` and `# TYPE`, counters end in
+/// `_total` (named so in 0.0.4's HELP/TYPE, without the suffix in OpenMetrics), no family twice.
+fn lint(text: &str, open_metrics: bool) {
+    let mut help = BTreeSet::new();
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, doc) = rest.split_once(' ').expect("HELP has text");
+            assert!(!doc.trim().is_empty(), "empty HELP: {line}");
+            assert!(help.insert(name.to_owned()), "HELP twice: {line}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "TYPE twice: {line}"
+            );
+        }
+    }
+    assert_eq!(
+        help,
+        types.keys().cloned().collect(),
+        "HELP and TYPE for the same families"
+    );
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = types
+            .keys()
+            .filter(|f| {
+                name == f.as_str()
+                    || ["_total", "_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(f.as_str()))
+            })
+            .max_by_key(|f| f.len())
+            .unwrap_or_else(|| panic!("sample without HELP/TYPE: {line}"));
+        if types[family] == "counter" {
+            assert!(
+                name.ends_with("_total"),
+                "counter sample ends in _total: {line}"
+            );
+            assert_eq!(
+                family.ends_with("_total"),
+                !open_metrics,
+                "counter family named as the format wants: {family}"
+            );
+        }
+    }
+    assert_eq!(
+        text.ends_with("# EOF\n"),
+        open_metrics,
+        "# EOF only in OpenMetrics"
+    );
+}
+
+/// Runs `promtool check metrics` on a 0.0.4 exposition when promtool is installed (Debian's
+/// `prometheus` package; `.ci/run` installs it where it can), asserting it reports nothing.
+fn promtool(text: &str) -> bool {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        return false;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{text}"
+    );
+    true
+}
+
+#[tokio::test]
+async fn metrics_lint_clean_in_both_formats_and_a_sign_out_is_no_error() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let mut play = h.play().await;
+    play.begin_play(BeginPlayRequest {
+        await_outcome: true,
+        ..play_request("1001")
+    })
+    .await
+    .unwrap();
+    play.stop_play(StopPlayRequest {
+        agent_id: "1001".into(),
+    })
+    .await
+    .unwrap();
+    expect_code(
+        play.begin_play(BeginPlayRequest::default()).await,
+        Code::InvalidArgument,
+    );
+    // The gateway answers the sign-out late, so the held poll is refused (100-006) while the
+    // bridge is still signing the agent out: the race a caller's SignOut always runs.
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Logout),
+        kind: FaultKind::Latency(Duration::from_millis(1500)),
+        count: Some(1),
+    });
+    h.sessions()
+        .await
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .unwrap();
+    let refused_poll =
+        r#"ccgw_gateway_requests_total{interface="getAgentEvent",retcode="100-006"}"#;
+    let started = std::time::Instant::now();
+    while metric(&scrape(&h, None).await.1, refused_poll) < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the held poll was refused"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let (ct, text) = scrape(&h, Some("text/plain;version=0.0.4")).await;
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    lint(&text, false);
+    let ran_promtool = promtool(&text);
+    println!("promtool ran: {ran_promtool}");
+    let (ct, om) = scrape(
+        &h,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    )
+    .await;
+    assert_eq!(
+        ct,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    lint(&om, true);
+
+    assert_eq!(
+        metric(&text, "ccgw_poll_errors_total"),
+        0.0,
+        "a caller's SignOut is no poll error:\n{text}"
+    );
+}
