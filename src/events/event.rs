@@ -6,6 +6,7 @@ use crate::proto::{AgentEvent, PlayEvent, PlayEventType};
 use bytes::Bytes;
 use prost::Message;
 use prost_types::value::Kind;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// One numbered event. Watchers share it behind an `Arc`; it is never decoded or encoded twice.
@@ -70,6 +71,20 @@ impl Event {
             agent_frame,
             play_frame,
         }
+    }
+}
+
+impl Event {
+    /// Memory this event keeps while retained: the event itself, its `Arc` header, its heap
+    /// parts, its slot in the window and its ledger entry. What the byte budget charges.
+    pub fn retained_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + 2 * std::mem::size_of::<usize>()
+            + self.event_type.capacity()
+            + self.agent_frame.len()
+            + self.play_frame.as_ref().map_or(0, Bytes::len)
+            + std::mem::size_of::<Arc<Self>>()
+            + super::budget::ENTRY_BYTES
     }
 }
 

@@ -12,7 +12,7 @@ mod session;
 pub use params::SignInParams;
 pub use session::{Session, SessionInfo, State};
 
-use crate::events::{End, Hub, PollEnd, PollSettings, Poller};
+use crate::events::{End, EventBudget, Hub, PollEnd, PollSettings, Poller};
 use crate::gateway::{AgentAuth, Envelope, GatewayClient, GatewayError, Interface};
 use crate::telemetry::Metrics;
 use bytes::Bytes;
@@ -33,6 +33,8 @@ pub struct SessionSettings {
     pub poll: PollSettings,
     /// Events retained per session for resume.
     pub event_window: usize,
+    /// The bridge-wide byte and age bound of retained events, shared by all sessions.
+    pub event_budget: EventBudget,
     /// After a Guid refusal, the longest wait for the poll loop's next answer to bring a newer
     /// Guid before signing in again (dynamic auth delivers new Guids on poll answers).
     pub auth_retry_wait: Duration,
@@ -47,6 +49,7 @@ impl Default for SessionSettings {
         Self {
             poll: PollSettings::default(),
             event_window: 4096,
+            event_budget: EventBudget::default(),
             auth_retry_wait: Duration::from_secs(2),
             hold_credentials: true,
             resign_backoff_max: Duration::from_secs(30),
@@ -260,6 +263,7 @@ impl Sessions {
         let session = Arc::new(Session {
             hub: Arc::new(Hub::new(
                 self.shared.settings.event_window,
+                &self.shared.settings.event_budget,
                 self.shared.metrics.clone(),
                 agent.clone(),
                 session_id.clone(),

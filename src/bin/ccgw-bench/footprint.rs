@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use crate::clients::{self, Control};
 use crate::procs::{self, BoxError, CpuSample, CpuUse};
-use crate::report::{round, Report, Samples};
+use crate::report::{mib, round, Report, Samples};
 
 pub struct Opts {
     pub agents: usize,
@@ -23,10 +23,6 @@ pub struct Opts {
 }
 
 const STREAMS_PER_CONN: usize = 200;
-
-fn mib(kib: u64) -> f64 {
-    round(kib as f64 / 1024.0, 1)
-}
 
 pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     let mut report = Report::new("footprint");

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! ./target/release/ccgw-bench unary|fanout|footprint|all [--quick]
+//! ./target/release/ccgw-bench unary|fanout|footprint|soak|all [--quick]
 //! ```
 //!
 //! The simulator (`ccgw-bridge simulate`) and the bridge (the release `ccgw-bridge` binary next to
@@ -18,6 +18,7 @@ mod fanout;
 mod footprint;
 mod procs;
 mod report;
+mod soak;
 mod unary;
 
 use clap::{Parser, ValueEnum};
@@ -32,7 +33,9 @@ enum Scenario {
     Fanout,
     /// RSS idle / with agents / with watchers, idle CPU, start to SERVING.
     Footprint,
-    /// The three, one after the other.
+    /// RSS at steady state: 64 busy agents, 16 play clients, churning watchers.
+    Soak,
+    /// All four, one after the other.
     All,
 }
 
@@ -85,6 +88,9 @@ struct Args {
     /// footprint: seconds to measure CPU with 1,000 agents in idle long polls.
     #[arg(long)]
     idle_seconds: Option<f64>,
+    /// soak: seconds of sustained load.
+    #[arg(long)]
+    soak_seconds: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -126,7 +132,12 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let scenarios: &[Scenario] = match args.scenario {
-        Scenario::All => &[Scenario::Unary, Scenario::Fanout, Scenario::Footprint],
+        Scenario::All => &[
+            Scenario::Unary,
+            Scenario::Fanout,
+            Scenario::Footprint,
+            Scenario::Soak,
+        ],
         ref one => std::slice::from_ref(one),
     };
     let mut failed = false;
@@ -136,6 +147,16 @@ async fn run(args: Args) -> ExitCode {
             Scenario::Unary => unary::run(&bin, &unary_opts(&args)).await,
             Scenario::Fanout => fanout::run(&bin, &fanout_opts(&args)).await,
             Scenario::Footprint => footprint::run(&bin, &footprint_opts(&args)).await,
+            Scenario::Soak => {
+                let opts = soak::Opts {
+                    duration: Duration::from_secs_f64(args.soak_seconds.unwrap_or(if args.quick {
+                        10.0
+                    } else {
+                        120.0
+                    })),
+                };
+                soak::run(&bin, &opts).await
+            }
             Scenario::All => unreachable!(),
         };
         match result {
