@@ -13,6 +13,7 @@
 //! failed verification (or the setup failed). Missed targets are shown as FAIL in the table and
 //! `"targets_met":false` in the JSON, without changing the exit status.
 
+mod baseline;
 mod clients;
 mod fanout;
 mod footprint;
@@ -94,6 +95,16 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("__serve") {
+        // A baseline server started by a scenario (see `baseline.rs`).
+        return match baseline::serve_main(std::env::args().skip(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ccgw-bench __serve: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     // The same TLS stack as the bridge's gateway client (ring); idempotent.
     let _ = rustls::crypto::ring::default_provider().install_default();
