@@ -1,6 +1,6 @@
 //! `ccgw.v1.AgentSessionService`.
 
-use super::frame::EncodedEvent;
+use super::frame::{self, EncodedEvent};
 use super::status::Violations;
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
@@ -145,7 +145,7 @@ impl AgentSessionService for AgentSessionApi {
                 let (session, sub) =
                     watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;
                 let stream = watch::stream(session, sub, bridge.metrics.clone(), |e| {
-                    Some(EncodedEvent(e.agent_frame.clone()))
+                    Some(frame::agent_frame(e))
                 });
                 Ok(Response::new(stream))
             })

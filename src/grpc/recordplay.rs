@@ -1,6 +1,6 @@
 //! `ccgw.v1.RecordPlayService`.
 
-use super::frame::EncodedEvent;
+use super::frame::{self, EncodedEvent};
 use super::status::{with_info, Violations, BRIDGE_DOMAIN};
 use super::watch::{self, EventStream};
 use super::{deadline, validate, Bridge};
@@ -295,7 +295,7 @@ impl RecordPlayService for RecordPlayApi {
                 let stream = watch::stream(session, sub, bridge.metrics.clone(), move |e| {
                     let t = e.play_type?;
                     if types.is_empty() || types.contains(&t) {
-                        e.play_frame.clone().map(EncodedEvent)
+                        frame::play_frame(e)
                     } else {
                         None
                     }
