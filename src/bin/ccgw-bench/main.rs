@@ -210,7 +210,11 @@ fn fanout_opts(a: &Args) -> fanout::Opts {
 
 fn footprint_opts(a: &Args) -> footprint::Opts {
     footprint::Opts {
-        agents: if a.quick { 100 } else { 1000 },
+        agent_steps: if a.quick {
+            vec![100]
+        } else {
+            vec![100, 1_000, 10_000]
+        },
         watcher_steps: if a.quick {
             vec![1_000, 5_000]
         } else {
