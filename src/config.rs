@@ -2,6 +2,7 @@
 //! port is bound (a bad value exits with code 64 and one clear message). The binary's whole
 //! command line, helper commands included, is `crate::args`.
 
+use crate::events::EventBudget;
 use crate::gateway::GatewayConfig;
 use crate::grpc::validate::{self, Limits, Violations, VoicePathPolicy};
 use crate::secret::Password;
@@ -97,6 +98,13 @@ pub struct BridgeArgs {
     /// Events retained per session for resume.
     #[arg(long, env = "CCGW_EVENT_WINDOW", default_value_t = 4096)]
     pub event_window: usize,
+    /// Memory all sessions together may keep in retained events (README "Memory"); the oldest
+    /// events bridge-wide are dropped first. Bytes, or with a KiB/MiB/GiB suffix.
+    #[arg(long, env = "CCGW_EVENT_BUDGET", default_value = "16MiB", value_parser = byte_size)]
+    pub event_budget: usize,
+    /// Age after which a retained event is dropped (no longer resumable).
+    #[arg(long, env = "CCGW_EVENT_MAX_AGE", default_value = "10m", value_parser = duration)]
+    pub event_max_age: Duration,
     /// Do not keep agent passwords after sign-in: a session the gateway ends then needs a new
     /// SignIn instead of an automatic one.
     #[arg(long, env = "CCGW_NO_RESIGN_IN")]
@@ -190,6 +198,29 @@ impl std::fmt::Debug for ServerSettings {
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 10s, 2m)"))
+}
+
+/// `65536`, `64KiB`, `16MiB`, `1GiB`.
+fn byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (examples: 65536, 64KiB, 16MiB)"
+            ))
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 65536, 64KiB, 16MiB)"))
 }
 
 /// A configuration problem, reported before anything starts.
@@ -293,6 +324,14 @@ impl BridgeArgs {
         if self.event_window == 0 || self.event_window > 1 << 20 {
             return Err(invalid("--event-window must be between 1 and 1048576"));
         }
+        if self.event_budget < self.max_response_bytes.saturating_mul(2) {
+            return Err(invalid(
+                "--event-budget must be at least twice --max-response-bytes (one event can be that large)",
+            ));
+        }
+        if self.event_max_age.is_zero() {
+            return Err(invalid("--event-max-age must be above zero"));
+        }
         if self.max_response_bytes < 1024 {
             return Err(invalid("--max-response-bytes must be at least 1024"));
         }
@@ -316,6 +355,7 @@ impl BridgeArgs {
         let server = self.server_settings()?;
         let mut sessions = SessionSettings {
             event_window: self.event_window,
+            event_budget: EventBudget::new(self.event_budget, self.event_max_age),
             hold_credentials: !self.no_resign_in,
             ..SessionSettings::default()
         };
@@ -549,6 +589,9 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9090");
         assert_eq!(c.limits.agent_id_max, 999_999);
         assert!(c.sign_out_on_shutdown && c.sessions.hold_credentials);
+        assert_eq!(c.sessions.event_budget.max_bytes(), 16 << 20);
+        let c = args(&["--event-budget", "64KiB", "--max-response-bytes", "4096"]).unwrap();
+        assert_eq!(c.sessions.event_budget.max_bytes(), 64 << 10);
     }
 
     #[test]
@@ -561,6 +604,9 @@ mod tests {
             ),
             (&["--ca-cert", "/nonexistent/ca.pem"][..], "--ca-cert"),
             (&["--event-window", "0"][..], "--event-window"),
+            (&["--event-budget", "1MiB"][..], "--event-budget"),
+            (&["--event-budget", "16MB"][..], "event-budget"),
+            (&["--event-max-age", "0s"][..], "--event-max-age"),
             (&["--request-timeout", "soon"][..], "request-timeout"),
             (&["--request-timeout", "5ms"][..], "request-timeout"),
         ] {

@@ -1,14 +1,16 @@
-//! An agent event as the bridge keeps it: decoded once, numbered, encoded once for the wire,
-//! shared by every watcher.
+//! An agent event as the bridge keeps it: decoded once, numbered, shared by every watcher.
+//!
+//! The wire frames are not made here: the gRPC layer encodes an event the first time a watcher
+//! takes it and keeps the bytes in the event's frame slots (`grpc::frame`), so an event no one
+//! watches is never encoded, and one many watch is encoded once.
 
 use crate::gateway::RawEvent;
-use crate::proto::{AgentEvent, PlayEvent, PlayEventType};
+use crate::proto::PlayEventType;
 use bytes::Bytes;
-use prost::Message;
-use prost_types::value::Kind;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-/// One numbered event. Watchers share it behind an `Arc`; it is never decoded or encoded twice.
+/// One numbered event. Watchers share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Event {
     /// Per-session number: 1, 2, 3 … without gaps.
@@ -17,59 +19,68 @@ pub struct Event {
     pub event_type: String,
     /// `Some` for the record-play events `WatchPlayEvents` carries.
     pub play_type: Option<PlayEventType>,
-    /// The event as an encoded `AgentEvent`.
-    pub agent_frame: Bytes,
-    /// The event as an encoded `PlayEvent`, for play events.
-    pub play_frame: Option<Bytes>,
+    /// The event's `content` as the gateway sent it (`null`, an object, or a bare value).
+    pub content: serde_json::Value,
+    /// When the bridge received it.
+    pub received_at: SystemTime,
+    /// The agent whose session it belongs to.
+    pub agent_id: Arc<str>,
+    /// That session.
+    pub session_id: Arc<str>,
+    /// Encoded `AgentEvent`, filled by the gRPC layer on first use.
+    pub agent_frame: OnceLock<Bytes>,
+    /// Encoded `PlayEvent` (play events only), filled by the gRPC layer on first use.
+    pub play_frame: OnceLock<Bytes>,
 }
 
 /// The event that says the gateway signed the agent out (api-notes §6).
 pub const SHUTDOWN_SERVICE: &str = "AgentOther_ShutdownService";
 
 impl Event {
-    /// Numbers, converts and encodes a raw event of the session `session_id` of `agent_id`.
-    pub fn new(sequence: u64, raw: RawEvent, agent_id: &str, session_id: &str) -> Self {
-        let content = prost_types::Struct {
-            fields: raw
-                .content_object()
-                .into_iter()
-                .map(|(k, v)| (k, json_to_proto(v)))
-                .collect(),
-        };
-        let received_at = Some(SystemTime::now().into());
-        let play_type = play_type(&raw.event_type);
-        let play_frame = play_type.map(|t| {
-            Bytes::from(
-                PlayEvent {
-                    sequence,
-                    session_id: session_id.to_owned(),
-                    agent_id: agent_id.to_owned(),
-                    r#type: t as i32,
-                    event_type: raw.event_type.clone(),
-                    received_at,
-                    content: Some(content.clone()),
-                }
-                .encode_to_vec(),
-            )
-        });
-        let agent_frame = Bytes::from(
-            AgentEvent {
-                sequence,
-                session_id: session_id.to_owned(),
-                agent_id: agent_id.to_owned(),
-                event_type: raw.event_type.clone(),
-                received_at,
-                content: Some(content),
-            }
-            .encode_to_vec(),
-        );
+    /// Numbers a raw event of the session `session_id` of `agent_id`.
+    pub fn new(sequence: u64, raw: RawEvent, agent_id: &Arc<str>, session_id: &Arc<str>) -> Self {
         Event {
             sequence,
+            play_type: play_type(&raw.event_type),
             event_type: raw.event_type,
-            play_type,
-            agent_frame,
-            play_frame,
+            content: raw.content,
+            received_at: SystemTime::now(),
+            agent_id: agent_id.clone(),
+            session_id: session_id.clone(),
+            agent_frame: OnceLock::new(),
+            play_frame: OnceLock::new(),
         }
+    }
+
+    /// Memory this event keeps while retained: the event, its `Arc` header, its content, the
+    /// frames a watcher will have the gRPC layer encode (each about the content's size plus the
+    /// names), its slot in the window and its ledger entry. What the byte budget charges.
+    pub fn retained_bytes(&self) -> usize {
+        let names = self.event_type.len() + self.agent_id.len() + self.session_id.len();
+        let frames = if self.play_type.is_some() { 2 } else { 1 };
+        std::mem::size_of::<Self>()
+            + 2 * std::mem::size_of::<usize>()
+            + self.event_type.capacity()
+            + json_bytes(&self.content)
+            + frames * (json_bytes(&self.content) + names + 32)
+            + std::mem::size_of::<Arc<Self>>()
+            + super::budget::ENTRY_BYTES
+    }
+}
+
+/// Heap a JSON value occupies, roughly: its nodes and its strings.
+fn json_bytes(value: &serde_json::Value) -> usize {
+    use serde_json::Value as J;
+    const NODE: usize = std::mem::size_of::<J>();
+    match value {
+        J::Null | J::Bool(_) | J::Number(_) => 0,
+        J::String(s) => s.capacity(),
+        J::Array(items) => items.iter().map(|v| NODE + json_bytes(v)).sum(),
+        // A map entry: its key, its value node and the map's own bookkeeping.
+        J::Object(map) => map
+            .iter()
+            .map(|(k, v)| k.capacity() + NODE + 3 * std::mem::size_of::<usize>() + json_bytes(v))
+            .sum(),
     }
 }
 
@@ -87,77 +98,34 @@ pub fn play_type(event_type: &str) -> Option<PlayEventType> {
     })
 }
 
-fn json_to_proto(value: serde_json::Value) -> prost_types::Value {
-    use serde_json::Value as J;
-    let kind = match value {
-        J::Null => Kind::NullValue(0),
-        J::Bool(b) => Kind::BoolValue(b),
-        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        J::String(s) => Kind::StringValue(s),
-        J::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(json_to_proto).collect(),
-        }),
-        J::Object(map) => Kind::StructValue(prost_types::Struct {
-            fields: map
-                .into_iter()
-                .map(|(k, v)| (k, json_to_proto(v)))
-                .collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn event(name: &str, content: serde_json::Value) -> Event {
-        Event::new(
-            3,
-            RawEvent {
-                event_type: name.into(),
-                content,
-            },
-            "1001",
-            "s1",
-        )
-    }
-
     #[test]
-    fn content_shapes_convert_and_frames_decode() {
-        let ev = event(
-            "AgentMediaEvent_StopRecordDone",
-            json!({"taskId": 5451, "jsonKey": ["a"], "n": null, "s": "1"}),
-        );
-        assert_eq!(ev.play_type, None);
-        assert!(ev.play_frame.is_none());
-        let agent = AgentEvent::decode(ev.agent_frame.clone()).unwrap();
-        assert_eq!(
-            (
-                agent.sequence,
-                agent.agent_id.as_str(),
-                agent.session_id.as_str()
+    fn play_events_are_typed_and_the_charge_grows_with_the_content() {
+        let (a, s) = (Arc::from("1001"), Arc::from("s1"));
+        let raw = |name: &str, content| RawEvent {
+            event_type: name.into(),
+            content,
+        };
+        let small = Event::new(1, raw("AgentEvent_Call_Release", json!(null)), &a, &s);
+        assert_eq!(small.play_type, None);
+        let big = Event::new(
+            2,
+            raw(
+                "AgentMediaEvent_Play_Fail",
+                json!({"reason": "x".repeat(1000), "list": [1, 2, 3]}),
             ),
-            (3, "1001", "s1")
+            &a,
+            &s,
         );
-        let fields = agent.content.unwrap().fields;
-        assert_eq!(fields.len(), 4);
-        assert!(matches!(fields["jsonKey"].kind, Some(Kind::ListValue(_))));
-
-        let bare = AgentEvent::decode(
-            event("AgentEvent_Call_Release", json!("1456403549-15")).agent_frame,
-        )
-        .unwrap();
-        assert_eq!(
-            bare.content.unwrap().fields["value"].kind,
-            Some(Kind::StringValue("1456403549-15".into()))
+        assert_eq!(big.play_type, Some(PlayEventType::PlayFailed));
+        assert!(big.retained_bytes() > small.retained_bytes() + 3 * 1000);
+        assert!(
+            big.agent_frame.get().is_none(),
+            "nothing encoded before a watcher asks"
         );
-
-        let play = event("AgentMediaEvent_JumpPlayDone", json!(null));
-        let p = PlayEvent::decode(play.play_frame.unwrap()).unwrap();
-        assert_eq!(p.r#type, PlayEventType::PlayJumped as i32);
-        assert!(p.content.unwrap().fields.is_empty());
-        assert!(p.received_at.is_some());
     }
 }

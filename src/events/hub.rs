@@ -3,7 +3,11 @@
 //! The poll loop appends; watchers read from the shared window at their own pace, each with its
 //! own cursor. Nothing per watcher is queued, so a stalled watcher costs no memory and cannot
 //! slow the poll loop or anyone else: it simply falls out of the window and is told so.
+//!
+//! A window is bounded three ways: its own event count (`--event-window`), and the bridge-wide
+//! byte budget and age of [`EventBudget`], which may drop a session's oldest events earlier.
 
+use super::budget::EventBudget;
 use super::event::Event;
 use crate::gateway::RawEvent;
 use crate::telemetry::Metrics;
@@ -72,15 +76,18 @@ pub struct Hub {
     tick: watch::Sender<()>,
     watchers: AtomicU32,
     capacity: usize,
+    budget: EventBudget,
     metrics: Arc<Metrics>,
     agent_id: Arc<str>,
     session_id: Arc<str>,
 }
 
 impl Hub {
-    /// A hub for one session, retaining at most `capacity` events (at least 1).
+    /// A hub for one session, retaining at most `capacity` events (at least 1) and no more than
+    /// the shared `budget` lets it keep.
     pub fn new(
         capacity: usize,
+        budget: &EventBudget,
         metrics: Arc<Metrics>,
         agent_id: Arc<str>,
         session_id: Arc<str>,
@@ -94,14 +101,16 @@ impl Hub {
             tick: watch::Sender::new(()),
             watchers: AtomicU32::new(0),
             capacity: capacity.max(1),
+            budget: budget.clone(),
             metrics,
             agent_id,
             session_id,
         }
     }
 
-    /// Numbers and stores an event, wakes every watcher. Events after the end are dropped.
-    pub fn publish(&self, raw: RawEvent) -> Option<Arc<Event>> {
+    /// Numbers and stores an event, wakes every watcher, then lets the budget drop the oldest
+    /// retained events bridge-wide if it is exceeded. Events after the end are dropped.
+    pub fn publish(self: &Arc<Self>, raw: RawEvent) -> Option<Arc<Event>> {
         let event = {
             let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
             if w.end.is_some() {
@@ -122,7 +131,19 @@ impl Hub {
         };
         self.metrics.event_received();
         self.tick.send_replace(());
+        self.budget
+            .charge(self, event.sequence, event.retained_bytes())
+            .apply();
         Some(event)
+    }
+
+    /// Drops every retained event up to and including `sequence` (the budget's eviction).
+    /// Watchers still behind it are told they overran, like with the per-session cap.
+    pub(super) fn evict_through(&self, sequence: u64) {
+        let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
+        let keep = w.next_seq.saturating_sub(sequence + 1) as usize;
+        let drop = w.events.len().saturating_sub(keep);
+        w.events.drain(..drop);
     }
 
     /// Ends the stream for every watcher (the first reason given wins).
@@ -156,6 +177,9 @@ impl Hub {
         self: &Arc<Self>,
         resume_after: Option<u64>,
     ) -> Result<Subscription, SubscribeError> {
+        if resume_after.is_some() {
+            self.budget.expire().apply();
+        }
         let mut rx = self.tick.subscribe();
         rx.borrow_and_update();
         let next = {
@@ -237,6 +261,7 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
     use serde_json::Value;
+    use std::time::Duration;
 
     fn raw(name: &str) -> RawEvent {
         RawEvent {
@@ -246,12 +271,108 @@ mod tests {
     }
 
     fn hub(cap: usize) -> Arc<Hub> {
+        hub_in(cap, &EventBudget::default())
+    }
+
+    fn hub_in(cap: usize, budget: &EventBudget) -> Arc<Hub> {
         Arc::new(Hub::new(
             cap,
+            budget,
             Arc::new(Metrics::default()),
             Arc::from("1001"),
             Arc::from("s"),
         ))
+    }
+
+    /// What one `raw("X")` event is charged.
+    fn charge_of_one() -> usize {
+        let h = hub(1);
+        h.publish(raw("X")).unwrap().retained_bytes()
+    }
+
+    fn oldest_held(h: &Hub) -> u64 {
+        h.window.read().unwrap().first_seq()
+    }
+
+    #[tokio::test]
+    async fn the_shared_budget_evicts_the_oldest_events_bridge_wide() {
+        let one = charge_of_one();
+        let budget = EventBudget::new(4 * one, Duration::from_secs(3600));
+        let (a, b) = (hub_in(100, &budget), hub_in(100, &budget));
+        let mut slow = a.subscribe(None).unwrap();
+        for _ in 0..3 {
+            a.publish(raw("X"));
+        }
+        assert_eq!(budget.used(), 3 * one);
+        // Busy agent b pushes a's events out although a's own window (100) has room.
+        for _ in 0..3 {
+            b.publish(raw("X"));
+        }
+        assert!(budget.used() <= budget.max_bytes());
+        assert_eq!(oldest_held(&a), 3, "a's two oldest events were dropped");
+        assert_eq!(
+            a.subscribe(Some(1)).err(),
+            Some(SubscribeError::OutOfRange {
+                requested: 1,
+                oldest: 3,
+                newest: 3
+            })
+        );
+        match slow.next().await {
+            Next::Overrun { last_sent, oldest } => assert_eq!((last_sent, oldest), (0, 3)),
+            other => panic!("{other:?}"),
+        }
+        for _ in 0..4 {
+            b.publish(raw("X"));
+        }
+        assert_eq!(a.window.read().unwrap().events.len(), 0);
+        assert_eq!(oldest_held(&b), 4, "b keeps its newest four");
+        assert_eq!(budget.used(), 4 * one);
+    }
+
+    #[tokio::test]
+    async fn the_newest_event_is_kept_even_when_larger_than_the_budget() {
+        let budget = EventBudget::new(1, Duration::from_secs(3600));
+        let h = hub_in(8, &budget);
+        let mut live = h.subscribe(None).unwrap();
+        h.publish(raw("A"));
+        assert_eq!(seq(&mut live).await, 1);
+        h.publish(raw("B"));
+        assert_eq!(seq(&mut live).await, 2);
+        assert_eq!(h.window.read().unwrap().events.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn events_older_than_the_age_bound_are_dropped() {
+        let budget = EventBudget::new(1 << 20, Duration::ZERO);
+        let h = hub_in(8, &budget);
+        h.publish(raw("A"));
+        h.publish(raw("B"));
+        assert_eq!(oldest_held(&h), 2, "each publish expires what is older");
+        assert_eq!(
+            h.subscribe(Some(1)).err(),
+            Some(SubscribeError::OutOfRange {
+                requested: 1,
+                oldest: 3,
+                newest: 2
+            }),
+            "a resume expires first, so the last event is gone too"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_session_releases_nothing_twice() {
+        let one = charge_of_one();
+        let budget = EventBudget::new(2 * one, Duration::from_secs(3600));
+        let a = hub_in(100, &budget);
+        a.publish(raw("X"));
+        drop(a);
+        let b = hub_in(100, &budget);
+        for _ in 0..3 {
+            b.publish(raw("X"));
+        }
+        assert_eq!(budget.used(), 2 * one);
+        assert_eq!(oldest_held(&b), 2);
     }
 
     async fn seq(sub: &mut Subscription) -> u64 {

@@ -1,6 +1,6 @@
 //! `ccgw.v1.AgentSessionService`.
 
-use super::frame::EncodedEvent;
+use super::frame::{self, EncodedEvent};
 use super::status;
 use super::validate::Violations;
 use super::watch::{self, EventStream};
@@ -154,7 +154,7 @@ impl AgentSessionService for AgentSessionApi {
                 let (session, sub) =
                     watch::subscribe(&bridge.sessions, &r.agent_id, r.resume_after, &r.session_id)?;
                 let stream = watch::stream(session, sub, bridge.metrics.clone(), |e| {
-                    Some(EncodedEvent(e.agent_frame.clone()))
+                    Some(frame::agent_frame(e))
                 });
                 Ok(Response::new(stream))
             })

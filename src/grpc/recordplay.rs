@@ -1,6 +1,6 @@
 //! `ccgw.v1.RecordPlayService`.
 
-use super::frame::EncodedEvent;
+use super::frame::{self, EncodedEvent};
 use super::status::{self, with_info, BRIDGE_DOMAIN};
 use super::validate::Violations;
 use super::watch::{self, EventStream};
@@ -301,7 +301,7 @@ impl RecordPlayService for RecordPlayApi {
                 let stream = watch::stream(session, sub, bridge.metrics.clone(), move |e| {
                     let t = e.play_type?;
                     if types.is_empty() || types.contains(&t) {
-                        e.play_frame.clone().map(EncodedEvent)
+                        frame::play_frame(e)
                     } else {
                         None
                     }

@@ -116,6 +116,7 @@ impl Sessions {
         let session = Arc::new(Session {
             hub: Arc::new(Hub::new(
                 self.shared.settings.event_window,
+                &self.shared.settings.event_budget,
                 self.shared.metrics.clone(),
                 agent.clone(),
                 session_id.clone(),

@@ -29,7 +29,7 @@ pub use guid_retry::GUID_RETRIES;
 pub use params::SignInParams;
 pub use session::{Session, SessionInfo, State};
 
-use crate::events::PollSettings;
+use crate::events::{EventBudget, PollSettings};
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::readiness::PinnedAgents;
 use crate::telemetry::Metrics;
@@ -47,6 +47,8 @@ pub struct SessionSettings {
     pub poll: PollSettings,
     /// Events retained per session for resume.
     pub event_window: usize,
+    /// The bridge-wide byte and age bound of retained events, shared by all sessions.
+    pub event_budget: EventBudget,
     /// After a Guid refusal, the longest wait for the poll loop's next answer to bring a newer
     /// Guid before signing in again (dynamic auth delivers new Guids on poll answers).
     pub auth_retry_wait: Duration,
@@ -64,6 +66,7 @@ impl Default for SessionSettings {
         Self {
             poll: PollSettings::default(),
             event_window: 4096,
+            event_budget: EventBudget::default(),
             auth_retry_wait: Duration::from_secs(2),
             hold_credentials: true,
             resign_backoff_max: Duration::from_secs(30),

@@ -321,6 +321,57 @@ async fn resume_outside_the_window_or_session_is_refused() {
 }
 
 #[tokio::test]
+async fn a_busy_agent_pushes_a_quiet_agents_events_out_of_the_shared_budget() {
+    // 4 KiB for the whole bridge: far below 64 events of 1002, while each agent's own window
+    // (4,096 events) would keep everything.
+    let h = Harness::with(fast_sim(), |c| {
+        c.sessions.event_budget =
+            ccgw_bridge::events::EventBudget::new(4096, Duration::from_secs(3600))
+    })
+    .await;
+    let quiet = h.sign_in("1001").await;
+    h.sign_in("1002").await;
+    let mut client = h.sessions().await;
+    let mut w1 = client
+        .watch_agent_events(all_req("1001"))
+        .await
+        .unwrap()
+        .into_inner();
+    h.sim
+        .queue_event("1001", raw_event("1001", "Q1", json!(null)));
+    h.sim
+        .queue_event("1001", raw_event("1001", "Q2", json!(null)));
+    let first = next_event(&mut w1).await.sequence;
+    assert_eq!(next_event(&mut w1).await.event_type, "Q2");
+    let resume_1001 = WatchAgentEventsRequest {
+        agent_id: "1001".into(),
+        resume_after: Some(first),
+        session_id: quiet.session_id.clone(),
+    };
+    assert!(
+        client.watch_agent_events(resume_1001.clone()).await.is_ok(),
+        "held while the budget has room"
+    );
+
+    let mut w2 = client
+        .watch_agent_events(all_req("1002"))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..64 {
+        h.sim
+            .queue_event("1002", raw_event("1002", &format!("B{i}"), json!({"n": i})));
+    }
+    while next_event(&mut w2).await.event_type != "B63" {}
+
+    let status = expect_code(
+        client.watch_agent_events(resume_1001).await,
+        Code::OutOfRange,
+    );
+    assert_eq!(reason(&status), "RESUME_OUT_OF_RANGE");
+}
+
+#[tokio::test]
 async fn streams_end_ok_on_sign_out_and_aborted_on_forced_sign_out() {
     let h = Harness::start().await;
     h.sign_in("1001").await;

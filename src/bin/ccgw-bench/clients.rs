@@ -24,7 +24,12 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// An HTTPS client configured like the bridge's (`src/gateway/mod.rs`).
 pub fn https_client(sim: &Sim) -> Result<reqwest::Client, BoxError> {
-    let pem = std::fs::read(&sim.ca)?;
+    https_client_trusting(&sim.ca)
+}
+
+/// [`https_client`] trusting the CA certificate at `ca`.
+pub fn https_client_trusting(ca: &std::path::Path) -> Result<reqwest::Client, BoxError> {
+    let pem = std::fs::read(ca)?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)?;
     Ok(reqwest::Client::builder()
         .http1_only()
@@ -40,9 +45,9 @@ pub fn https_client(sim: &Sim) -> Result<reqwest::Client, BoxError> {
 /// An agent signed in directly at the simulator.
 pub struct DirectAgent {
     pub id: String,
-    guid: HeaderValue,
-    play_url: String,
-    stop_url: String,
+    pub guid: HeaderValue,
+    pub play_url: String,
+    pub stop_url: String,
 }
 
 /// The direct REST path.
@@ -60,9 +65,14 @@ struct Envelope {
 
 impl Direct {
     pub fn new(sim: &Sim) -> Result<Direct, BoxError> {
+        Direct::at(&sim.url, &sim.ca)
+    }
+
+    /// The direct path to the simulator at `url`, whose CA certificate is at `ca`.
+    pub fn at(url: &str, ca: &std::path::Path) -> Result<Direct, BoxError> {
         Ok(Direct {
-            http: https_client(sim)?,
-            base: format!("{}/agentgateway/resource", sim.url).into(),
+            http: https_client_trusting(ca)?,
+            base: format!("{url}/agentgateway/resource").into(),
             cookie: HeaderValue::from_static("ccgwsticky=AgentGateway0"),
         })
     }

@@ -3,6 +3,10 @@
 //! releases each to the agent's held poll, the bridge numbers it and fans it out. Measured: from
 //! just before the control request that releases an event to the moment the last of that agent's
 //! M watchers (and, per round, the last of all N × M) has it in this process.
+//!
+//! In the same run the **fan-out floor** (`baseline.rs` `broadcast`: a minimal tonic server that
+//! encodes the same event once and broadcasts it to the same streams) is measured the same way,
+//! released by a `BeginPlay` call instead of through the simulator.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -10,10 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
-use ccgw_bridge::proto::{PlayEventType, WatchPlayEventsRequest};
+use ccgw_bridge::proto::{BeginPlayRequest, PlayEventType, WatchPlayEventsRequest};
 use futures::StreamExt;
 use prost_types::value::Kind;
 use serde_json::json;
+use tonic::transport::Channel;
 
 use crate::clients::{self, Control};
 use crate::procs::{self, BoxError, CpuSample, CpuUse};
@@ -29,7 +34,7 @@ pub struct Opts {
 const STREAMS_PER_CONN: usize = 200;
 /// Unmeasured rounds first.
 const WARMUP_ROUNDS: usize = 5;
-const EVENT_TYPE: &str = "AgentMediaEvent_JumpPlayDone";
+const EVENT_TYPE: &str = crate::baseline::FANOUT_EVENT_TYPE;
 
 struct Slot {
     count: AtomicU32,
@@ -44,25 +49,128 @@ fn number(s: &prost_types::Struct, key: &str) -> Option<usize> {
     }
 }
 
+/// Where the scenario's events come from and which process fans them out.
+enum Target<'a> {
+    /// Released through the simulator to the bridge's held polls.
+    Bridge {
+        control: &'a Control,
+        ch0: &'a Channel,
+    },
+    /// `BeginPlay` on the broadcast baseline, which encodes and broadcasts the same event.
+    Floor {
+        client: RecordPlayServiceClient<Channel>,
+    },
+}
+
+impl Target<'_> {
+    async fn release(&self, id: &str, r: usize, a: usize) -> Result<(), BoxError> {
+        match self {
+            Target::Bridge { control, .. } => {
+                let event = json!({
+                    "eventType": EVENT_TYPE,
+                    "workNo": id,
+                    "content": {"round": r, "agent": a},
+                    "eventGenTime": 0,
+                });
+                control.queue_event(id, &event).await
+            }
+            Target::Floor { client } => {
+                client
+                    .clone()
+                    .begin_play(BeginPlayRequest {
+                        agent_id: id.to_owned(),
+                        voice_path: format!("{r},{a}"),
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What one measured target gave.
+struct Measured {
+    per_event: Vec<u64>,
+    first_watcher: Vec<u64>,
+    per_round: Vec<u64>,
+    release_spread: Vec<u64>,
+    cpu: CpuUse,
+    delivered: u64,
+    rss: u64,
+    open_time: Duration,
+    n_conn: usize,
+}
+
 pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     let mut report = Report::new("fanout");
-    let (n, m) = (opts.agents, opts.watchers);
-    let total_rounds = WARMUP_ROUNDS + opts.rounds;
+    let n = opts.agents;
     // Long hold: no poll expires (and pauses 200 ms) during the run, so an event always finds a
     // held poll and the measured path is the bridge's delivery.
     let sim = procs::start_sim(bin, "60s", "600s")?;
     let bridge = procs::start_bridge(bin, &sim, &["--poll-timeout", "90s"]).await?;
+    let floor = procs::start_baseline("broadcast", &sim, 0, 0)?;
     let control = Control::new(&sim)?;
     let ids: Vec<String> = (0..n).map(|i| (400_000 + i).to_string()).collect();
     let ch0 = clients::channel(&bridge.url).await?;
     clients::sign_in_via_bridge(&ch0, &ids, 64).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let failures = Arc::new(Failures::default());
 
+    let b = measure(
+        &Target::Bridge {
+            control: &control,
+            ch0: &ch0,
+        },
+        &bridge.url,
+        &bridge.proc,
+        &sim.proc,
+        &ids,
+        opts,
+        &failures,
+    )
+    .await?;
+    let floor_ch = clients::channel(&floor.url).await?;
+    let f = measure(
+        &Target::Floor {
+            client: RecordPlayServiceClient::new(floor_ch),
+        },
+        &floor.url,
+        &floor.proc,
+        &sim.proc,
+        &ids,
+        opts,
+        &failures,
+    )
+    .await?;
+    summarize(&mut report, opts, b, f);
+    failures.add_to(&mut report);
+    report.notes.push(format!(
+        "logs: {} {} {}",
+        bridge.proc.log.display(),
+        sim.proc.log.display(),
+        floor.proc.log.display()
+    ));
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    target: &Target<'_>,
+    url: &str,
+    server: &procs::Proc,
+    sim: &procs::Proc,
+    ids: &[String],
+    opts: &Opts,
+    failures: &Arc<Failures>,
+) -> Result<Measured, BoxError> {
+    let (n, m) = (opts.agents, opts.watchers);
+    let total_rounds = WARMUP_ROUNDS + opts.rounds;
     let streams = n * m;
     let n_conn = streams.div_ceil(STREAMS_PER_CONN);
     let mut channels = Vec::with_capacity(n_conn);
     for _ in 0..n_conn {
-        channels.push(clients::channel(&bridge.url).await?);
+        channels.push(clients::channel(url).await?);
     }
     let base = Instant::now();
     let slots: Arc<Vec<Slot>> = Arc::new(
@@ -74,7 +182,6 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
             })
             .collect(),
     );
-    let failures = Arc::new(Failures::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let t_open = Instant::now();
     let opened: Vec<Result<(usize, tonic::Streaming<_>), BoxError>> =
@@ -101,7 +208,7 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     for o in opened {
         let (a, mut stream) = o?;
         let slots = Arc::clone(&slots);
-        let failures = Arc::clone(&failures);
+        let failures = Arc::clone(failures);
         let stopping = Arc::clone(&stopping);
         let id = ids[a].clone();
         readers.push(tokio::spawn(async move {
@@ -150,17 +257,20 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         }));
     }
     let open_time = t_open.elapsed();
-    // The bridge must count every stream before events flow.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let w = clients::bridge_watchers(&ch0).await?;
-        if w == streams as u64 {
-            break;
+    // The bridge must count every stream before events flow (the floor subscribes each stream
+    // before answering its call, so an opened stream is counted there).
+    if let Target::Bridge { ch0, .. } = target {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let w = clients::bridge_watchers(ch0).await?;
+            if w == streams as u64 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the bridge reports {w} watchers, expected {streams}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if Instant::now() > deadline {
-            return Err(format!("the bridge reports {w} watchers, expected {streams}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -169,26 +279,17 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     let mut per_round = Vec::with_capacity(opts.rounds);
     let mut release_spread = Vec::with_capacity(opts.rounds);
     let mut cpu = CpuUse::default();
-    let mut c0 = CpuSample::take(&bridge.proc, &sim.proc);
+    let mut c0 = CpuSample::take(server, sim);
     let mut delivered: u64 = 0;
     for r in 0..total_rounds {
         if r == WARMUP_ROUNDS {
-            c0 = CpuSample::take(&bridge.proc, &sim.proc);
+            c0 = CpuSample::take(server, sim);
         }
         let sends: Vec<Result<u64, BoxError>> =
-            futures::future::join_all(ids.iter().enumerate().map(|(a, id)| {
-                let control = control.clone();
-                let event = json!({
-                    "eventType": EVENT_TYPE,
-                    "workNo": id,
-                    "content": {"round": r, "agent": a},
-                    "eventGenTime": 0,
-                });
-                async move {
-                    let t = base.elapsed().as_nanos() as u64;
-                    control.queue_event(id, &event).await?;
-                    Ok(t)
-                }
+            futures::future::join_all(ids.iter().enumerate().map(|(a, id)| async move {
+                let t = base.elapsed().as_nanos() as u64;
+                target.release(id, r, a).await?;
+                Ok(t)
             }))
             .await;
         let mut send_at = Vec::with_capacity(n);
@@ -244,131 +345,186 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let c1 = CpuSample::take(&bridge.proc, &sim.proc);
+    let c1 = CpuSample::take(server, sim);
     cpu.add(c0, c1);
     stopping.store(true, Ordering::Relaxed);
-    let rss = bridge.proc.rss_kib();
+    let rss = server.rss_kib();
     drop(channels);
     for r in readers {
         r.abort();
     }
 
-    let ev = Samples::new(per_event);
-    let fw = Samples::new(first_watcher);
-    let rd = Samples::new(per_round);
-    let spread = Samples::new(release_spread);
-    let cpu_per_delivery = cpu.bridge.as_nanos() as f64 / 1000.0 / delivered.max(1) as f64;
-    let shape = format!("{n} agents × {m} watchers");
+    Ok(Measured {
+        per_event,
+        first_watcher,
+        per_round,
+        release_spread,
+        cpu,
+        delivered,
+        rss,
+        open_time,
+        n_conn,
+    })
+}
+
+/// Percentiles (ms) of one target's samples.
+struct Figures {
+    ev: Samples,
+    fw: Samples,
+    rd: Samples,
+    spread: Samples,
+    cpu_per_delivery: f64,
+}
+
+fn figures(x: &Measured) -> Figures {
+    Figures {
+        ev: Samples::new(x.per_event.clone()),
+        fw: Samples::new(x.first_watcher.clone()),
+        rd: Samples::new(x.per_round.clone()),
+        spread: Samples::new(x.release_spread.clone()),
+        cpu_per_delivery: x.cpu.bridge.as_nanos() as f64 / 1000.0 / x.delivered.max(1) as f64,
+    }
+}
+
+fn ms(s: &Samples, q: f64) -> f64 {
+    us(s.q(q)) / 1000.0
+}
+
+fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
+    let (n, m) = (opts.agents, opts.watchers);
+    let streams = n * m;
+    let (bf, ff) = (figures(&b), figures(&f));
     report.info(
         "shape (streams over HTTP/2 connections)",
-        format!("{shape} = {streams} streams over {n_conn} conns"),
+        format!(
+            "{n} agents × {m} watchers = {streams} streams over {} conns",
+            b.n_conn
+        ),
     );
     report.info(
         "rounds measured (after warm-up)",
         format!("{} (+{WARMUP_ROUNDS})", opts.rounds),
     );
+    for (label, pick) in [
+        ("event → last of its agent's watchers", 0),
+        ("event → first of its agent's watchers", 1),
+    ] {
+        let (x, y) = if pick == 0 {
+            (&bf.ev, &ff.ev)
+        } else {
+            (&bf.fw, &ff.fw)
+        };
+        report.info(
+            format!("{label} p50 / p99: bridge; floor"),
+            format!(
+                "{:.2} / {:.2} ms; {:.2} / {:.2} ms",
+                ms(x, 0.5),
+                ms(x, 0.99),
+                ms(y, 0.5),
+                ms(y, 0.99)
+            ),
+        );
+    }
     report.info(
-        "event → last of its agent's watchers p50 / p99",
-        format!(
-            "{:.2} / {:.2} ms",
-            us(ev.q(0.5)) / 1000.0,
-            us(ev.q(0.99)) / 1000.0
-        ),
+        format!("round → last of all {streams} watchers p50: bridge; floor"),
+        format!("{:.2} ms; {:.2} ms", ms(&bf.rd, 0.5), ms(&ff.rd, 0.5)),
     );
-    report.info(
-        "event → first of its agent's watchers p50 / p99",
-        format!(
-            "{:.2} / {:.2} ms",
-            us(fw.q(0.5)) / 1000.0,
-            us(fw.q(0.99)) / 1000.0
-        ),
-    );
-    report.info(
-        format!("round → last of all {streams} watchers p50"),
-        format!("{:.2} ms", us(rd.q(0.5)) / 1000.0),
-    );
-    let p99 = us(rd.q(0.99)) / 1000.0;
+    let (bp99, fp99) = (ms(&bf.rd, 0.99), ms(&ff.rd, 0.99));
     report.target(
-        format!("round → last of all {streams} watchers p99"),
-        format!("{p99:.2} ms"),
-        p99,
-        20.0,
+        format!("round → last of all {streams} watchers p99, bridge vs floor"),
+        format!("{bp99:.2} vs {fp99:.2} ms (×{:.2})", bp99 / fp99.max(1e-9)),
+        bp99 - fp99,
+        0.0,
         false,
-        "≤ 20 ms (at 100 × 100)",
+        "≤ the floor's",
+    );
+    report.target(
+        "CPU per delivered event, bridge vs floor",
+        format!(
+            "{:.2} vs {:.2} µs ({} / {} deliveries)",
+            bf.cpu_per_delivery, ff.cpu_per_delivery, b.delivered, f.delivered
+        ),
+        bf.cpu_per_delivery - ff.cpu_per_delivery,
+        0.0,
+        false,
+        "≤ the floor's",
     );
     report.info(
-        "release spread within a round (first→last control request sent) p50 / p99",
+        "release spread within a round p99: bridge (simulator control) / floor (BeginPlay)",
         format!(
             "{:.2} / {:.2} ms",
-            us(spread.q(0.5)) / 1000.0,
-            us(spread.q(0.99)) / 1000.0
+            ms(&bf.spread, 0.99),
+            ms(&ff.spread, 0.99)
         ),
     );
     report.info(
-        "bridge CPU per delivered event",
-        format!("{cpu_per_delivery:.2} µs ({delivered} deliveries)"),
-    );
-    report.info(
-        "CPU share during rounds: bridge / simulator / bench",
+        "CPU share during rounds: bridge / simulator / bench; floor",
         format!(
-            "{:.0}% / {:.0}% / {:.0}% of a core",
-            CpuUse::pct(cpu.bridge, cpu.wall),
-            CpuUse::pct(cpu.sim, cpu.wall),
-            CpuUse::pct(cpu.bench, cpu.wall)
+            "{:.0}% / {:.0}% / {:.0}%; {:.0}% of a core",
+            CpuUse::pct(b.cpu.bridge, b.cpu.wall),
+            CpuUse::pct(b.cpu.sim, b.cpu.wall),
+            CpuUse::pct(b.cpu.bench, b.cpu.wall),
+            CpuUse::pct(f.cpu.bridge, f.cpu.wall),
         ),
     );
     report.info(
-        "CPU of other processes on the machine during rounds",
-        format!("{:.0}% of a core", cpu.foreign_pct()),
+        "CPU of other processes on the machine during rounds (bridge / floor)",
+        format!(
+            "{:.0}% / {:.0}% of a core",
+            b.cpu.foreign_pct(),
+            f.cpu.foreign_pct()
+        ),
     );
     report.info(
-        "time to open all streams",
-        format!("{:.2} s", open_time.as_secs_f64()),
+        "time to open all streams (bridge / floor)",
+        format!(
+            "{:.2} / {:.2} s",
+            b.open_time.as_secs_f64(),
+            f.open_time.as_secs_f64()
+        ),
     );
     report.info(
-        "bridge RSS with the streams open",
-        format!("{:.1} MiB", rss as f64 / 1024.0),
+        "RSS with the streams open (bridge / floor)",
+        format!(
+            "{:.1} / {:.1} MiB",
+            b.rss as f64 / 1024.0,
+            f.rss as f64 / 1024.0
+        ),
     );
-    failures.add_to(&mut report);
     report.set("agents", n);
     report.set("watchers_per_agent", m);
     report.set("streams", streams);
     report.set("rounds", opts.rounds);
-    report.set(
-        "event_to_last_watcher_p50_ms",
-        round(us(ev.q(0.5)) / 1000.0, 3),
-    );
-    report.set(
-        "event_to_last_watcher_p99_ms",
-        round(us(ev.q(0.99)) / 1000.0, 3),
-    );
-    report.set(
-        "event_to_first_watcher_p50_ms",
-        round(us(fw.q(0.5)) / 1000.0, 3),
-    );
-    report.set(
-        "round_to_last_watcher_p50_ms",
-        round(us(rd.q(0.5)) / 1000.0, 3),
-    );
-    report.set("round_to_last_watcher_p99_ms", round(p99, 3));
-    report.set(
-        "release_spread_p99_ms",
-        round(us(spread.q(0.99)) / 1000.0, 3),
-    );
-    report.set("bridge_cpu_per_delivery_us", round(cpu_per_delivery, 3));
-    report.set("deliveries", delivered);
-    report.set(
-        "bridge_cpu_pct",
-        round(CpuUse::pct(cpu.bridge, cpu.wall), 1),
-    );
-    report.set("sim_cpu_pct", round(CpuUse::pct(cpu.sim, cpu.wall), 1));
-    report.set("bench_cpu_pct", round(CpuUse::pct(cpu.bench, cpu.wall), 1));
-    report.set("bridge_rss_kib", rss);
-    report.set("foreign_cpu_pct", round(cpu.foreign_pct(), 1));
-    report.notes.push(format!(
-        "logs: {} {}",
-        bridge.proc.log.display(),
-        sim.proc.log.display()
-    ));
-    Ok(report)
+    for (who, x, fig) in [("bridge", &b, &bf), ("floor", &f, &ff)] {
+        report.set(
+            &format!("{who}_event_to_last_watcher_p50_ms"),
+            round(ms(&fig.ev, 0.5), 3),
+        );
+        report.set(
+            &format!("{who}_event_to_last_watcher_p99_ms"),
+            round(ms(&fig.ev, 0.99), 3),
+        );
+        report.set(
+            &format!("{who}_round_to_last_watcher_p50_ms"),
+            round(ms(&fig.rd, 0.5), 3),
+        );
+        report.set(
+            &format!("{who}_round_to_last_watcher_p99_ms"),
+            round(ms(&fig.rd, 0.99), 3),
+        );
+        report.set(
+            &format!("{who}_cpu_per_delivery_us"),
+            round(fig.cpu_per_delivery, 3),
+        );
+        report.set(&format!("{who}_deliveries"), x.delivered);
+        report.set(
+            &format!("{who}_cpu_pct"),
+            round(CpuUse::pct(x.cpu.bridge, x.cpu.wall), 1),
+        );
+        report.set(&format!("{who}_rss_kib"), x.rss);
+        report.set(
+            &format!("{who}_foreign_cpu_pct"),
+            round(x.cpu.foreign_pct(), 1),
+        );
+    }
 }

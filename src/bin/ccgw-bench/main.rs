@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! ./target/release/ccgw-bench unary|fanout|footprint|all [--quick]
+//! ./target/release/ccgw-bench unary|fanout|footprint|soak|all [--quick]
 //! ```
 //!
 //! The simulator (`ccgw-bridge simulate`) and the bridge (the release `ccgw-bridge` binary next to
@@ -13,11 +13,13 @@
 //! failed verification (or the setup failed). Missed targets are shown as FAIL in the table and
 //! `"targets_met":false` in the JSON, without changing the exit status.
 
+mod baseline;
 mod clients;
 mod fanout;
 mod footprint;
 mod procs;
 mod report;
+mod soak;
 mod unary;
 
 use clap::{Parser, ValueEnum};
@@ -32,7 +34,9 @@ enum Scenario {
     Fanout,
     /// RSS idle / with agents / with watchers, idle CPU, start to SERVING.
     Footprint,
-    /// The three, one after the other.
+    /// RSS at steady state: 64 busy agents, 16 play clients, churning watchers.
+    Soak,
+    /// All four, one after the other.
     All,
 }
 
@@ -85,9 +89,22 @@ struct Args {
     /// footprint: seconds to measure CPU with 1,000 agents in idle long polls.
     #[arg(long)]
     idle_seconds: Option<f64>,
+    /// soak: seconds of sustained load.
+    #[arg(long)]
+    soak_seconds: Option<f64>,
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("__serve") {
+        // A baseline server started by a scenario (see `baseline.rs`).
+        return match baseline::serve_main(std::env::args().skip(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ccgw-bench __serve: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     // The same TLS stack as the bridge's gateway client (ring); idempotent.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -126,7 +143,12 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let scenarios: &[Scenario] = match args.scenario {
-        Scenario::All => &[Scenario::Unary, Scenario::Fanout, Scenario::Footprint],
+        Scenario::All => &[
+            Scenario::Unary,
+            Scenario::Fanout,
+            Scenario::Footprint,
+            Scenario::Soak,
+        ],
         ref one => std::slice::from_ref(one),
     };
     let mut failed = false;
@@ -136,6 +158,16 @@ async fn run(args: Args) -> ExitCode {
             Scenario::Unary => unary::run(&bin, &unary_opts(&args)).await,
             Scenario::Fanout => fanout::run(&bin, &fanout_opts(&args)).await,
             Scenario::Footprint => footprint::run(&bin, &footprint_opts(&args)).await,
+            Scenario::Soak => {
+                let opts = soak::Opts {
+                    duration: Duration::from_secs_f64(args.soak_seconds.unwrap_or(if args.quick {
+                        10.0
+                    } else {
+                        120.0
+                    })),
+                };
+                soak::run(&bin, &opts).await
+            }
             Scenario::All => unreachable!(),
         };
         match result {
@@ -178,7 +210,11 @@ fn fanout_opts(a: &Args) -> fanout::Opts {
 
 fn footprint_opts(a: &Args) -> footprint::Opts {
     footprint::Opts {
-        agents: if a.quick { 100 } else { 1000 },
+        agent_steps: if a.quick {
+            vec![100]
+        } else {
+            vec![100, 1_000, 10_000]
+        },
         watcher_steps: if a.quick {
             vec![1_000, 5_000]
         } else {

@@ -1,5 +1,6 @@
-//! The processes under test: the simulator (`ccgw-bridge simulate`) and the bridge (the release
-//! `ccgw-bridge` binary), started on loopback, observed through `/proc`, killed on drop.
+//! The processes under test: the simulator (`ccgw-bridge simulate`), the bridge (the release
+//! `ccgw-bridge` binary) and the baselines (`ccgw-bench __serve`), started on loopback, observed
+//! through `/proc`, killed on drop.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -242,10 +243,31 @@ pub struct Sim {
 
 /// Starts `ccgw-bridge simulate` on an ephemeral loopback port.
 pub fn start_sim(bin: &Path, poll_hold: &str, play_duration: &str) -> Result<Sim, BoxError> {
-    let log = log_path("sim");
-    let mut child = command(bin)
-        .args(["simulate", "--listen", "127.0.0.1:0"])
-        .args(["--poll-hold", poll_hold, "--play-duration", play_duration])
+    let mut cmd = command(bin);
+    cmd.args(["simulate", "--listen", "127.0.0.1:0"]).args([
+        "--poll-hold",
+        poll_hold,
+        "--play-duration",
+        play_duration,
+    ]);
+    let (proc, lines) = spawn_announcing(cmd, "sim", &["url=", "ca="], Duration::from_secs(20))?;
+    Ok(Sim {
+        proc,
+        url: lines[0].clone(),
+        ca: PathBuf::from(&lines[1]),
+    })
+}
+
+/// Spawns `cmd` with its stderr in a log named `name` and waits until its stdout has printed a
+/// line starting with each of `keys`; returns the rest of those lines, in the order of `keys`.
+fn spawn_announcing(
+    mut cmd: Command,
+    name: &str,
+    keys: &[&str],
+    limit: Duration,
+) -> Result<(Proc, Vec<String>), BoxError> {
+    let log = log_path(name);
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
@@ -260,32 +282,54 @@ pub fn start_sim(bin: &Path, poll_hold: &str, play_duration: &str) -> Result<Sim
     };
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        // Forward the first lines, then keep draining so the simulator never blocks on stdout.
+        // Forward the first lines, then keep draining so the child never blocks on stdout.
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let _ = tx.send(line);
         }
     });
-    let (mut url, mut ca) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while url.is_none() || ca.is_none() {
+    let mut found: Vec<Option<String>> = vec![None; keys.len()];
+    let deadline = Instant::now() + limit;
+    while found.iter().any(Option::is_none) {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).map_err(|_| {
             format!(
-                "the simulator printed no url=/ca= lines within 20 s; its log:\n{}",
+                "{name} printed no {keys:?} lines within {limit:?}; its log:\n{}",
                 proc.log_tail()
             )
         })?;
-        if let Some(u) = line.strip_prefix("url=") {
-            url = Some(u.to_owned());
-        } else if let Some(c) = line.strip_prefix("ca=") {
-            ca = Some(PathBuf::from(c));
+        for (k, slot) in keys.iter().zip(found.iter_mut()) {
+            if let Some(v) = line.strip_prefix(k) {
+                *slot = Some(v.to_owned());
+            }
         }
     }
-    Ok(Sim {
+    Ok((proc, found.into_iter().flatten().collect()))
+}
+
+/// A baseline server (`ccgw-bench __serve KIND`, see `baseline.rs`) and its gRPC URL.
+pub struct Baseline {
+    pub proc: Proc,
+    pub url: String,
+}
+
+/// Starts a baseline server of `kind` (`relay`, `echo`, `broadcast`) in its own process; a relay
+/// signs agents `first .. first+count` in at `sim` before it announces itself.
+pub fn start_baseline(
+    kind: &str,
+    sim: &Sim,
+    first: usize,
+    count: usize,
+) -> Result<Baseline, BoxError> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["__serve", kind, "--sim-url", &sim.url])
+        .arg("--ca")
+        .arg(&sim.ca)
+        .args(["--first", &first.to_string(), "--count", &count.to_string()]);
+    let (proc, lines) = spawn_announcing(cmd, kind, &["url="], Duration::from_secs(60))?;
+    Ok(Baseline {
         proc,
-        url: url.unwrap_or_default(),
-        ca: ca.unwrap_or_default(),
+        url: lines[0].clone(),
     })
 }
 

@@ -176,6 +176,11 @@ pub fn us_diff(a: u64, b: u64) -> f64 {
 }
 
 /// Rounds to `d` decimals.
+/// KiB as MiB, one decimal.
+pub fn mib(kib: u64) -> f64 {
+    round(kib as f64 / 1024.0, 1)
+}
+
 pub fn round(x: f64, d: i32) -> f64 {
     let p = 10f64.powi(d);
     (x * p).round() / p
