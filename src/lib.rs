@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 pub mod gateway;
 pub mod grpc;
+pub mod pool;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::gateway::{ClientBuildError, GatewayClient};
 use crate::grpc::auth::TokenCheck;
 use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
+use crate::pool::{Pool, PoolError};
 use crate::proto::server::agent_session_service_server::AgentSessionServiceServer;
 use crate::proto::server::record_play_service_server::RecordPlayServiceServer;
 use crate::session::Sessions;
@@ -46,6 +47,9 @@ pub enum RunError {
     /// A listener failed.
     #[error("serving: {0}")]
     Serve(String),
+    /// The agent pool could not start.
+    #[error("agent pool: {0}")]
+    Pool(#[from] PoolError),
 }
 
 /// Service names whose health is reported, besides the overall `""`.
@@ -66,9 +70,15 @@ pub async fn run(
     }
     let gateway = GatewayClient::new(config.gateway.clone(), metrics.clone())?;
     let sessions = Sessions::new(gateway.clone(), config.sessions.clone(), metrics.clone());
-    for agent in &config.agents {
-        sessions.keep_signed_in(&agent.agent_id, agent.params.clone());
-    }
+    let pool = match &config.pool {
+        Some(pool) => Some(Pool::connect(pool, sessions.clone(), config.agents.clone()).await?),
+        None => {
+            for agent in &config.agents {
+                sessions.keep_signed_in(&agent.agent_id, agent.params.clone());
+            }
+            None
+        }
+    };
     let bridge = Bridge {
         sessions: sessions.clone(),
         limits: Arc::new(config.limits.clone()),
@@ -179,6 +189,9 @@ pub async fn run(
     tracing::info!(timeout = ?config.drain_timeout, "draining");
     let started = Instant::now();
     draining.cancel();
+    if let Some(pool) = &pool {
+        pool.freeze();
+    }
     let _ = readiness.await;
     ready.store(false, Ordering::Release);
     set_health(&reporter, ServingStatus::NotServing).await;
@@ -199,6 +212,16 @@ pub async fn run(
     {
         tracing::warn!("gRPC calls still open at the drain deadline; closing them");
         grpc.abort();
+    }
+    if let Some(pool) = pool {
+        // Hand the pool's agents over first (sign out, then release), within the budget.
+        let leave = pool.leave(&sessions, config.sign_out_on_shutdown, Some(deadline));
+        if tokio::time::timeout_at(deadline.into(), leave)
+            .await
+            .is_err()
+        {
+            tracing::warn!("pool hand-over still running at the drain deadline");
+        }
     }
     if config.sign_out_on_shutdown
         && tokio::time::timeout_at(deadline.into(), sessions.sign_out_all(Some(deadline)))

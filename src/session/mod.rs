@@ -5,10 +5,12 @@
 //! Guid is sent again with each newer Guid the poll loop delivers, or once after signing in
 //! again with held credentials; nothing else is retried (see [`Sessions::call`]).
 
+mod gate;
 mod params;
 #[allow(clippy::module_inception)]
 mod session;
 
+pub use gate::SignInGate;
 pub use params::SignInParams;
 pub use session::{Session, SessionInfo, State};
 
@@ -18,7 +20,7 @@ use crate::telemetry::Metrics;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,6 +71,14 @@ pub enum SessionError {
         /// The agent asked for.
         agent_id: String,
     },
+    /// Another instance of the agent pool owns the agent (or none does yet).
+    #[error("agent {agent_id} is not owned by this bridge instance{}", owner.as_deref().map(|o| format!("; instance {o} owns it")).unwrap_or_default())]
+    NotOwned {
+        /// The agent asked for.
+        agent_id: String,
+        /// The owner's instance name, if known.
+        owner: Option<String>,
+    },
     /// The bridge is draining.
     #[error("the bridge is shutting down")]
     ShuttingDown,
@@ -110,6 +120,7 @@ struct Shared {
     shutdown: CancellationToken,
     draining: AtomicBool,
     tasks: TaskTracker,
+    gate: OnceLock<Arc<dyn SignInGate>>,
 }
 
 /// The registry of agent sessions; cheap to clone, shared by every RPC handler.
@@ -130,6 +141,7 @@ impl Sessions {
                 shutdown: CancellationToken::new(),
                 draining: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
+                gate: OnceLock::new(),
             }),
         }
     }
@@ -139,10 +151,42 @@ impl Sessions {
     }
 
     fn slot(&self, agent_id: &str) -> Result<Arc<Slot>, SessionError> {
-        self.slots()
-            .get(agent_id)
-            .cloned()
-            .ok_or_else(|| not_signed_in(agent_id))
+        let slot = self.slots().get(agent_id).cloned();
+        match slot {
+            Some(slot) => Ok(slot),
+            None => Err(self
+                .check_gate(agent_id)
+                .err()
+                .unwrap_or_else(|| not_signed_in(agent_id))),
+        }
+    }
+
+    /// Installs the coordinator every later sign-in must pass (the agent pool); once.
+    pub fn set_gate(&self, gate: Arc<dyn SignInGate>) {
+        let _ = self.shared.gate.set(gate);
+    }
+
+    fn check_gate(&self, agent_id: &str) -> Result<(), SessionError> {
+        match self.shared.gate.get().map(|g| g.may_sign_in(agent_id)) {
+            Some(Err(owner)) => Err(SessionError::NotOwned {
+                agent_id: agent_id.to_owned(),
+                owner,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the agent's session here without signing it out and forgets the agent: the
+    /// coordinator gave it to another instance, whose sign-in replaces (or replaced) this one.
+    pub async fn forget(&self, agent_id: &str) {
+        let Ok((slot, _guard)) = self.lock_slot(agent_id, false).await else {
+            return;
+        };
+        let session = slot.lock().session.clone();
+        if let Some(session) = session {
+            self.end(&session, End::SessionEnded);
+        }
+        self.remove_if_same(agent_id, &slot);
     }
 
     /// Locks the agent's lifecycle, creating its slot if needed, and makes sure the slot is
@@ -222,6 +266,7 @@ impl Sessions {
         take_over: bool,
         deadline: Option<Instant>,
     ) -> Result<Arc<Session>, SessionError> {
+        self.check_gate(agent_id)?;
         let auth = Arc::new(AgentAuth::default());
         let gw = &self.shared.gateway;
         let body = params.body();
@@ -546,6 +591,7 @@ impl Sessions {
                 match this.resign_in(&agent_id, None, None).await {
                     Ok(_) => return,
                     Err(SessionError::ShuttingDown | SessionError::NotSignedIn { .. }) => return,
+                    Err(SessionError::NotOwned { .. }) => return this.forget(&agent_id).await,
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(agent_id = %agent_id, error = %e, failures, "automatic sign-in failed; retrying");
