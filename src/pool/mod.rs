@@ -455,6 +455,10 @@ impl<B: Backend> Reconciler<B> {
                 Some(owner) if *owner == me => {
                     if desired != me && owned_here {
                         hand_over.push(agent.clone());
+                    } else if owned_here && self.sessions.info(agent).is_err() {
+                        // Owned, but its session was given up while new sign-ins were refused
+                        // (coordinator unreachable): sign it in again, plainly.
+                        self.spawn_sign_in(agent, params, None);
                     }
                 }
                 Some(owner) => {
@@ -495,6 +499,10 @@ impl<B: Backend> Reconciler<B> {
         tracing::info!(agent_id = %agent, previous = ?crashed_holder, "pool: agent owned here now; signing it in");
         self.ownership.lock().owned.insert(agent.to_owned());
         self.ownership.changed();
+        self.spawn_sign_in(agent, params, crashed_holder);
+    }
+
+    fn spawn_sign_in(&self, agent: &str, params: &SignInParams, crashed_holder: Option<String>) {
         let sessions = self.sessions.clone();
         let ownership = self.ownership.clone();
         let agent = agent.to_owned();
