@@ -374,6 +374,11 @@ impl BridgeArgs {
         if self.etcd_endpoints.is_empty() {
             return Ok(None);
         }
+        if !cfg!(feature = "pool") {
+            return Err(invalid(
+                "--etcd-endpoints needs a ccgw-bridge built with the `pool` feature (cargo build --features pool)",
+            ));
+        }
         if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl.subsec_nanos() != 0 {
             return Err(invalid(
                 "--lease-ttl must be a whole number of seconds, at least 2s",

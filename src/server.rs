@@ -71,7 +71,15 @@ pub async fn run(
     let gateway = GatewayClient::new(config.gateway.clone(), metrics.clone())?;
     let sessions = Sessions::new(gateway.clone(), config.sessions.clone(), metrics.clone());
     let pool = match &config.pool {
-        Some(pool) => Some(Pool::connect(pool, sessions.clone(), config.agents.clone()).await?),
+        Some(pool) => Some(
+            Pool::connect(
+                pool,
+                sessions.clone(),
+                config.agents.clone(),
+                metrics.clone(),
+            )
+            .await?,
+        ),
         None => {
             for agent in &config.agents {
                 sessions.keep_signed_in(&agent.agent_id, agent.params.clone());

@@ -30,6 +30,7 @@ pub struct Metrics {
     events_received: Counter,
     events_delivered: Counter,
     watcher_overruns: Counter,
+    pool: crate::pool::PoolMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -110,7 +111,9 @@ impl Default for Metrics {
             "Watchers ended because they fell behind the retained window",
             watcher_overruns.clone(),
         );
+        let pool = crate::pool::PoolMetrics::registered(&mut registry);
         Self {
+            pool,
             registry,
             rpc_total,
             rpc_seconds,
@@ -197,6 +200,11 @@ impl Metrics {
     /// A watcher fell out of the retained window.
     pub fn watcher_overrun(&self) {
         self.watcher_overruns.inc();
+    }
+
+    /// The agent pool's metrics.
+    pub fn pool(&self) -> &crate::pool::PoolMetrics {
+        &self.pool
     }
 
     /// The Prometheus text exposition of every metric.

@@ -27,6 +27,15 @@ pub struct EtcdBackend {
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
+/// Whether etcd answered that the lease no longer exists (expired or revoked).
+fn lease_gone(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::NotFound,
+        _ => false,
+    }
+}
+
 fn coordinator(e: impl std::fmt::Display) -> PoolError {
     PoolError::Coordinator(e.to_string())
 }
@@ -110,7 +119,16 @@ impl Backend for EtcdBackend {
         let id = self.lease()?;
         let mut client = self.client().await?;
         if self.keeper.is_none() {
-            self.keeper = Some(self.bounded(client.lease_keep_alive(id)).await?);
+            // Opening the stream sends a first keep-alive; a lease that is gone fails it.
+            match tokio::time::timeout(self.bound(), client.lease_keep_alive(id)).await {
+                Ok(Ok(keeper)) => self.keeper = Some(keeper),
+                Ok(Err(e)) if lease_gone(&e) => {
+                    self.lease = None;
+                    return Ok(Renewal::Lost);
+                }
+                Ok(Err(e)) => return Err(coordinator(e)),
+                Err(_) => return Err(PoolError::Coordinator("keep-alive timed out".into())),
+            }
         }
         let bound = self.bound();
         let Some((keeper, stream)) = self.keeper.as_mut() else {
@@ -136,6 +154,10 @@ impl Backend for EtcdBackend {
             }
             Ok(Err(e)) => {
                 self.keeper = None;
+                if lease_gone(&e) {
+                    self.lease = None;
+                    return Ok(Renewal::Lost);
+                }
                 Err(coordinator(e))
             }
             Err(_) => {

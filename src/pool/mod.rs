@@ -18,14 +18,17 @@
 
 #[cfg(feature = "pool")]
 mod etcd;
+mod metrics;
 mod rendezvous;
 
 #[cfg(feature = "pool")]
 pub use etcd::EtcdBackend;
+pub use metrics::PoolMetrics;
 pub use rendezvous::choose;
 
 use crate::config::PinnedAgent;
 use crate::session::{SessionError, Sessions, SignInGate, SignInParams};
+use crate::telemetry::Metrics;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -141,6 +144,7 @@ pub struct Ownership {
     pool: HashSet<String>,
     state: Mutex<OwnershipState>,
     changes: tokio::sync::watch::Sender<u64>,
+    metrics: Arc<Metrics>,
 }
 
 /// A snapshot of this instance's place in the pool.
@@ -159,7 +163,7 @@ pub struct PoolStatus {
 }
 
 impl Ownership {
-    fn new(instance: String, pool: HashSet<String>) -> Self {
+    fn new(instance: String, pool: HashSet<String>, metrics: Arc<Metrics>) -> Self {
         Self {
             instance,
             pool,
@@ -172,6 +176,7 @@ impl Ownership {
                 take_overs: 0,
             }),
             changes: tokio::sync::watch::Sender::new(0),
+            metrics,
         }
     }
 
@@ -199,6 +204,11 @@ impl Ownership {
     }
 
     fn changed(&self) {
+        let (owned, lease) = {
+            let s = self.lock();
+            (s.owned.len(), s.lease)
+        };
+        self.metrics.pool().set(owned, lease);
         self.changes.send_modify(|n| *n += 1);
     }
 
@@ -275,15 +285,16 @@ impl Pool {
         config: &PoolConfig,
         sessions: Sessions,
         agents: Vec<PinnedAgent>,
+        metrics: Arc<Metrics>,
     ) -> Result<Pool, PoolError> {
         #[cfg(feature = "pool")]
         {
             let backend = EtcdBackend::connect(config).await?;
-            Ok(Pool::start(backend, config, sessions, agents))
+            Ok(Pool::start(backend, config, sessions, agents, metrics))
         }
         #[cfg(not(feature = "pool"))]
         {
-            let _ = (config, sessions, agents);
+            let _ = (config, sessions, agents, metrics);
             Err(PoolError::NotBuilt)
         }
     }
@@ -294,11 +305,14 @@ impl Pool {
         config: &PoolConfig,
         sessions: Sessions,
         agents: Vec<PinnedAgent>,
+        metrics: Arc<Metrics>,
     ) -> Pool {
         let ownership = Arc::new(Ownership::new(
             config.instance.clone(),
             agents.iter().map(|a| a.agent_id.clone()).collect(),
+            metrics,
         ));
+        ownership.changed();
         sessions.set_gate(ownership.clone());
         let stop = CancellationToken::new();
         let reconciler = Reconciler {
@@ -537,6 +551,7 @@ impl<B: Backend> Reconciler<B> {
             match self.backend.release(&agent).await {
                 Ok(()) => {
                     self.ownership.lock().hand_overs += 1;
+                    self.ownership.metrics.pool().handed_over();
                     tracing::info!(agent_id = %agent, "pool: agent signed out and handed over");
                 }
                 // The lease will end it; the next owner then sees a crashed holder.
@@ -567,6 +582,7 @@ async fn sign_in_owned(
             };
             if sessions.sign_in(agent, forced, None).await.is_ok() {
                 ownership.lock().take_overs += 1;
+                ownership.metrics.pool().taken_over();
             }
         }
     }

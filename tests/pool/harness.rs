@@ -41,7 +41,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::thread::panicking() {
+            eprintln!("logs kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -429,4 +433,35 @@ pub fn sign_ins(requests: &[RecordedRequest]) -> (usize, usize) {
             (0, 0),
             |(p, f), (_, forced)| if forced { (p, f + 1) } else { (p + 1, f) },
         )
+}
+
+impl Bridge {
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin port");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bridge\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    /// An AgentSessionService client.
+    pub async fn client(&self) -> AgentSessionServiceClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .expect("bridge accepts connections");
+        AgentSessionServiceClient::new(ch)
+    }
+}
+
+/// Whether `metrics` has the sample `line` (name, labels and value, e.g. `x_total 3`).
+pub fn has_sample(metrics: &str, line: &str) -> bool {
+    metrics.lines().any(|l| l == line)
 }

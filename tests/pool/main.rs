@@ -6,9 +6,11 @@
 mod harness;
 
 use ccgw_bridge::pool::choose;
+use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};
 use harness::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use tonic_types::StatusExt;
 
 const TTL: Duration = Duration::from_secs(3);
 /// Bound of any wait for something that does not depend on a lease expiring.
@@ -156,6 +158,14 @@ async fn pool_of_two_spreads_agents_fails_over_after_sigkill_and_takes_a_restart
         );
     }
     assert!(killed.elapsed() < TTL + Duration::from_secs(5));
+    let metrics = a.metrics().await;
+    for sample in [
+        "ccgw_pool_agents_owned 6".to_string(),
+        format!("ccgw_pool_take_overs_total {}", want_b.len()),
+        "ccgw_pool_lease{state=\"held\"} 1".to_string(),
+    ] {
+        assert!(has_sample(&metrics, &sample), "{sample} in\n{metrics}");
+    }
 
     // b restarted: its agents come back by hand-over (logout, then plain login), never forced.
     let before = p.sim.requests().len();
@@ -201,6 +211,35 @@ async fn rolling_update_new_bridge_is_ready_while_the_old_holds_the_agents_and_t
         "the old bridge still holds every agent"
     );
     assert!(new.held().await.is_empty());
+    // Callers of the new sidecar are told who owns the agents; it signs nothing in for them.
+    let before = p.sim.requests().len();
+    let mut client = new.client().await;
+    let get = client
+        .get_session(GetSessionRequest {
+            agent_id: agents[0].clone(),
+        })
+        .await
+        .expect_err("not owned here");
+    let sign_in = client
+        .sign_in(SignInRequest {
+            agent_id: agents[0].clone(),
+            password: "secret".into(),
+            phone_number: "80000".into(),
+            force: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("not owned here");
+    for status in [get, sign_in] {
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "AGENT_NOT_OWNED");
+        assert_eq!(
+            info.metadata.get("owner").map(String::as_str),
+            Some("roll-old")
+        );
+    }
+    assert_eq!(sign_ins(&p.sim.requests()[before..]), (0, 0));
 
     let term = Instant::now();
     old.sigterm_and_wait().await;
@@ -347,6 +386,10 @@ async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
     }
     assert!(p.sim.stats().polls > polls, "sessions are still polled");
     assert!(a.log_text().contains("coordinator unreachable"));
+    assert!(has_sample(
+        &a.metrics().await,
+        "ccgw_pool_lease{state=\"coordinator_unreachable\"} 1"
+    ));
 
     // The gateway ends one of a's sessions: with no valid lease, a does not sign it in again.
     let kicked = want_a.iter().next().unwrap().clone();
