@@ -233,7 +233,9 @@ impl SignInGate for Ownership {
             return Ok(());
         }
         let s = self.lock();
-        let lease_valid = s.valid_until.is_some_and(|t| Instant::now() < t);
+        // Renewed at the last attempt, and surely not expired since (monotonic clock).
+        let lease_valid =
+            s.lease == LeaseState::Held && s.valid_until.is_some_and(|t| Instant::now() < t);
         if lease_valid && s.owned.contains(agent_id) {
             return Ok(());
         }

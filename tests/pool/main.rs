@@ -422,3 +422,58 @@ fn agents_for_member_of(agents: &[String], names: &[&str], name: &str) -> BTreeS
         .cloned()
         .collect()
 }
+
+#[test]
+fn pool_flags_are_validated_before_anything_starts() {
+    use ccgw_bridge::config::Cli;
+    use clap::Parser;
+    let dir = TempDir::new("cfg");
+    let agents = agents_file(&dir.0, &["2001".to_string()]);
+    let validate = |extra: &[&str]| {
+        let mut args = vec![
+            "ccgw-bridge",
+            "--gateway-url",
+            "https://127.0.0.1:8043",
+            "--agents-file",
+            agents.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap().bridge.validate(None)
+    };
+    assert!(
+        validate(&[]).unwrap().pool.is_none(),
+        "off without endpoints"
+    );
+    let pool = validate(&[
+        "--etcd-endpoints",
+        "http://127.0.0.1:2379,http://127.0.0.1:2380",
+        "--etcd-prefix",
+        "/p",
+        "--instance-name",
+        "pod-1",
+    ])
+    .unwrap()
+    .pool
+    .unwrap();
+    assert_eq!(pool.endpoints.len(), 2);
+    assert_eq!(pool.prefix, "/p/");
+    assert_eq!(pool.instance, "pod-1");
+    assert_eq!(pool.lease_ttl, Duration::from_secs(6));
+    let e = ["--etcd-endpoints", "http://127.0.0.1:2379"];
+    for bad in [
+        ["--lease-ttl", "1s"],
+        ["--lease-ttl", "2500ms"],
+        ["--instance-name", "a/b"],
+    ] {
+        let err = validate(&[e[0], e[1], bad[0], bad[1]])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(bad[0]), "{err}");
+    }
+    // force = true would make instances kick each other: refused in pool mode.
+    let text = std::fs::read_to_string(&agents).unwrap() + "force = true\n";
+    std::fs::write(&agents, text).unwrap();
+    assert!(validate(&[]).is_ok());
+    let err = validate(&e).unwrap_err().to_string();
+    assert!(err.contains("force = true"), "{err}");
+}
