@@ -95,6 +95,7 @@ pub async fn run(
         in_flight: Arc::new(tokio::sync::Semaphore::new(
             config.server.max_concurrent_requests,
         )),
+        pool: pool.as_ref().map(|p| p.ownership().clone()),
     };
     let limits = &config.server;
     if limits.tls.is_none()

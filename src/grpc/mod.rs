@@ -35,6 +35,8 @@ pub struct Bridge {
     /// Permits for concurrently running calls (`--max-concurrent-requests`); excess calls are
     /// refused at once rather than queued behind a slow gateway.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// This instance's agent-pool ownership (`--etcd-endpoints`), for `WatchOwnership`.
+    pub pool: Option<Arc<crate::pool::Ownership>>,
 }
 
 impl Bridge {

@@ -145,6 +145,7 @@ pub struct Ownership {
     state: Mutex<OwnershipState>,
     changes: tokio::sync::watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 }
 
 /// A snapshot of this instance's place in the pool.
@@ -177,6 +178,7 @@ impl Ownership {
             }),
             changes: tokio::sync::watch::Sender::new(0),
             metrics,
+            stop: CancellationToken::new(),
         }
     }
 
@@ -196,6 +198,11 @@ impl Ownership {
             hand_overs: s.hand_overs,
             take_overs: s.take_overs,
         }
+    }
+
+    /// Cancelled when the pool stops (the bridge drains).
+    pub fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Ticks whenever the set of owned agents or the lease state changes.
@@ -316,7 +323,7 @@ impl Pool {
         ));
         ownership.changed();
         sessions.set_gate(ownership.clone());
-        let stop = CancellationToken::new();
+        let stop = ownership.stop.clone();
         let reconciler = Reconciler {
             backend,
             ownership: ownership.clone(),

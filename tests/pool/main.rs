@@ -6,7 +6,7 @@
 mod harness;
 
 use ccgw_bridge::pool::choose;
-use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};
+use ccgw_bridge::proto::{GetSessionRequest, SignInRequest, WatchOwnershipRequest};
 use harness::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -241,6 +241,30 @@ async fn rolling_update_new_bridge_is_ready_while_the_old_holds_the_agents_and_t
     }
     assert_eq!(sign_ins(&p.sim.requests()[before..]), (0, 0));
 
+    // Both apps follow their sidecar's ownership.
+    let mut new_owned = new
+        .client()
+        .await
+        .watch_ownership(WatchOwnershipRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut old_owned = old
+        .client()
+        .await
+        .watch_ownership(WatchOwnershipRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = new_owned.message().await.unwrap().unwrap();
+    assert_eq!(first.instance, "roll-new");
+    assert!(first.agent_ids.is_empty());
+    assert_eq!(first.lease_state, "held");
+    assert_eq!(
+        old_owned.message().await.unwrap().unwrap().agent_ids,
+        agents
+    );
+
     let term = Instant::now();
     old.sigterm_and_wait().await;
     let exited = term.elapsed();
@@ -254,6 +278,20 @@ async fn rolling_update_new_bridge_is_ready_while_the_old_holds_the_agents_and_t
         "figure: hand-over after SIGTERM: {:?} (the old bridge exited after {exited:?})",
         term.elapsed()
     );
+    // The old sidecar's stream ended with the drain; the new one saw each agent arrive.
+    let mut end = None;
+    while let Some(item) = old_owned.message().await.transpose() {
+        if let Err(status) = item {
+            end = Some(status.code());
+            break;
+        }
+    }
+    assert_eq!(end, Some(tonic::Code::Unavailable));
+    let mut seen = Vec::new();
+    while seen.last() != Some(&agents) {
+        seen.push(new_owned.message().await.unwrap().unwrap().agent_ids);
+    }
+    assert!(seen.iter().all(|s| s.iter().all(|a| all.contains(a))));
     let (plain, forced) = sign_ins(&p.sim.requests());
     assert_eq!(forced, 0, "no forcelogin at any point");
     assert_eq!(
