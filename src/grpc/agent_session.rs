@@ -19,7 +19,7 @@ pub struct AgentSessionApi(pub Bridge);
 /// The current ownership, then one snapshot per change, until the pool stops (drain).
 fn ownership_stream(pool: Arc<crate::pool::Ownership>) -> EventStream<Ownership> {
     use futures::StreamExt;
-    let stopped = pool.stopped();
+    let draining = pool.draining();
     let snapshots = tokio_stream::wrappers::WatchStream::new(pool.subscribe()).map(move |_| {
         let s = pool.status();
         Ok(Ownership {
@@ -37,7 +37,7 @@ fn ownership_stream(pool: Arc<crate::pool::Ownership>) -> EventStream<Ownership>
             &[],
         ))
     });
-    Box::pin(snapshots.take_until(stopped.cancelled_owned()).chain(end))
+    Box::pin(snapshots.take_until(draining.cancelled_owned()).chain(end))
 }
 
 fn session_proto(info: SessionInfo) -> Session {

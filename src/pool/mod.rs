@@ -145,7 +145,7 @@ pub struct Ownership {
     state: Mutex<OwnershipState>,
     changes: tokio::sync::watch::Sender<u64>,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
+    draining: CancellationToken,
 }
 
 /// A snapshot of this instance's place in the pool.
@@ -178,7 +178,7 @@ impl Ownership {
             }),
             changes: tokio::sync::watch::Sender::new(0),
             metrics,
-            stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
         }
     }
 
@@ -200,9 +200,9 @@ impl Ownership {
         }
     }
 
-    /// Cancelled when the pool stops (the bridge drains).
-    pub fn stopped(&self) -> CancellationToken {
-        self.stop.clone()
+    /// Cancelled when the bridge starts draining: ownership changes no more.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
     }
 
     /// Ticks whenever the set of owned agents or the lease state changes.
@@ -323,7 +323,7 @@ impl Pool {
         ));
         ownership.changed();
         sessions.set_gate(ownership.clone());
-        let stop = ownership.stop.clone();
+        let stop = CancellationToken::new();
         let reconciler = Reconciler {
             backend,
             ownership: ownership.clone(),
@@ -352,9 +352,10 @@ impl Pool {
         &self.ownership
     }
 
-    /// Stops taking and handing over agents (first step of a drain). Sessions keep running.
+    /// Stops taking and handing over agents (first step of a drain). Sessions keep running,
+    /// and so does the lease's renewal, so the drain's hand-over happens under a live lease.
     pub fn freeze(&self) {
-        self.stop.cancel();
+        self.ownership.draining.cancel();
     }
 
     /// The drain's hand-over: with `sign_out`, signs every owned agent out (in parallel) and
@@ -444,6 +445,9 @@ impl<B: Backend> Reconciler<B> {
                     self.ownership.set_lease(LeaseState::Unreachable, None);
                     continue;
                 }
+            }
+            if self.ownership.draining.is_cancelled() {
+                continue;
             }
             match self.backend.view().await {
                 Ok(view) => self.reconcile(view).await,
