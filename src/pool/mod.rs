@@ -403,6 +403,9 @@ impl<B: Backend> Reconciler<B> {
     async fn run(mut self) -> Box<dyn Leave> {
         let mut joined = false;
         let mut first = true;
+        // Set when the lease is held again after the coordinator was unreachable: sessions
+        // given up meanwhile (sign-ins were refused) are signed in again at the next reconcile.
+        let mut resync = false;
         loop {
             if !first {
                 tokio::select! {
@@ -426,6 +429,7 @@ impl<B: Backend> Reconciler<B> {
                         tracing::info!(instance = %self.ownership.instance, ?ttl, "pool: joined");
                     } else if self.ownership.lock().lease == LeaseState::Unreachable {
                         tracing::info!("pool: coordinator reachable again; lease still held");
+                        resync = true;
                     }
                     joined = true;
                     self.ownership.set_lease(LeaseState::Held, Some(sent + ttl));
@@ -450,7 +454,9 @@ impl<B: Backend> Reconciler<B> {
                 continue;
             }
             match self.backend.view().await {
-                Ok(view) => self.reconcile(view).await,
+                Ok(view) => {
+                    self.reconcile(view, std::mem::take(&mut resync)).await;
+                }
                 Err(e) => tracing::warn!(error = %e, "pool: reading the pool failed"),
             }
         }
@@ -466,7 +472,7 @@ impl<B: Backend> Reconciler<B> {
         self.ownership.changed();
     }
 
-    async fn reconcile(&mut self, view: View) {
+    async fn reconcile(&mut self, view: View, resync: bool) {
         let me = self.ownership.instance.clone();
         let mut members = view.members.clone();
         if !members.contains(&me) {
@@ -482,9 +488,10 @@ impl<B: Backend> Reconciler<B> {
                 Some(owner) if *owner == me => {
                     if desired != me && owned_here {
                         hand_over.push(agent.clone());
-                    } else if owned_here && self.sessions.info(agent).is_err() {
+                    } else if resync && owned_here && self.sessions.info(agent).is_err() {
                         // Owned, but its session was given up while new sign-ins were refused
-                        // (coordinator unreachable): sign it in again, plainly.
+                        // (coordinator unreachable): sign it in again, plainly. (Not at every
+                        // tick: a caller's SignOut of an owned agent stays signed out.)
                         self.spawn_sign_in(agent, params, None);
                     }
                 }
