@@ -25,6 +25,9 @@ pub struct EtcdBackend {
     client: Option<Client>,
     lease: Option<i64>,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// A renewal failed since the membership key was last written: write it again once the
+    /// lease is renewed (an etcd that lost acknowledged writes may have lost it).
+    reassert: bool,
 }
 
 /// Whether etcd answered that the lease no longer exists (expired or revoked).
@@ -51,6 +54,7 @@ impl EtcdBackend {
             client: None,
             lease: None,
             keeper: None,
+            reassert: false,
         })
     }
 
@@ -92,30 +96,8 @@ impl EtcdBackend {
         self.lease
             .ok_or_else(|| PoolError::Coordinator("no lease".into()))
     }
-}
-
-impl Backend for EtcdBackend {
-    async fn join(&mut self) -> Result<Duration, PoolError> {
-        let mut client = self.client().await?;
-        let ttl_secs = self.ttl.as_secs().max(1) as i64;
-        let grant = self.bounded(client.lease_grant(ttl_secs, None)).await?;
-        let id = grant.id();
-        let member = self.key("members", &self.instance);
-        let put = client.put(
-            member,
-            self.instance.as_bytes(),
-            Some(PutOptions::new().with_lease(id)),
-        );
-        if let Err(e) = self.bounded(put).await {
-            let _ = self.bounded(client.lease_revoke(id)).await;
-            return Err(e);
-        }
-        self.lease = Some(id);
-        self.keeper = None;
-        Ok(Duration::from_secs(grant.ttl().max(0) as u64))
-    }
-
-    async fn renew(&mut self) -> Result<Renewal, PoolError> {
+    /// One keep-alive round trip on the lease's stream (opened on first use).
+    async fn renew_once(&mut self) -> Result<Renewal, PoolError> {
         let id = self.lease()?;
         let mut client = self.client().await?;
         if self.keeper.is_none() {
@@ -165,6 +147,47 @@ impl Backend for EtcdBackend {
                 Err(PoolError::Coordinator("keep-alive timed out".into()))
             }
         }
+    }
+}
+
+impl Backend for EtcdBackend {
+    async fn join(&mut self) -> Result<Duration, PoolError> {
+        let mut client = self.client().await?;
+        let ttl_secs = self.ttl.as_secs().max(1) as i64;
+        let grant = self.bounded(client.lease_grant(ttl_secs, None)).await?;
+        let id = grant.id();
+        let member = self.key("members", &self.instance);
+        let put = client.put(
+            member,
+            self.instance.as_bytes(),
+            Some(PutOptions::new().with_lease(id)),
+        );
+        if let Err(e) = self.bounded(put).await {
+            let _ = self.bounded(client.lease_revoke(id)).await;
+            return Err(e);
+        }
+        self.lease = Some(id);
+        self.keeper = None;
+        Ok(Duration::from_secs(grant.ttl().max(0) as u64))
+    }
+
+    async fn renew(&mut self) -> Result<Renewal, PoolError> {
+        let renewal = self.renew_once().await;
+        match &renewal {
+            Ok(Renewal::Alive(_)) if self.reassert => {
+                let (mut client, id) = (self.client().await?, self.lease()?);
+                let member = self.key("members", &self.instance);
+                let put = client.put(
+                    member,
+                    self.instance.as_bytes(),
+                    Some(PutOptions::new().with_lease(id)),
+                );
+                self.reassert = self.bounded(put).await.is_err();
+            }
+            Err(_) => self.reassert = true,
+            _ => {}
+        }
+        renewal
     }
 
     async fn view(&mut self) -> Result<View, PoolError> {

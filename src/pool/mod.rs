@@ -503,13 +503,8 @@ impl<B: Backend> Reconciler<B> {
                         self.ownership.changed();
                     }
                 }
+                None if owned_here => self.reclaim(agent).await,
                 None => {
-                    if owned_here {
-                        self.ownership.lock().owned.remove(agent);
-                        tracing::warn!(agent_id = %agent, "pool: ownership record vanished; ending its session here");
-                        self.sessions.forget(agent).await;
-                        self.ownership.changed();
-                    }
                     if desired == me {
                         self.take(agent, params).await;
                     }
@@ -518,6 +513,26 @@ impl<B: Backend> Reconciler<B> {
         }
         if !hand_over.is_empty() {
             self.hand_over(hand_over).await;
+        }
+    }
+
+    /// Our ownership record vanished while our lease lives (etcd lost a write it had
+    /// acknowledged, e.g. without fsync, or an operator deleted the key): claim it again and
+    /// keep the session. If another instance claimed it first, end the session here.
+    async fn reclaim(&mut self, agent: &str) {
+        match self.backend.acquire(agent).await {
+            Ok(Acquired::Won { .. }) => {
+                tracing::warn!(agent_id = %agent, "pool: ownership record vanished; claimed it again");
+            }
+            Ok(Acquired::Held) => {
+                self.ownership.lock().owned.remove(agent);
+                tracing::warn!(agent_id = %agent, "pool: ownership record vanished and another instance claimed the agent; ending its session here");
+                self.sessions.forget(agent).await;
+                self.ownership.changed();
+            }
+            Err(e) => {
+                tracing::warn!(agent_id = %agent, error = %e, "pool: reclaiming the agent failed")
+            }
         }
     }
 

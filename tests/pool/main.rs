@@ -108,11 +108,7 @@ async fn settled(a: &Bridge, want_a: &BTreeSet<String>, b: &Bridge, want_b: &BTr
 async fn pool_of_two_spreads_agents_fails_over_after_sigkill_and_takes_a_restart_back_gracefully() {
     let agents = agents_for(&["pool-a", "pool-b"], 3);
     let p = pool(&agents, 1).await;
-    let mut a = Bridge::start(&p.setup, "pool-a");
-    let mut b = Bridge::start(&p.setup, "pool-b");
-    let want_a = agents_for_member_of(&agents, &["pool-a", "pool-b"], "pool-a");
-    let want_b = agents_for_member_of(&agents, &["pool-a", "pool-b"], "pool-b");
-    settled(&a, &want_a, &b, &want_b).await;
+    let (mut a, want_a, mut b, want_b) = two_settled(&p, &agents, ["pool-a", "pool-b"]).await;
     for agent in &agents {
         assert!(p.sim.signed_in(agent), "{agent} signed in at the gateway");
     }
@@ -305,11 +301,7 @@ async fn rolling_update_new_bridge_is_ready_while_the_old_holds_the_agents_and_t
 async fn a_holder_stopped_past_its_ttl_does_not_act_on_agents_it_lost() {
     let agents = agents_for(&["stop-a", "stop-b"], 3);
     let p = pool(&agents, 1).await;
-    let a = Bridge::start(&p.setup, "stop-a");
-    let b = Bridge::start(&p.setup, "stop-b");
-    let want_a = agents_for_member_of(&agents, &["stop-a", "stop-b"], "stop-a");
-    let want_b = agents_for_member_of(&agents, &["stop-a", "stop-b"], "stop-b");
-    settled(&a, &want_a, &b, &want_b).await;
+    let (a, want_a, b, want_b) = two_settled(&p, &agents, ["stop-a", "stop-b"]).await;
     let b_guids: Vec<String> = want_b
         .iter()
         .map(|x| p.sim.current_guid(x).expect("signed in"))
@@ -367,11 +359,7 @@ async fn a_holder_stopped_past_its_ttl_does_not_act_on_agents_it_lost() {
 async fn etcd_leader_loss_keeps_every_session_and_signs_nothing_in_twice() {
     let agents = agents_for(&["lead-a", "lead-b"], 2);
     let mut p = pool(&agents, 3).await;
-    let a = Bridge::start(&p.setup, "lead-a");
-    let b = Bridge::start(&p.setup, "lead-b");
-    let want_a = agents_for_member_of(&agents, &["lead-a", "lead-b"], "lead-a");
-    let want_b = agents_for_member_of(&agents, &["lead-a", "lead-b"], "lead-b");
-    settled(&a, &want_a, &b, &want_b).await;
+    let (a, want_a, b, want_b) = two_settled(&p, &agents, ["lead-a", "lead-b"]).await;
     let mark = p.sim.requests().len();
 
     let leader = p
@@ -393,12 +381,7 @@ async fn etcd_leader_loss_keeps_every_session_and_signs_nothing_in_twice() {
     })
     .await;
     // Three renewals past the election: the same sessions, nothing signed in again.
-    let until = Instant::now() + TTL * 3;
-    while Instant::now() < until {
-        assert_eq!(a.held().await, want_a);
-        assert_eq!(b.held().await, want_b);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    hold_steady(&a, &want_a, &b, &want_b, TTL * 3).await;
     assert_eq!(sign_ins(&p.sim.requests()[mark..]), (0, 0));
 }
 
@@ -406,22 +389,13 @@ async fn etcd_leader_loss_keeps_every_session_and_signs_nothing_in_twice() {
 async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
     let agents = agents_for(&["down-a", "down-b"], 2);
     let mut p = pool(&agents, 1).await;
-    let a = Bridge::start(&p.setup, "down-a");
-    let b = Bridge::start(&p.setup, "down-b");
-    let want_a = agents_for_member_of(&agents, &["down-a", "down-b"], "down-a");
-    let want_b = agents_for_member_of(&agents, &["down-a", "down-b"], "down-b");
-    settled(&a, &want_a, &b, &want_b).await;
+    let (a, want_a, b, want_b) = two_settled(&p, &agents, ["down-a", "down-b"]).await;
     let mark = p.sim.requests().len();
 
     p.etcd[0].kill();
     // Past the lease's TTL on the bridges' own clocks, sessions still run and are polled.
     let polls = p.sim.stats().polls;
-    let until = Instant::now() + TTL * 2;
-    while Instant::now() < until {
-        assert_eq!(a.held().await, want_a);
-        assert_eq!(b.held().await, want_b);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    hold_steady(&a, &want_a, &b, &want_b, TTL * 2).await;
     assert!(p.sim.stats().polls > polls, "sessions are still polled");
     assert!(a.log_text().contains("coordinator unreachable"));
     assert!(has_sample(
@@ -450,6 +424,36 @@ async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
     .await;
     assert_eq!(b.held().await, want_b);
     assert_eq!(sign_ins(&p.sim.requests()[mark..]), (1, 0));
+}
+
+/// Starts bridges `names[0]` and `names[1]` on `p` and waits until each holds its share.
+async fn two_settled(
+    p: &Pool,
+    agents: &[String],
+    names: [&str; 2],
+) -> (Bridge, BTreeSet<String>, Bridge, BTreeSet<String>) {
+    let a = Bridge::start(&p.setup, names[0]);
+    let b = Bridge::start(&p.setup, names[1]);
+    let want_a = agents_for_member_of(agents, &names, names[0]);
+    let want_b = agents_for_member_of(agents, &names, names[1]);
+    settled(&a, &want_a, &b, &want_b).await;
+    (a, want_a, b, want_b)
+}
+
+/// Checks for `window` that `a` and `b` keep holding exactly what they hold.
+async fn hold_steady(
+    a: &Bridge,
+    want_a: &BTreeSet<String>,
+    b: &Bridge,
+    want_b: &BTreeSet<String>,
+    window: Duration,
+) {
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        assert_eq!(a.held().await, *want_a);
+        assert_eq!(b.held().await, *want_b);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn agents_for_member_of(agents: &[String], names: &[&str], name: &str) -> BTreeSet<String> {
