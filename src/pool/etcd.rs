@@ -11,7 +11,7 @@
 use super::{Acquired, Backend, PoolConfig, PoolError, Renewal, View};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, TxnOpResponse,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub struct EtcdBackend {
     client: Option<Client>,
     lease: Option<i64>,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// Watch on the whole prefix: wakes the loop when a member or an owner changes.
+    watch: Option<WatchStream>,
     /// A renewal failed since the membership key was last written: write it again once the
     /// lease is renewed (an etcd that lost acknowledged writes may have lost it).
     reassert: bool,
@@ -54,6 +56,7 @@ impl EtcdBackend {
             client: None,
             lease: None,
             keeper: None,
+            watch: None,
             reassert: false,
         })
     }
@@ -96,6 +99,7 @@ impl EtcdBackend {
         self.lease
             .ok_or_else(|| PoolError::Coordinator("no lease".into()))
     }
+
     /// One keep-alive round trip on the lease's stream (opened on first use).
     async fn renew_once(&mut self) -> Result<Renewal, PoolError> {
         let id = self.lease()?;
@@ -260,6 +264,35 @@ impl Backend for EtcdBackend {
             .and_then([TxnOp::delete(owner, None), TxnOp::delete(holder, None)]);
         self.bounded(client.txn(txn)).await?;
         Ok(())
+    }
+
+    async fn changed(&mut self) {
+        if self.watch.is_none() {
+            let opened = match self.client().await {
+                Ok(mut client) => {
+                    let options = WatchOptions::new().with_prefix();
+                    self.bounded(client.watch(self.prefix.clone(), Some(options)))
+                        .await
+                        .ok()
+                }
+                Err(_) => None,
+            };
+            match opened {
+                Some(watch) => self.watch = Some(watch),
+                // Tried again at the next call; the loop's tick goes on meanwhile.
+                None => return std::future::pending().await,
+            }
+        }
+        let Some(watch) = self.watch.as_mut() else {
+            return std::future::pending().await;
+        };
+        match watch.message().await {
+            Ok(Some(resp)) if !resp.canceled() => {}
+            _ => {
+                self.watch = None;
+                std::future::pending().await
+            }
+        }
     }
 
     async fn leave(&mut self) -> Result<(), PoolError> {

@@ -104,6 +104,9 @@ pub trait Backend: Send + 'static {
     fn release(&mut self, agent: &str) -> impl Future<Output = Result<(), PoolError>> + Send;
     /// Ends the lease (every ownership not released stays marked as crashed).
     fn leave(&mut self) -> impl Future<Output = Result<(), PoolError>> + Send;
+    /// Resolves when the pool's records may have changed, so the loop reconciles at once
+    /// rather than at its next tick. A hint: it may also never resolve.
+    fn changed(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// The state of this instance's lease, as readiness and metrics report it.
@@ -411,6 +414,7 @@ impl<B: Backend> Reconciler<B> {
                 tokio::select! {
                     () = self.stop.cancelled() => break,
                     () = tokio::time::sleep(self.tick) => {}
+                    () = self.backend.changed() => {}
                 }
             }
             first = false;
