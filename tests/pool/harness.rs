@@ -459,6 +459,16 @@ impl Bridge {
             .expect("bridge accepts connections");
         AgentSessionServiceClient::new(ch)
     }
+
+    /// A `WatchOwnership` stream of this bridge.
+    pub async fn watch_ownership(&self) -> tonic::Streaming<ccgw_bridge::proto::Ownership> {
+        self.client()
+            .await
+            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest {})
+            .await
+            .expect("WatchOwnership opens")
+            .into_inner()
+    }
 }
 
 /// Whether `metrics` has the sample `line` (name, labels and value, e.g. `x_total 3`).

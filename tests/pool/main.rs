@@ -6,7 +6,7 @@
 mod harness;
 
 use ccgw_bridge::pool::choose;
-use ccgw_bridge::proto::{GetSessionRequest, SignInRequest, WatchOwnershipRequest};
+use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};
 use harness::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -238,20 +238,8 @@ async fn rolling_update_new_bridge_is_ready_while_the_old_holds_the_agents_and_t
     assert_eq!(sign_ins(&p.sim.requests()[before..]), (0, 0));
 
     // Both apps follow their sidecar's ownership.
-    let mut new_owned = new
-        .client()
-        .await
-        .watch_ownership(WatchOwnershipRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let mut old_owned = old
-        .client()
-        .await
-        .watch_ownership(WatchOwnershipRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut new_owned = new.watch_ownership().await;
+    let mut old_owned = old.watch_ownership().await;
     let first = new_owned.message().await.unwrap().unwrap();
     assert_eq!(first.instance, "roll-new");
     assert!(first.agent_ids.is_empty());
