@@ -3,8 +3,8 @@
 # ccgw-bridge image: cargo-chef three-stage build (planner → builder → runtime).
 #
 # The dependency layer (`cargo chef cook`) is rebuilt only when Cargo.toml / Cargo.lock change,
-# so editing src/ recompiles the crate alone. No protoc is needed: build.rs compiles proto/ with
-# protox (pure Rust). The builder (Debian 12 "bookworm", glibc 2.36) matches the runtime base
+# so editing src/ recompiles the crate alone. build.rs compiles proto/ with protox (pure Rust);
+# the `pool` feature (agent pool on etcd) adds etcd-client, whose build runs Debian's protoc. The builder (Debian 12 "bookworm", glibc 2.36) matches the runtime base
 # (distroless cc-debian12), so the dynamically linked binary finds the same glibc.
 #
 #   docker build -t ccgw-bridge:dev .
@@ -13,7 +13,15 @@
 ARG RUST_IMAGE=rust:1.95-bookworm
 
 FROM ${RUST_IMAGE} AS chef
-RUN cargo install cargo-chef --locked --version 0.1.78
+RUN cargo install cargo-chef --locked --version 0.1.78 \
+ && apt-get update && apt-get install -y --no-install-recommends protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
+# Cargo features of the image (`--build-arg FEATURES=` builds without the agent pool).
+ARG FEATURES=pool
+# ENV, unlike ARG, reaches the stages built FROM this one. PROTOC overrides .cargo/config.toml's
+# (the test venv's protoc), which the image does not have.
+ENV BRIDGE_FEATURES=${FEATURES} \
+    PROTOC=/usr/bin/protoc
 WORKDIR /src
 # Cargo.toml keeps line tables in release builds for local profiling; the image does without
 # them (the binary drops from ~93 MB to a fraction of that).
@@ -28,9 +36,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 # Stage 2: dependencies first (cached layer), then the crate itself.
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked --bin ccgw-bridge --recipe-path recipe.json
+RUN cargo chef cook --release --locked --features "$BRIDGE_FEATURES" --bin ccgw-bridge --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --bin ccgw-bridge \
+RUN cargo build --release --locked --features "$BRIDGE_FEATURES" --bin ccgw-bridge \
  && cp target/release/ccgw-bridge /ccgw-bridge
 
 # Stage 3: no shell, no package manager, uid/gid 65532 ("nonroot").

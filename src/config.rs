@@ -5,6 +5,7 @@
 use crate::events::EventBudget;
 use crate::gateway::GatewayConfig;
 use crate::grpc::validate::{self, Limits, Violations, VoicePathPolicy};
+use crate::pool::PoolConfig;
 use crate::secret::Password;
 use crate::session::{SessionSettings, SignInParams};
 use crate::telemetry::LogFormat;
@@ -148,6 +149,22 @@ pub struct BridgeArgs {
     /// File holding a bearer token every API call must present (`authorization: Bearer …`).
     #[arg(long, env = "CCGW_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// Agent pool: etcd client URLs (comma-separated). Every bridge with the same endpoints and
+    /// --etcd-prefix shares the agents file's agents, each held by exactly one instance. Off
+    /// when unset. Needs a build with the `pool` feature.
+    #[arg(long, env = "CCGW_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Agent pool: etcd key prefix of this pool.
+    #[arg(long, env = "CCGW_ETCD_PREFIX", default_value = "/ccgw-bridge/")]
+    pub etcd_prefix: String,
+    /// Agent pool: this instance's name, unique in the pool (default: the hostname, which is
+    /// the pod name in Kubernetes).
+    #[arg(long, env = "CCGW_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+    /// Agent pool: TTL of this instance's etcd lease (whole seconds, at least 2), renewed every
+    /// third of it. A crashed instance's agents move after about this long.
+    #[arg(long, env = "CCGW_LEASE_TTL", default_value = "6s", value_parser = duration)]
+    pub lease_ttl: Duration,
 }
 
 /// PEM material for TLS on the API listener.
@@ -265,6 +282,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// API listener limits and caller authentication.
     pub server: ServerSettings,
+    /// The agent pool (`--etcd-endpoints`); `None` when every agent is this bridge's alone.
+    pub pool: Option<PoolConfig>,
 }
 
 impl BridgeArgs {
@@ -353,6 +372,7 @@ impl BridgeArgs {
             None => Vec::new(),
         };
         let server = self.server_settings()?;
+        let pool = self.pool_config(&agents)?;
         let mut sessions = SessionSettings {
             event_window: self.event_window,
             event_budget: EventBudget::new(self.event_budget, self.event_max_age),
@@ -379,7 +399,51 @@ impl BridgeArgs {
             sign_out_on_shutdown: !self.no_sign_out_on_shutdown,
             drain_timeout: self.drain_timeout,
             server,
+            pool,
         })
+    }
+
+    fn pool_config(&self, agents: &[PinnedAgent]) -> Result<Option<PoolConfig>, ConfigError> {
+        if self.etcd_endpoints.is_empty() {
+            return Ok(None);
+        }
+        if !cfg!(feature = "pool") {
+            return Err(invalid(
+                "--etcd-endpoints needs a ccgw-bridge built with the `pool` feature (cargo build --features pool)",
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl.subsec_nanos() != 0 {
+            return Err(invalid(
+                "--lease-ttl must be a whole number of seconds, at least 2s",
+            ));
+        }
+        if let Some(a) = agents.iter().find(|a| a.params.force) {
+            return Err(invalid(format!(
+                "--agents-file: agent {} has force = true, which would make pool instances kick each other; the pool itself decides when a sign-in may be forced",
+                a.agent_id
+            )));
+        }
+        let instance = match &self.instance_name {
+            Some(name) => name.trim().to_owned(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+        };
+        if instance.is_empty() || instance.contains('/') {
+            return Err(invalid(
+                "--instance-name must be non-empty and contain no '/' (default: the hostname)",
+            ));
+        }
+        let mut prefix = self.etcd_prefix.clone();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Some(PoolConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix,
+            instance,
+            lease_ttl: self.lease_ttl,
+        }))
     }
 
     fn server_settings(&self) -> Result<ServerSettings, ConfigError> {

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod events;
 pub mod gateway;
 pub mod grpc;
+pub mod pool;
 pub mod readiness;
 pub mod secret;
 pub mod server;

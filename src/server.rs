@@ -8,6 +8,7 @@ use crate::gateway::{ClientBuildError, GatewayClient};
 use crate::grpc::auth::TokenCheck;
 use crate::grpc::limit::RequestLimit;
 use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
+use crate::pool::{Pool, PoolError};
 use crate::proto::server::agent_session_service_server::AgentSessionServiceServer;
 use crate::proto::server::record_play_service_server::RecordPlayServiceServer;
 use crate::readiness::Readiness;
@@ -48,6 +49,9 @@ pub enum RunError {
     /// A listener failed.
     #[error("serving: {0}")]
     Serve(String),
+    /// The agent pool could not start.
+    #[error("agent pool: {0}")]
+    Pool(#[from] PoolError),
 }
 
 /// Service names whose health is reported, besides the overall `""`.
@@ -68,9 +72,23 @@ pub async fn run(
     }
     let gateway = GatewayClient::new(config.gateway.clone(), metrics.clone())?;
     let sessions = Sessions::new(gateway.clone(), config.sessions.clone(), metrics.clone());
-    for agent in &config.agents {
-        sessions.keep_signed_in(&agent.agent_id, agent.params.clone());
-    }
+    let pool = match &config.pool {
+        Some(pool) => Some(
+            Pool::connect(
+                pool,
+                sessions.clone(),
+                config.agents.clone(),
+                metrics.clone(),
+            )
+            .await?,
+        ),
+        None => {
+            for agent in &config.agents {
+                sessions.keep_signed_in(&agent.agent_id, agent.params.clone());
+            }
+            None
+        }
+    };
     let bridge = Bridge {
         sessions: sessions.clone(),
         limits: Arc::new(config.limits.clone()),
@@ -80,6 +98,7 @@ pub async fn run(
             config.server.max_concurrent_requests,
         )),
         cut: CancellationToken::new(),
+        pool: pool.as_ref().map(|p| p.ownership().clone()),
     };
     let limits = &config.server;
     if limits.tls.is_none()
@@ -218,6 +237,9 @@ pub async fn run(
     tracing::info!(timeout = ?config.drain_timeout, "draining");
     let started = Instant::now();
     draining.cancel();
+    if let Some(pool) = &pool {
+        pool.freeze();
+    }
     // Not awaited: the loop may be inside a gateway probe (up to the connect timeout), and
     // NOT_SERVING must not wait for it.
     readiness.abort();
@@ -255,6 +277,16 @@ pub async fn run(
             .is_err()
         {
             grpc.abort();
+        }
+    }
+    if let Some(pool) = pool {
+        // Hand the pool's agents over first (sign out, then release), within the budget.
+        let leave = pool.leave(&sessions, config.sign_out_on_shutdown, Some(deadline));
+        if tokio::time::timeout_at(deadline.into(), leave)
+            .await
+            .is_err()
+        {
+            tracing::warn!("pool hand-over still running at the drain deadline");
         }
     }
     if config.sign_out_on_shutdown

@@ -31,6 +31,7 @@ pub struct Metrics {
     events_delivered: Counter,
     watcher_overruns: Counter,
     ready: Gauge,
+    pool: crate::pool::PoolMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -117,7 +118,9 @@ impl Default for Metrics {
             "1 while the bridge is ready (the gateway answers and no pinned agent is down), else 0",
             ready.clone(),
         );
+        let pool = crate::pool::PoolMetrics::registered(&mut registry);
         Self {
+            pool,
             registry,
             rpc_total,
             rpc_seconds,
@@ -210,6 +213,11 @@ impl Metrics {
     /// A watcher fell out of the retained window.
     pub fn watcher_overrun(&self) {
         self.watcher_overruns.inc();
+    }
+
+    /// The agent pool's metrics.
+    pub fn pool(&self) -> &crate::pool::PoolMetrics {
+        &self.pool
     }
 
     /// The OpenMetrics 1.0 text exposition of every metric.

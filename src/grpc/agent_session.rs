@@ -9,12 +9,37 @@ use crate::proto::server::agent_session_service_server::AgentSessionService;
 use crate::proto::*;
 use crate::secret::Password;
 use crate::session::{SessionError, SessionInfo, SignInParams, State};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 /// The agent-session service over a [`Bridge`].
 #[derive(Clone)]
 pub struct AgentSessionApi(pub Bridge);
+
+/// The current ownership, then one snapshot per change, until the pool stops (drain).
+fn ownership_stream(pool: Arc<crate::pool::Ownership>) -> EventStream<Ownership> {
+    use futures::StreamExt;
+    let draining = pool.draining();
+    let snapshots = tokio_stream::wrappers::WatchStream::new(pool.subscribe()).map(move |_| {
+        let s = pool.status();
+        Ok(Ownership {
+            instance: s.instance,
+            agent_ids: s.owned,
+            lease_state: s.lease.label().to_owned(),
+        })
+    });
+    let end = futures::stream::once(async {
+        Err(super::status::with_info(
+            tonic::Code::Unavailable,
+            "the bridge is shutting down",
+            super::status::BRIDGE_DOMAIN,
+            "SHUTTING_DOWN",
+            &[],
+        ))
+    });
+    Box::pin(snapshots.take_until(draining.cancelled_owned()).chain(end))
+}
 
 fn session_proto(info: SessionInfo) -> Session {
     let state = match info.state {
@@ -138,6 +163,29 @@ impl AgentSessionService for AgentSessionApi {
     }
 
     type WatchAgentEventsStream = EventStream<EncodedEvent>;
+    type WatchOwnershipStream = EventStream<Ownership>;
+
+    async fn watch_ownership(
+        &self,
+        request: Request<WatchOwnershipRequest>,
+    ) -> Result<Response<Self::WatchOwnershipStream>, Status> {
+        let (meta, _, _) = request.into_parts();
+        let bridge = &self.0;
+        bridge
+            .observe("WatchOwnership", "", &meta, async {
+                let pool = bridge.pool.clone().ok_or_else(|| {
+                    super::status::with_info(
+                        tonic::Code::FailedPrecondition,
+                        "this bridge runs without an agent pool (--etcd-endpoints)",
+                        super::status::BRIDGE_DOMAIN,
+                        "POOL_DISABLED",
+                        &[],
+                    )
+                })?;
+                Ok(Response::new(ownership_stream(pool)))
+            })
+            .await
+    }
 
     async fn watch_agent_events(
         &self,

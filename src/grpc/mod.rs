@@ -41,6 +41,8 @@ pub struct Bridge {
     /// answered `OUTCOME_UNKNOWN` instead of having their connection cut (which a client sees
     /// as UNAVAILABLE, "retry": wrong for a play the gateway may have started).
     pub cut: CancellationToken,
+    /// This instance's agent-pool ownership (`--etcd-endpoints`), for `WatchOwnership`.
+    pub pool: Option<Arc<crate::pool::Ownership>>,
 }
 
 impl Bridge {

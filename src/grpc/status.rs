@@ -122,6 +122,16 @@ impl From<SessionError> for Status {
                 "AGENT_HELD_WITH_OTHER_CREDENTIALS",
                 &[("agent_id", agent_id.clone())],
             ),
+            SessionError::NotOwned { agent_id, owner } => with_info(
+                Code::FailedPrecondition,
+                err.to_string(),
+                BRIDGE_DOMAIN,
+                "AGENT_NOT_OWNED",
+                &[
+                    ("agent_id", agent_id.clone()),
+                    ("owner", owner.clone().unwrap_or_default()),
+                ],
+            ),
             SessionError::ShuttingDown => with_info(
                 Code::Unavailable,
                 err.to_string(),

@@ -78,6 +78,7 @@ impl Sessions {
         take_over: bool,
         deadline: Option<Instant>,
     ) -> Result<Arc<Session>, SessionError> {
+        self.check_gate(agent_id)?;
         let auth = Arc::new(AgentAuth::default());
         let gw = &self.shared.gateway;
         let body = params.body();

