@@ -316,3 +316,30 @@ async fn without_sign_out_on_shutdown_polling_stops_when_the_drain_starts() {
     );
     assert!(h.sim.signed_in("1001"));
 }
+
+/// Issue 11 point 1: a call refused for its Guid before the poll loop hears of the kick (the
+/// poll's answer is slow) does not take the agent over from the client that now holds it.
+#[tokio::test]
+async fn a_call_refused_before_the_poll_hears_of_a_kick_does_not_take_over() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::Latency(Duration::from_secs(3)),
+        count: None,
+    });
+    // The poll in flight from now on is a slow one.
+    h.sim.clear_requests();
+    request(&h, |r| r.path.ends_with("/agentevent/1001")).await;
+    h.sim.kill_session("1001");
+    h.sim
+        .sign_in_elsewhere("1001", false)
+        .expect("signed in elsewhere");
+    h.sim.clear_requests();
+    let status = expect_code(
+        h.play().await.begin_play(play_request("1001")).await,
+        Code::AlreadyExists,
+    );
+    assert_eq!(reason(&status), "AGENT_ALREADY_SIGNED_IN");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+}
