@@ -5,6 +5,7 @@ mod faults;
 mod guid;
 mod helpers;
 mod lifecycle;
+mod lifecycle_model;
 mod limits;
 mod ops;
 mod python;
