@@ -343,3 +343,41 @@ async fn a_call_refused_before_the_poll_hears_of_a_kick_does_not_take_over() {
     assert_eq!(reason(&status), "AGENT_ALREADY_SIGNED_IN");
     assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
 }
+
+/// Finding 7: after a Guid refusal, a poll that fails in transit settles nothing. The call waits
+/// for the next answered poll, which brings the new Guid, and is sent again with it: no needless
+/// sign-in (the old code took the failed poll for "no rotation" and forcelogin'd).
+#[tokio::test]
+async fn a_failed_poll_is_not_taken_for_no_rotation() {
+    let h = Harness::with(strict_dynamic(), |_| {}).await;
+    h.sign_in("1001").await;
+    const POLL: &str = "/agentevent/1001";
+    // The next poll is held, then its answer is lost (it carries no rotation: none is due).
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::DropAfterEffect,
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    request(&h, |r| r.path.ends_with(POLL)).await;
+    h.sim.clear_requests();
+    // While it is held, a call is refused for its Guid.
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "100-006".into(),
+            message: String::new(),
+        },
+        count: Some(1),
+    });
+    let mut play = h.play().await;
+    let call = tokio::spawn(async move { play.begin_play(play_request("1001")).await });
+    // The poll after the failed one delivers a rotation.
+    request(&h, |r| r.path.ends_with(POLL)).await;
+    h.sim.rotate_guid("1001");
+    call.await
+        .unwrap()
+        .expect("sent again with the rotated Guid");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (0, 0));
+    assert_eq!(plays(&h, "1001"), 2, "refused once, sent again once");
+}
