@@ -351,6 +351,9 @@ async fn a_call_refused_before_the_poll_hears_of_a_kick_does_not_take_over() {
 async fn a_failed_poll_is_not_taken_for_no_rotation() {
     let h = Harness::with(strict_dynamic(), |_| {}).await;
     h.sign_in("1001").await;
+    // Once the sign-in's own events are read, polls are held (nothing pending).
+    let mut w = h.watch_all("1001").await;
+    while w.message().await.unwrap().unwrap().event_type != "AgentState_Ready" {}
     const POLL: &str = "/agentevent/1001";
     // The next poll is held, then its answer is lost (it carries no rotation: none is due).
     h.sim.add_fault(Fault {
