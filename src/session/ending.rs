@@ -46,10 +46,13 @@ impl EndReason {
         )
     }
 
-    /// Whether the gateway asked for the agent to be signed in again at once (otherwise a
-    /// held agent is signed in again by its next call, or by keep-signed-in).
+    /// Whether the agent is signed in again at once when the bridge holds its credentials:
+    /// when the gateway asked for it, or may still hold the bridge's own session (which would
+    /// otherwise linger there, unpolled, until the idle sign-out). After the other endings the
+    /// gateway no longer holds the agent for the bridge, and its next call (or keep-signed-in)
+    /// signs it in again.
     pub fn wants_sign_in_again(self) -> bool {
-        self == EndReason::SignInAgain
+        matches!(self, EndReason::SignInAgain | EndReason::AnswerLost)
     }
 
     /// Label for logs.

@@ -316,3 +316,71 @@ async fn without_sign_out_on_shutdown_polling_stops_when_the_drain_starts() {
     );
     assert!(h.sim.signed_in("1001"));
 }
+
+/// Issue 11 point 1: a call refused for its Guid before the poll loop hears of the kick (the
+/// poll's answer is slow) does not take the agent over from the client that now holds it.
+#[tokio::test]
+async fn a_call_refused_before_the_poll_hears_of_a_kick_does_not_take_over() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::Latency(Duration::from_secs(3)),
+        count: None,
+    });
+    // The poll in flight from now on is a slow one.
+    h.sim.clear_requests();
+    request(&h, |r| r.path.ends_with("/agentevent/1001")).await;
+    h.sim.kill_session("1001");
+    h.sim
+        .sign_in_elsewhere("1001", false)
+        .expect("signed in elsewhere");
+    h.sim.clear_requests();
+    let status = expect_code(
+        h.play().await.begin_play(play_request("1001")).await,
+        Code::AlreadyExists,
+    );
+    assert_eq!(reason(&status), "AGENT_ALREADY_SIGNED_IN");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+}
+
+/// Finding 7: after a Guid refusal, a poll that fails in transit settles nothing. The call waits
+/// for the next answered poll, which brings the new Guid, and is sent again with it: no needless
+/// sign-in (the old code took the failed poll for "no rotation" and forcelogin'd).
+#[tokio::test]
+async fn a_failed_poll_is_not_taken_for_no_rotation() {
+    let h = Harness::with(strict_dynamic(), |_| {}).await;
+    h.sign_in("1001").await;
+    // Once the sign-in's own events are read, polls are held (nothing pending).
+    let mut w = h.watch_all("1001").await;
+    while w.message().await.unwrap().unwrap().event_type != "AgentState_Ready" {}
+    const POLL: &str = "/agentevent/1001";
+    // The next poll is held, then its answer is lost (it carries no rotation: none is due).
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::DropAfterEffect,
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    request(&h, |r| r.path.ends_with(POLL)).await;
+    h.sim.clear_requests();
+    // While it is held, a call is refused for its Guid.
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "100-006".into(),
+            message: String::new(),
+        },
+        count: Some(1),
+    });
+    let mut play = h.play().await;
+    let call = tokio::spawn(async move { play.begin_play(play_request("1001")).await });
+    // The poll after the failed one delivers a rotation.
+    request(&h, |r| r.path.ends_with(POLL)).await;
+    h.sim.rotate_guid("1001");
+    call.await
+        .unwrap()
+        .expect("sent again with the rotated Guid");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (0, 0));
+    assert_eq!(plays(&h, "1001"), 2, "refused once, sent again once");
+}

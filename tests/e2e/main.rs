@@ -6,6 +6,7 @@ mod faults;
 mod guid;
 mod helpers;
 mod lifecycle;
+mod lifecycle_model;
 mod limits;
 mod metrics;
 mod ops;
