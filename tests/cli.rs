@@ -223,9 +223,9 @@ async fn json_covers_errors_and_empty_results_and_has_environment_twins() {
     let r = run(&h, &["session", "--agent", "1002", "--json"]).await;
     assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
     let e: Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
-    assert_eq!(e["error"]["code"], "FAILED_PRECONDITION", "{e}");
-    assert_eq!(e["error"]["code_number"], 9, "{e}");
-    assert_eq!(e["error"]["reason"], "AGENT_NOT_SIGNED_IN", "{e}");
+    assert_eq!(e["error"]["code"], "NOT_FOUND", "{e}");
+    assert_eq!(e["error"]["code_number"], 5, "{e}");
+    assert_eq!(e["error"]["reason"], "SESSION_NOT_FOUND", "{e}");
     assert_eq!(e["error"]["domain"], "ccgw-bridge", "{e}");
     assert_eq!(e["error"]["metadata"]["agent_id"], "1002", "{e}");
     assert!(
