@@ -32,7 +32,7 @@ impl Sessions {
         let gw = &self.shared.gateway;
         let deadline =
             Some(deadline.unwrap_or_else(|| Instant::now() + self.shared.settings.call_budget));
-        let mut session = self.current(agent_id, deadline).await?;
+        let mut session = self.session_for_call(agent_id, deadline).await?;
         let mut guid_retries = 0;
         let mut signed_in_again = false;
         loop {
