@@ -245,11 +245,11 @@ pub async fn run(
     readiness.abort();
     ready.store(false, Ordering::Release);
     set_health(&reporter, ServingStatus::NotServing).await;
-    sessions.end_streams();
+    sessions.end_event_streams();
     if !config.sign_out_on_shutdown {
         // Agents stay signed in for a replacement instance: stop taking their events from
         // the gateway now, or the events polled during the drain would be lost with the hubs.
-        sessions.stop();
+        sessions.stop_polling();
     }
     stop_grpc.cancel();
     // One budget for the whole drain. In-flight calls may use it all but a reserve that the
@@ -296,7 +296,7 @@ pub async fn run(
     {
         tracing::warn!("sign-outs still running at the drain deadline");
     }
-    sessions.stop();
+    sessions.stop_polling();
     // Poll loops and the admin listener stop at once once cancelled; the floor only covers
     // their wake-up when the budget is already spent.
     let rest = || deadline.max(Instant::now() + Duration::from_millis(100));

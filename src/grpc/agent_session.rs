@@ -91,7 +91,7 @@ impl AgentSessionService for AgentSessionApi {
                     .sign_in(&r.agent_id, params, deadline)
                     .await?;
                 Ok(Response::new(session_proto(
-                    bridge.sessions.describe(&session),
+                    bridge.sessions.view_of_session(&session),
                 )))
             })
             .await
@@ -134,10 +134,15 @@ impl AgentSessionService for AgentSessionApi {
                 let mut v = Violations::default();
                 bridge.limits.agent_id(&mut v, "agent_id", &r.agent_id);
                 v.check()?;
-                let info = bridge.sessions.info(&r.agent_id).map_err(|e| match e {
-                    SessionError::NotSignedIn { agent_id } => status::session_not_found(&agent_id),
-                    e => e.into(),
-                })?;
+                let info = bridge
+                    .sessions
+                    .view_of_agent(&r.agent_id)
+                    .map_err(|e| match e {
+                        SessionError::NotSignedIn { agent_id } => {
+                            status::session_not_found(&agent_id)
+                        }
+                        e => e.into(),
+                    })?;
                 Ok(Response::new(session_proto(info)))
             })
             .await

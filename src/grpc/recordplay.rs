@@ -164,7 +164,10 @@ impl RecordPlayService for RecordPlayApi {
                 });
                 // Subscribe before sending, so an outcome arriving before the answer is seen.
                 let before = if r.await_outcome {
-                    let session = bridge.sessions.current(&r.agent_id, deadline).await?;
+                    let session = bridge
+                        .sessions
+                        .session_for_call(&r.agent_id, deadline)
+                        .await?;
                     let sub = session
                         .hub
                         .subscribe(None)

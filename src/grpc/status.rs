@@ -139,6 +139,13 @@ impl From<SessionError> for Status {
                 "SHUTTING_DOWN",
                 &[],
             ),
+            SessionError::CallBudgetExceeded { .. } => with_info(
+                Code::DeadlineExceeded,
+                err.to_string(),
+                BRIDGE_DOMAIN,
+                "CALL_BUDGET_EXCEEDED",
+                &[],
+            ),
             SessionError::Gateway(g) => gateway_status(g),
         }
     }

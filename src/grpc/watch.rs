@@ -33,7 +33,7 @@ pub fn subscribe(
     resume_after: Option<u64>,
     session_id: &str,
 ) -> Result<(Arc<Session>, Subscription), Status> {
-    let session = sessions.live(agent_id)?;
+    let session = sessions.running_session(agent_id)?;
     if !session_id.is_empty() && session_id != &*session.session_id {
         return Err(with_info(
             Code::FailedPrecondition,

@@ -107,7 +107,7 @@ impl<B: Backend> Reconciler<B> {
                 Some(owner) if *owner == me => {
                     if desired != me && owned_here {
                         hand_over.push(agent.clone());
-                    } else if resync && owned_here && self.sessions.info(agent).is_err() {
+                    } else if resync && owned_here && self.sessions.view_of_agent(agent).is_err() {
                         // Owned, but its session was given up while new sign-ins were refused
                         // (coordinator unreachable): sign it in again, plainly. (Not at every
                         // tick: a caller's SignOut of an owned agent stays signed out.)

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 impl Sessions {
     /// Ends every event stream with `End::Shutdown` and refuses new sign-ins; sessions stay
-    /// usable for unary calls still in flight. First step of a drain.
-    pub fn end_streams(&self) {
+    /// usable for unary calls still in flight, and their poll loops run on (see
+    /// [`Sessions::stop_polling`]). First step of a drain.
+    pub fn end_event_streams(&self) {
         self.shared.draining.store(true, Ordering::Release);
         for session in self.live_sessions() {
             session.hub.close(End::Shutdown);
@@ -25,11 +26,13 @@ impl Sessions {
             }
         });
         futures::future::join_all(logouts).await;
-        self.stop();
+        self.stop_polling();
     }
 
-    /// Stops every poll loop and background task without signing out.
-    pub fn stop(&self) {
+    /// Stops every poll loop and background task without signing out: the last step of a drain,
+    /// or the first after [`Sessions::end_event_streams`] when agents stay signed in, so the
+    /// gateway keeps their events for the next holder.
+    pub fn stop_polling(&self) {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
     }

@@ -30,9 +30,13 @@ impl Sessions {
         deadline: Option<Instant>,
     ) -> Result<(Arc<Session>, Envelope), SessionError> {
         let gw = &self.shared.gateway;
-        let deadline =
-            Some(deadline.unwrap_or_else(|| Instant::now() + self.shared.settings.call_budget));
-        let mut session = self.current(agent_id, deadline).await?;
+        // Without a client deadline the budget bounds the whole call (all Guid retries and a
+        // re-sign-in), so a gateway that keeps refusing cannot hold a caller for minutes.
+        let budget = deadline
+            .is_none()
+            .then_some(self.shared.settings.call_budget);
+        let deadline = deadline.or_else(|| budget.map(|b| Instant::now() + b));
+        let mut session = self.session_for_call(agent_id, deadline).await?;
         let mut guid_retries = 0;
         let mut signed_in_again = false;
         loop {
@@ -54,6 +58,11 @@ impl Sessions {
             };
             let wait = remaining(self.shared.settings.auth_retry_wait, deadline);
             let settled = settle_refusal(&session, sent.generation, wait).await;
+            if let Some(budget) = budget.filter(|_| deadline.is_some_and(|d| Instant::now() >= d)) {
+                // Stop between attempts, the refused one proven without effect, rather than
+                // ending the session for a sign-in that could no longer be sent.
+                return Err(SessionError::CallBudgetExceeded { budget });
+            }
             if guid_retries < GUID_RETRIES && settled == Settled::NewerGuid {
                 guid_retries += 1;
                 continue;

@@ -240,9 +240,10 @@ impl Sessions {
         session.hub.close(why);
     }
 
-    /// The live session of an agent, signing it in again first if it ended and the bridge holds
-    /// its credentials.
-    pub async fn current(
+    /// The session an operation call runs in: the running one, or, if it ended and the bridge
+    /// holds the credentials, a new one signed in first (an operation needs a session, and the
+    /// caller's deadline bounds the sign-in). Watchers use [`Sessions::running_session`].
+    pub async fn session_for_call(
         &self,
         agent_id: &str,
         deadline: Option<Instant>,
@@ -254,8 +255,10 @@ impl Sessions {
         self.resign_in(agent_id, None, deadline).await
     }
 
-    /// The live session of an agent, without any gateway call (for watchers).
-    pub fn live(&self, agent_id: &str) -> Result<Arc<Session>, SessionError> {
+    /// The agent's running session as it is, without any gateway call: a watch never signs an
+    /// agent in (it only follows a session some call made), unlike
+    /// [`Sessions::session_for_call`].
+    pub fn running_session(&self, agent_id: &str) -> Result<Arc<Session>, SessionError> {
         self.slot(agent_id)?
             .running()
             .ok_or_else(|| not_signed_in(agent_id))

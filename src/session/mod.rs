@@ -103,6 +103,13 @@ pub enum SessionError {
     /// The bridge is draining.
     #[error("the bridge is shutting down")]
     ShuttingDown,
+    /// A call without a client deadline used up [`SessionSettings::call_budget`] waiting for its
+    /// Guid refusals to settle; it stopped between attempts, so nothing is in flight.
+    #[error("the call used up the bridge's {budget:?} budget for calls without a deadline while the gateway kept refusing its Guid; the last attempt was refused, so the operation did not take effect (set a deadline to choose the wait)")]
+    CallBudgetExceeded {
+        /// The budget (`SessionSettings::call_budget`).
+        budget: Duration,
+    },
     /// The gateway refused or failed.
     #[error(transparent)]
     Gateway(#[from] GatewayError),

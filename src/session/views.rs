@@ -6,15 +6,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Sessions {
-    /// A view of one agent's session.
-    pub fn info(&self, agent_id: &str) -> Result<SessionInfo, SessionError> {
+    /// A view of whatever the agent's slot holds now (its running session, or how the last one
+    /// ended), for `GetSession` and the pool; [`Sessions::view_of_session`] describes one
+    /// particular session instead.
+    pub fn view_of_agent(&self, agent_id: &str) -> Result<SessionInfo, SessionError> {
         let slot = self.slot(agent_id)?;
         Ok(info_of(agent_id, &slot))
     }
 
     /// A view of `session` itself (not of whatever the agent's slot holds by now), so a caller
     /// is told about the session its own call produced.
-    pub fn describe(&self, session: &Session) -> SessionInfo {
+    pub fn view_of_session(&self, session: &Session) -> SessionInfo {
         let can_resign_in = self
             .slot(&session.agent_id)
             .is_ok_and(|slot| slot_has_creds(&slot));

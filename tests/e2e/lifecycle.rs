@@ -6,6 +6,7 @@ use ccgw_bridge::proto::*;
 use ccgw_bridge::sim::{AuthMode, Fault, FaultKind, FaultMatch, Interface, SimConfig};
 use std::time::Duration;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Bound for things that happen "within a few seconds" (a hang guard, not a speed assertion).
 const SETTLE: Duration = Duration::from_secs(10);
@@ -383,4 +384,79 @@ async fn a_failed_poll_is_not_taken_for_no_rotation() {
         .expect("sent again with the rotated Guid");
     assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (0, 0));
     assert_eq!(plays(&h, "1001"), 2, "refused once, sent again once");
+}
+
+/// Finding 9: a readiness re-check that hangs (the gateway accepts the probe and never answers,
+/// up to the connect timeout) must not hold back the drain: NOT_SERVING and the end of the event
+/// streams come at once. The probe here outlives the test, so the old drain (which awaited the
+/// re-check first) never reports NOT_SERVING.
+#[tokio::test]
+async fn a_hanging_readiness_probe_does_not_delay_the_drain() {
+    let mut h = Harness::with(fast_sim(), |c| {
+        c.gateway.connect_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let mut health = crate::ops::health_watch(h.admin, "").await;
+    crate::ops::until_status(&mut health, ServingStatus::Serving).await;
+    // While idle the bridge probes the gateway every second; the next probe hangs. The fault
+    // goes in before the log is cleared, so any probe logged afterwards is caught by it.
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Other),
+        kind: FaultKind::Latency(Duration::from_secs(3600)),
+        count: None,
+    });
+    h.sim.clear_requests();
+    request(&h, |r| {
+        r.method == "GET" && r.path == "/agentgateway/resource"
+    })
+    .await;
+    // The re-check is now stuck in that probe; an agent with a stream is signed in meanwhile.
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+
+    h.begin_stop();
+    crate::ops::until_status(&mut health, ServingStatus::NotServing).await;
+    let end = stream_end(&mut w)
+        .await
+        .expect_err("the drain ends streams");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    h.stopped().await.expect("drained");
+}
+
+/// Finding 7: a call without a client deadline whose Guid refusals never settle (no poll is
+/// answered, no newer Guid comes) ends at the call budget with a reason naming it, instead of
+/// up to 16 × (2 s + 30 s) of retries; it stops after the one refused attempt, without ending
+/// the session for a sign-in it could no longer send.
+#[tokio::test]
+async fn a_call_without_deadline_ends_at_the_call_budget() {
+    let h = Harness::with(fast_sim(), |c| {
+        c.sessions.call_budget = Duration::from_millis(500);
+    })
+    .await;
+    h.sign_in("1001").await;
+    // Polls hang from the next one on (fault first, then the log cleared, as above).
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::Latency(Duration::from_secs(3600)),
+        count: None,
+    });
+    h.sim.clear_requests();
+    request(&h, |r| r.path.ends_with("/agentevent/1001")).await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "100-006".into(),
+            message: String::new(),
+        },
+        count: None,
+    });
+    let status = expect_code(
+        h.play().await.begin_play(play_request("1001")).await,
+        Code::DeadlineExceeded,
+    );
+    assert_eq!(reason(&status), "CALL_BUDGET_EXCEEDED", "{status:?}");
+    assert!(status.message().contains("500ms"), "{status:?}");
+    assert_eq!(plays(&h, "1001"), 1, "one attempt, refused");
+    assert_eq!(logins(&h, "1001") + forcelogins(&h, "1001"), 0);
+    assert!(h.sim.signed_in("1001"));
 }
