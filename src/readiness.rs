@@ -6,7 +6,15 @@
 //! An agent held elsewhere is not this bridge's to fight for: counting it would keep a new pod
 //! un-Ready until the old one stops, which a rolling update never does (issue 11, point 1).
 //! Not ready: the gateway is unreachable, a pinned agent is not signed in yet or its sign-in
-//! failed for another reason (wrong password, …), or the bridge is draining.
+//! failed for another reason (wrong password, …), a part such as the agent pool reports a
+//! [`Condition::Blocking`] (an instance that never joined its pool), or the bridge is draining.
+//!
+//! **Degraded** is ready with a warning: a part reports a [`Condition::Degraded`] that does not
+//! stop the bridge serving what it holds (the pool's coordinator unreachable or its lease lost:
+//! running sessions and the calls on them keep working, only new sign-ins wait). The probe
+//! stays successful — failing it would take every replica out of its Service at once during an
+//! etcd outage although their sessions work — and the condition shows in `/readyz`'s body and
+//! in one log line per change.
 //!
 //! The check runs on every change of the gateway's reachability and once a second. It is O(1)
 //! per tick: [`PinnedAgents`] keeps the count of pinned agents that block readiness up to date
@@ -135,6 +143,65 @@ impl PinnedAgents {
     }
 }
 
+/// What a part other than the gateway and the pinned agents (the agent pool) reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Nothing to report.
+    Fine,
+    /// Serving goes on, with this warning (shown in `/readyz` and logged).
+    Degraded(&'static str),
+    /// Not ready, for this reason.
+    Blocking(&'static str),
+}
+
+/// What `/readyz` and the `ccgw_ready` gauge show: readiness and its reason, kept by
+/// [`Readiness::run`].
+pub struct ReadyStatus {
+    ready: AtomicBool,
+    body: Mutex<Arc<str>>,
+}
+
+impl Default for ReadyStatus {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            body: Mutex::new(Arc::from("not ready: starting\n")),
+        }
+    }
+}
+
+impl ReadyStatus {
+    /// Whether the bridge is ready (a degraded bridge is).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// `/readyz`'s body: `ready`, or `not ready: <reason>`, then one `degraded: …` line per
+    /// warning.
+    pub fn body(&self) -> Arc<str> {
+        self.body.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, verdict: &Verdict, degraded: Option<&'static str>) {
+        let mut body = if *verdict == Verdict::Ready {
+            "ready\n".to_owned()
+        } else {
+            format!("not ready: {verdict}\n")
+        };
+        if let Some(warning) = degraded {
+            body.push_str(&format!("degraded: {warning}\n"));
+        }
+        *self.body.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(body);
+        self.ready
+            .store(*verdict == Verdict::Ready, Ordering::Release);
+    }
+
+    /// Marks the bridge not ready because it drains.
+    pub fn draining(&self) {
+        self.set(&Verdict::Draining, None);
+    }
+}
+
 /// Why the bridge is not ready (or `Ready`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -149,6 +216,10 @@ pub enum Verdict {
     },
     /// Pinned agents not signed in, with why.
     AgentsNotHeld(String),
+    /// A part reports [`Condition::Blocking`].
+    Blocked(&'static str),
+    /// The bridge is shutting down.
+    Draining,
 }
 
 impl std::fmt::Display for Verdict {
@@ -165,6 +236,8 @@ impl std::fmt::Display for Verdict {
             Verdict::AgentsNotHeld(agents) => {
                 write!(f, "pinned agents not signed in: {agents}")
             }
+            Verdict::Blocked(reason) => f.write_str(reason),
+            Verdict::Draining => f.write_str("draining"),
         }
     }
 }
@@ -199,8 +272,10 @@ pub struct Readiness {
     pub pinned: Arc<PinnedAgents>,
     /// Whether any agent is held (no traffic then shows the gateway's health: probe it).
     pub idle: Box<dyn Fn() -> bool + Send + Sync>,
+    /// What another part reports (the agent pool's lease), checked every tick in O(1).
+    pub condition: Box<dyn Fn() -> Condition + Send + Sync>,
     /// Read by `/readyz`.
-    pub ready: Arc<AtomicBool>,
+    pub status: Arc<ReadyStatus>,
     /// Exports readiness as a gauge.
     pub metrics: Arc<Metrics>,
 }
@@ -215,7 +290,7 @@ impl Readiness {
         Fut: std::future::Future<Output = ()>,
     {
         let mut reachability = self.gateway.reachability();
-        let mut last: Option<Verdict> = None;
+        let mut last: Option<(Verdict, Option<&'static str>)> = None;
         let mut last_probe: Option<Instant> = None;
         // The cause of the last failed probe; cleared whenever the gateway answers.
         let mut cause: Option<String> = None;
@@ -243,6 +318,7 @@ impl Readiness {
                 }
                 reachability.borrow_and_update();
             }
+            let condition = (self.condition)();
             let verdict = if !reachable {
                 let cause = cause
                     .clone()
@@ -258,19 +334,25 @@ impl Readiness {
                     agents_text = self.pinned.describe_blocking();
                 }
                 Verdict::AgentsNotHeld(agents_text.clone())
+            } else if let Condition::Blocking(reason) = condition {
+                Verdict::Blocked(reason)
             } else {
                 Verdict::Ready
             };
-            if last.as_ref() != Some(&verdict) {
+            let degraded = match condition {
+                Condition::Degraded(warning) => Some(warning),
+                _ => None,
+            };
+            if last.as_ref() != Some(&(verdict.clone(), degraded)) {
                 let now = verdict == Verdict::Ready;
-                let was = last.as_ref().map(|v| *v == Verdict::Ready);
-                self.ready.store(now, Ordering::Release);
+                let was = last.as_ref().map(|(v, _)| *v == Verdict::Ready);
+                self.status.set(&verdict, degraded);
                 self.metrics.set_ready(now);
                 if was != Some(now) {
                     on_change(now).await;
                 }
-                self.log(&verdict);
-                last = Some(verdict);
+                self.log(&verdict, degraded);
+                last = Some((verdict, degraded));
             }
             tokio::select! {
                 () = draining.cancelled() => {
@@ -283,7 +365,11 @@ impl Readiness {
         }
     }
 
-    fn log(&self, verdict: &Verdict) {
+    fn log(&self, verdict: &Verdict, degraded: Option<&'static str>) {
+        if let Some(warning) = degraded {
+            tracing::warn!(ready = *verdict == Verdict::Ready, reason = %verdict, degraded = warning, "readiness changed: degraded");
+            return;
+        }
         match verdict {
             Verdict::Ready => {
                 let elsewhere = self.pinned.held_elsewhere();
@@ -330,6 +416,26 @@ mod tests {
             p.set(&format!("{}", 1000 + i), Pinned::Down("x".into()));
         }
         assert!(p.describe_blocking().ends_with(" and 15 more"));
+    }
+
+    #[test]
+    fn the_readyz_body_gives_the_reason_and_any_warning() {
+        let s = ReadyStatus::default();
+        assert!(!s.is_ready());
+        s.set(
+            &Verdict::Ready,
+            Some("agent pool: coordinator (etcd) unreachable"),
+        );
+        assert!(s.is_ready(), "degraded is still ready");
+        assert_eq!(
+            &*s.body(),
+            "ready\ndegraded: agent pool: coordinator (etcd) unreachable\n"
+        );
+        s.set(&Verdict::Blocked("agent pool: not joined yet"), None);
+        assert!(!s.is_ready());
+        assert_eq!(&*s.body(), "not ready: agent pool: not joined yet\n");
+        s.draining();
+        assert_eq!(&*s.body(), "not ready: draining\n");
     }
 
     #[test]

@@ -11,14 +11,13 @@ use crate::grpc::{AgentSessionApi, Bridge, RecordPlayApi};
 use crate::pool::{Pool, PoolError};
 use crate::proto::server::agent_session_service_server::AgentSessionServiceServer;
 use crate::proto::server::record_play_service_server::RecordPlayServiceServer;
-use crate::readiness::Readiness;
+use crate::readiness::{Condition, Readiness, ReadyStatus};
 use crate::session::Sessions;
 use crate::telemetry::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -173,7 +172,7 @@ pub async fn run(
         );
     let grpc = tokio::spawn(grpc);
 
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(ReadyStatus::default());
     let stop_admin = CancellationToken::new();
     let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
     let admin = listeners.admin.map(|listener| {
@@ -202,7 +201,14 @@ pub async fn run(
             let sessions = sessions.clone();
             move || sessions.is_empty()
         }),
-        ready: ready.clone(),
+        condition: match &pool {
+            Some(pool) => {
+                let ownership = pool.ownership().clone();
+                Box::new(move || ownership.readiness())
+            }
+            None => Box::new(|| Condition::Fine),
+        },
+        status: ready.clone(),
         metrics: metrics.clone(),
     };
     let readiness = tokio::spawn({
@@ -243,7 +249,7 @@ pub async fn run(
     // Not awaited: the loop may be inside a gateway probe (up to the connect timeout), and
     // NOT_SERVING must not wait for it.
     readiness.abort();
-    ready.store(false, Ordering::Release);
+    ready.draining();
     set_health(&reporter, ServingStatus::NotServing).await;
     sessions.end_event_streams();
     if !config.sign_out_on_shutdown {
@@ -320,7 +326,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 struct AdminState {
     metrics: Arc<Metrics>,
     sessions: Sessions,
-    ready: Arc<AtomicBool>,
+    ready: Arc<ReadyStatus>,
 }
 
 /// The gRPC health service as an axum router without a fallback (tonic's `Routes` adds one that
@@ -357,11 +363,12 @@ fn admin_router(grpc_health: axum::Router, state: AdminState) -> axum::Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
+    let code = if state.ready.is_ready() {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, state.ready.body().to_string())
 }
 
 /// `/metrics` in the format the scraper asks for (`Accept`): OpenMetrics or text 0.0.4.

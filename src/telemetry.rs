@@ -15,6 +15,25 @@ use std::time::Duration;
 type Labels2 = [(&'static str, &'static str); 2];
 type Labels1 = [(&'static str, &'static str); 1];
 
+/// Why the event budget dropped retained events early (`ccgw_events_evicted_total{cause}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCause {
+    /// The bridge-wide byte budget was exceeded.
+    Budget,
+    /// Older than the age bound.
+    Age,
+}
+
+impl EvictionCause {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            EvictionCause::Budget => "budget",
+            EvictionCause::Age => "age",
+        }
+    }
+}
+
 /// Every metric the bridge exports, registered once at start.
 pub struct Metrics {
     registry: Registry,
@@ -30,6 +49,11 @@ pub struct Metrics {
     events_received: Counter,
     events_delivered: Counter,
     watcher_overruns: Counter,
+    retained_event_bytes: Gauge,
+    retained_event_budget: Gauge,
+    /// `events_evicted{cause}` resolved once per cause (no label lookup per eviction).
+    evicted_by_budget: Counter,
+    evicted_by_age: Counter,
     ready: Gauge,
     pool: crate::pool::PoolMetrics,
 }
@@ -57,6 +81,15 @@ impl Default for Metrics {
         let events_delivered = Counter::default();
         let watcher_overruns = Counter::default();
         let ready = Gauge::default();
+        let retained_event_bytes = Gauge::default();
+        let retained_event_budget = Gauge::default();
+        let events_evicted = Family::<Labels1, Counter>::default();
+        let evicted_by_budget = events_evicted
+            .get_or_create(&[("cause", EvictionCause::Budget.label())])
+            .clone();
+        let evicted_by_age = events_evicted
+            .get_or_create(&[("cause", EvictionCause::Age.label())])
+            .clone();
         registry.register(
             "grpc_server_handled",
             "gRPC calls completed, by method and status code",
@@ -114,6 +147,21 @@ impl Default for Metrics {
             watcher_overruns.clone(),
         );
         registry.register(
+            "retained_event_bytes",
+            "Bytes of events retained for resuming watchers, as the event budget charges them (an upper bound)",
+            retained_event_bytes.clone(),
+        );
+        registry.register(
+            "retained_event_budget_bytes",
+            "The bridge-wide byte budget of retained events (--event-budget)",
+            retained_event_budget.clone(),
+        );
+        registry.register(
+            "events_evicted",
+            "Retained events dropped before their session's window was full, by cause (budget: --event-budget exceeded; age: older than --event-max-age)",
+            events_evicted,
+        );
+        registry.register(
             "ready",
             "1 while the bridge is ready (the gateway answers and no pinned agent is down), else 0",
             ready.clone(),
@@ -134,6 +182,10 @@ impl Default for Metrics {
             events_received,
             events_delivered,
             watcher_overruns,
+            retained_event_bytes,
+            retained_event_budget,
+            evicted_by_budget,
+            evicted_by_age,
             ready,
         }
     }
@@ -213,6 +265,28 @@ impl Metrics {
     /// A watcher fell out of the retained window.
     pub fn watcher_overrun(&self) {
         self.watcher_overruns.inc();
+    }
+
+    /// Bytes the event budget charges now (set under its lock on every change).
+    pub fn set_retained_event_bytes(&self, bytes: usize) {
+        self.retained_event_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The configured `--event-budget`.
+    pub fn set_retained_event_budget(&self, bytes: usize) {
+        self.retained_event_budget
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts `events` retained events dropped early for `cause`.
+    pub fn events_evicted(&self, cause: EvictionCause, events: u64) {
+        if events > 0 {
+            match cause {
+                EvictionCause::Budget => self.evicted_by_budget.inc_by(events),
+                EvictionCause::Age => self.evicted_by_age.inc_by(events),
+            };
+        }
     }
 
     /// The agent pool's metrics.

@@ -115,12 +115,7 @@ async fn secrets_never_reach_logs_errors_or_debug_output() {
         })
         .await
         .ok();
-    let metrics = reqwest::get(format!("http://{}/metrics", h.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     h.stop().await.unwrap();
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();

@@ -12,6 +12,7 @@
 //! memory held by retained events never exceeds the budget.
 
 use super::hub::Hub;
+use crate::telemetry::{EvictionCause, Metrics};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -52,14 +53,16 @@ struct Entry {
 
 /// Events to drop, collected under the ledger lock and dropped after it is released (a hub's
 /// window lock is never taken while the ledger lock is held, and vice versa).
-pub(super) struct Evictions(Vec<(Weak<Hub>, u64)>);
+pub(super) struct Evictions(Vec<(Weak<Hub>, u64, EvictionCause)>);
 
 impl Evictions {
-    /// Drops every listed event (and anything older in the same window).
-    pub(super) fn apply(self) {
-        for (hub, sequence) in self.0 {
+    /// Drops every listed event (and anything older in the same window), counting in
+    /// `metrics` the events actually dropped (not those the session's own window or its end
+    /// had released already).
+    pub(super) fn apply(self, metrics: &Metrics) {
+        for (hub, sequence, cause) in self.0 {
             if let Some(hub) = hub.upgrade() {
-                hub.evict_through(sequence);
+                metrics.events_evicted(cause, hub.evict_through(sequence));
             }
         }
     }
@@ -109,7 +112,13 @@ impl EventBudget {
 
     /// Charges a just-retained event and returns what must go to stay within the bounds. The
     /// newest entry itself is never evicted, so a live watcher always gets the latest event.
-    pub(super) fn charge(&self, hub: &Arc<Hub>, sequence: u64, bytes: usize) -> Evictions {
+    pub(super) fn charge(
+        &self,
+        hub: &Arc<Hub>,
+        sequence: u64,
+        bytes: usize,
+        metrics: &Metrics,
+    ) -> Evictions {
         let now = Instant::now();
         let mut s = self.lock();
         s.used += bytes;
@@ -119,17 +128,19 @@ impl EventBudget {
             bytes,
             at: now,
         });
-        self.collect(&mut s, now, 1)
+        self.collect(&mut s, now, 1, metrics)
     }
 
     /// Drops events older than the age bound (a resume must not reach them).
-    pub(super) fn expire(&self) -> Evictions {
+    pub(super) fn expire(&self, metrics: &Metrics) -> Evictions {
         let mut s = self.lock();
-        self.collect(&mut s, Instant::now(), 0)
+        self.collect(&mut s, Instant::now(), 0, metrics)
     }
 
-    fn collect(&self, s: &mut State, now: Instant, keep: usize) -> Evictions {
-        let mut out: Vec<(Weak<Hub>, u64)> = Vec::new();
+    /// Pops what exceeds the bounds; sets the bytes-in-use gauge under the lock, so the last
+    /// value set is the current one.
+    fn collect(&self, s: &mut State, now: Instant, keep: usize, metrics: &Metrics) -> Evictions {
+        let mut out: Vec<(Weak<Hub>, u64, EvictionCause)> = Vec::new();
         while s.entries.len() > keep {
             let front = &s.entries[0];
             let over = s.used > self.inner.max_bytes;
@@ -141,12 +152,21 @@ impl EventBudget {
                 break;
             };
             s.used -= e.bytes;
-            // Consecutive entries of one hub collapse into one eviction up to the newest.
+            // An event past the age bound would go anyway: age, even when the budget is over too.
+            let cause = if stale {
+                EvictionCause::Age
+            } else {
+                EvictionCause::Budget
+            };
+            // Consecutive entries of one hub and cause collapse into one eviction up to the newest.
             match out.last_mut() {
-                Some((hub, seq)) if Weak::ptr_eq(hub, &e.hub) => *seq = e.sequence,
-                _ => out.push((e.hub, e.sequence)),
+                Some((hub, seq, c)) if Weak::ptr_eq(hub, &e.hub) && *c == cause => {
+                    *seq = e.sequence
+                }
+                _ => out.push((e.hub, e.sequence, cause)),
             }
         }
+        metrics.set_retained_event_bytes(s.used);
         Evictions(out)
     }
 }

@@ -132,18 +132,20 @@ impl Hub {
         self.metrics.event_received();
         self.tick.send_replace(());
         self.budget
-            .charge(self, event.sequence, event.retained_bytes())
-            .apply();
+            .charge(self, event.sequence, event.retained_bytes(), &self.metrics)
+            .apply(&self.metrics);
         Some(event)
     }
 
-    /// Drops every retained event up to and including `sequence` (the budget's eviction).
-    /// Watchers still behind it are told they overran, like with the per-session cap.
-    pub(super) fn evict_through(&self, sequence: u64) {
+    /// Drops every retained event up to and including `sequence` (the budget's eviction);
+    /// how many were still held. Watchers still behind it are told they overran, like with the
+    /// per-session cap.
+    pub(super) fn evict_through(&self, sequence: u64) -> u64 {
         let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
         let keep = w.next_seq.saturating_sub(sequence + 1) as usize;
         let drop = w.events.len().saturating_sub(keep);
         w.events.drain(..drop);
+        drop as u64
     }
 
     /// Ends the stream for every watcher (the first reason given wins).
@@ -178,7 +180,7 @@ impl Hub {
         resume_after: Option<u64>,
     ) -> Result<Subscription, SubscribeError> {
         if resume_after.is_some() {
-            self.budget.expire().apply();
+            self.budget.expire(&self.metrics).apply(&self.metrics);
         }
         let mut rx = self.tick.subscribe();
         rx.borrow_and_update();
@@ -358,6 +360,65 @@ mod tests {
             }),
             "a resume expires first, so the last event is gone too"
         );
+    }
+
+    /// The value of the sample `line` starts (name and labels) in `metrics`' text.
+    fn sample(metrics: &Metrics, line: &str) -> String {
+        let text = metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {line} in {text}"))
+    }
+
+    #[tokio::test]
+    async fn evictions_and_bytes_in_use_are_exported() {
+        let one = charge_of_one();
+        let metrics = Arc::new(Metrics::default());
+        let hub_with = |budget: &EventBudget| {
+            Arc::new(Hub::new(
+                100,
+                budget,
+                metrics.clone(),
+                Arc::from("1001"),
+                Arc::from("s"),
+            ))
+        };
+        let budget = EventBudget::new(2 * one, Duration::from_secs(3600));
+        let (a, b) = (hub_with(&budget), hub_with(&budget));
+        a.publish(raw("X"));
+        a.publish(raw("X"));
+        assert_eq!(
+            sample(&metrics, "ccgw_retained_event_bytes "),
+            (2 * one).to_string()
+        );
+        for _ in 0..3 {
+            b.publish(raw("X"));
+        }
+        // a's two and b's first went to the budget; each counted once, as events.
+        assert_eq!(
+            sample(&metrics, "ccgw_events_evicted_total{cause=\"budget\"} "),
+            "3"
+        );
+        assert_eq!(
+            sample(&metrics, "ccgw_events_evicted_total{cause=\"age\"} "),
+            "0"
+        );
+        assert_eq!(
+            sample(&metrics, "ccgw_retained_event_bytes "),
+            (2 * one).to_string()
+        );
+
+        let aged = EventBudget::new(1 << 20, Duration::ZERO);
+        let c = hub_with(&aged);
+        c.publish(raw("A"));
+        c.publish(raw("B"));
+        assert!(c.subscribe(Some(1)).is_err());
+        assert_eq!(
+            sample(&metrics, "ccgw_events_evicted_total{cause=\"age\"} "),
+            "2"
+        );
+        assert_eq!(sample(&metrics, "ccgw_retained_event_bytes "), "0");
     }
 
     #[tokio::test]

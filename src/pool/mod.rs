@@ -28,6 +28,7 @@ pub use metrics::PoolMetrics;
 pub use rendezvous::choose;
 
 use crate::config::PinnedAgent;
+use crate::readiness::Condition;
 use crate::session::{SessionError, Sessions, SignInGate};
 use crate::telemetry::Metrics;
 use reconcile::Reconciler;
@@ -136,6 +137,8 @@ impl LeaseState {
 #[derive(Debug)]
 struct OwnershipState {
     lease: LeaseState,
+    /// Whether the lease was ever held (an instance that never joined is not ready).
+    joined_once: bool,
     valid_until: Option<Instant>,
     owned: HashSet<String>,
     owners: HashMap<String, String>,
@@ -175,6 +178,7 @@ impl Ownership {
             pool,
             state: Mutex::new(OwnershipState {
                 lease: LeaseState::Joining,
+                joined_once: false,
                 valid_until: None,
                 owned: HashSet::new(),
                 owners: HashMap::new(),
@@ -205,6 +209,27 @@ impl Ownership {
         }
     }
 
+    /// What readiness reports about the pool (O(1)): nothing while the lease is held. An
+    /// instance that never joined is not ready, so a rolling update does not stop the old pod
+    /// (which still holds the agents) for a new one that cannot reach the coordinator. Once
+    /// joined, an unreachable coordinator or a lost lease is a warning only: the sessions held
+    /// here and the calls on them keep working, only new sign-ins wait for the lease.
+    pub fn readiness(&self) -> Condition {
+        let s = self.lock();
+        match (s.lease, s.joined_once) {
+            (LeaseState::Held, _) => Condition::Fine,
+            (_, false) => Condition::Blocking(
+                "agent pool: not joined yet (the coordinator, etcd, has not granted a lease)",
+            ),
+            (LeaseState::Unreachable, true) => Condition::Degraded(
+                "agent pool: coordinator (etcd) unreachable; running sessions are kept, no new sign-ins of pool agents",
+            ),
+            (LeaseState::Joining, true) => Condition::Degraded(
+                "agent pool: lease lost; its agents' sessions here were ended, joining again",
+            ),
+        }
+    }
+
     /// Cancelled when the bridge starts draining: ownership changes no more.
     pub fn draining(&self) -> CancellationToken {
         self.draining.clone()
@@ -228,6 +253,7 @@ impl Ownership {
         let mut s = self.lock();
         let was = s.lease;
         s.lease = lease;
+        s.joined_once |= lease == LeaseState::Held;
         if valid_until.is_some() || lease != LeaseState::Unreachable {
             s.valid_until = valid_until;
         }

@@ -167,6 +167,7 @@ pub struct Sessions {
 impl Sessions {
     /// An empty registry.
     pub fn new(gateway: GatewayClient, settings: SessionSettings, metrics: Arc<Metrics>) -> Self {
+        metrics.set_retained_event_budget(settings.event_budget.max_bytes());
         Self {
             shared: Arc::new(Shared {
                 gateway,

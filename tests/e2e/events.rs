@@ -369,6 +369,25 @@ async fn a_busy_agent_pushes_a_quiet_agents_events_out_of_the_shared_budget() {
         Code::OutOfRange,
     );
     assert_eq!(reason(&status), "RESUME_OUT_OF_RANGE");
+
+    // The budget's work shows in /metrics: evictions counted by cause, bytes within budget.
+    let metrics = h.metrics().await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        value("ccgw_events_evicted_total{cause=\"budget\"}") >= 2,
+        "1001's two events and more of 1002's were evicted: {metrics}"
+    );
+    assert_eq!(value("ccgw_events_evicted_total{cause=\"age\"}"), 0);
+    assert_eq!(value("ccgw_retained_event_budget_bytes"), 4096);
+    let used = value("ccgw_retained_event_bytes");
+    assert!(used > 0 && used <= 4096, "{used}");
 }
 
 #[tokio::test]

@@ -184,6 +184,16 @@ impl Harness {
             .into_inner()
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Signals shutdown and waits for `run` to return (bounded).
     pub async fn stop(mut self) -> Result<(), RunError> {
         self.stop_inner().await

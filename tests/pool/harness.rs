@@ -438,11 +438,20 @@ pub fn sign_ins(requests: &[RecordedRequest]) -> (usize, usize) {
 impl Bridge {
     /// The admin listener's `/metrics` text.
     pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await
+    }
+
+    /// The admin listener's `/readyz` answer: status line, headers and body.
+    pub async fn readyz(&self) -> String {
+        self.admin_get("/readyz").await
+    }
+
+    async fn admin_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.admin)
             .await
             .expect("admin port");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bridge\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bridge\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut text = String::new();

@@ -390,6 +390,23 @@ async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
         &a.metrics().await,
         "ccgw_pool_lease{state=\"coordinator_unreachable\"} 1"
     ));
+    // Readiness reports it (issue 11 point 4) without failing the probe: the holder still
+    // serves its sessions. `/readyz` answers 200 with the warning; the log has it once.
+    let degraded = "degraded: agent pool: coordinator (etcd) unreachable";
+    let readyz = a.readyz().await;
+    assert!(readyz.starts_with("HTTP/1.0 200"), "{readyz}");
+    assert!(readyz.contains(degraded), "{readyz}");
+    assert!(a.ready().await, "the readiness probe still passes");
+    assert!(has_sample(&a.metrics().await, "ccgw_ready 1"));
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("readiness changed: degraded")
+                    && l.contains("coordinator (etcd) unreachable")
+            })
+            .count()
+    };
+    assert_eq!(warned(&a.log_text()), 1, "{}", a.log_text());
 
     // The gateway ends one of a's sessions: with no valid lease, a does not sign it in again.
     let kicked = want_a.iter().next().unwrap().clone();
@@ -412,6 +429,16 @@ async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
     .await;
     assert_eq!(b.held().await, want_b);
     assert_eq!(sign_ins(&p.sim.requests()[mark..]), (1, 0));
+    wait_until(SETTLE, "the warning leaves /readyz", || async {
+        a.readyz().await.ends_with("\r\n\r\nready\n")
+    })
+    .await;
+    let log = a.log_text();
+    let last = log.lines().rfind(|l| l.contains("readiness changed"));
+    assert!(
+        last.is_some_and(|l| l.contains("readiness changed: ready")),
+        "the recovery is logged: {log}"
+    );
 }
 
 /// Starts bridges `names[0]` and `names[1]` on `p` and waits until each holds its share.
