@@ -110,6 +110,10 @@ pub struct BridgeArgs {
     /// SignIn instead of an automatic one.
     #[arg(long, env = "CCGW_NO_RESIGN_IN")]
     pub no_resign_in: bool,
+    /// Sign-ins the bridge starts by itself (agents-file agents at start, signing in again
+    /// after the gateway ended sessions) that may be in progress at once.
+    #[arg(long, env = "CCGW_SIGN_IN_CONCURRENCY", default_value_t = 16)]
+    pub sign_in_concurrency: usize,
     /// Leave agents signed in at the gateway when the bridge stops.
     #[arg(long, env = "CCGW_NO_SIGN_OUT_ON_SHUTDOWN")]
     pub no_sign_out_on_shutdown: bool,
@@ -343,6 +347,9 @@ impl BridgeArgs {
         if self.event_window == 0 || self.event_window > 1 << 20 {
             return Err(invalid("--event-window must be between 1 and 1048576"));
         }
+        if self.sign_in_concurrency == 0 || self.sign_in_concurrency > 1024 {
+            return Err(invalid("--sign-in-concurrency must be between 1 and 1024"));
+        }
         if self.event_budget < self.max_response_bytes.saturating_mul(2) {
             return Err(invalid(
                 "--event-budget must be at least twice --max-response-bytes (one event can be that large)",
@@ -377,6 +384,7 @@ impl BridgeArgs {
             event_window: self.event_window,
             event_budget: EventBudget::new(self.event_budget, self.event_max_age),
             hold_credentials: !self.no_resign_in,
+            sign_in_concurrency: self.sign_in_concurrency,
             ..SessionSettings::default()
         };
         sessions.poll.gap = self.poll_gap;
@@ -668,6 +676,7 @@ mod tests {
             ),
             (&["--ca-cert", "/nonexistent/ca.pem"][..], "--ca-cert"),
             (&["--event-window", "0"][..], "--event-window"),
+            (&["--sign-in-concurrency", "0"][..], "--sign-in-concurrency"),
             (&["--event-budget", "1MiB"][..], "--event-budget"),
             (&["--event-budget", "16MB"][..], "event-budget"),
             (&["--event-max-age", "0s"][..], "--event-max-age"),

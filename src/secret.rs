@@ -30,20 +30,50 @@ impl fmt::Debug for Password {
 }
 
 /// The gateway's session token for one agent. Opaque: the bridge only stores and echoes it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Guid(Arc<str>);
+///
+/// It carries its `Guid` request header value, built once when the Guid is received (sign-in
+/// or rotation), so every later call and poll sends it with a reference-count bump instead of
+/// validating and copying the text again.
+#[derive(Clone)]
+pub struct Guid {
+    value: Arc<str>,
+    /// `None` when the text is not a valid header value (it is then never sent).
+    header: Option<http::HeaderValue>,
+}
 
 impl Guid {
     /// Wraps a Guid received from the gateway.
     pub fn new(value: &str) -> Self {
-        Self(Arc::from(value))
+        let header = http::HeaderValue::from_str(value).ok().map(|mut h| {
+            // Never printed by HTTP tooling, never indexed by HTTP/2 header compression.
+            h.set_sensitive(true);
+            h
+        });
+        Self {
+            value: Arc::from(value),
+            header,
+        }
     }
 
-    /// The clear text, for the `Guid` request header only.
+    /// The clear text (comparisons and tests; requests use [`Guid::header_value`]).
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+
+    /// The `Guid` request header value (sensitive), or `None` when the text is not a valid
+    /// header value.
+    pub fn header_value(&self) -> Option<&http::HeaderValue> {
+        self.header.as_ref()
     }
 }
+
+impl PartialEq for Guid {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for Guid {}
 
 impl fmt::Debug for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,6 +84,17 @@ impl fmt::Debug for Guid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guid_header_value_is_built_once_and_sensitive() {
+        let g = Guid::new("279fe21d.AgentGateway0");
+        let header = g.header_value().expect("a valid header value");
+        assert_eq!(header, "279fe21d.AgentGateway0");
+        assert!(header.is_sensitive());
+        assert!(!format!("{header:?}").contains("279fe21d"));
+        assert!(Guid::new("bad\nguid").header_value().is_none());
+        assert_eq!(g, Guid::new("279fe21d.AgentGateway0"));
+    }
 
     #[test]
     fn debug_output_hides_secrets() {

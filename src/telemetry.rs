@@ -34,6 +34,72 @@ impl EvictionCause {
     }
 }
 
+/// The gRPC methods (`grpc_method` label) whose series are resolved once at start.
+const RPC_METHODS: [&str; 13] = [
+    "SignIn",
+    "SignOut",
+    "GetSession",
+    "ListSessions",
+    "BeginPlay",
+    "StopPlay",
+    "PausePlay",
+    "ResumePlay",
+    "FastForward",
+    "Rewind",
+    "WatchAgentEvents",
+    "WatchPlayEvents",
+    "WatchOwnership",
+];
+
+/// The gateway interfaces (`interface` label, [`crate::gateway::Interface::name`]) whose
+/// series are resolved once at start.
+const GATEWAY_INTERFACES: [&str; 10] = [
+    "login",
+    "forceLogin",
+    "logout",
+    "getAgentEvent",
+    "beginPlay",
+    "stopPlay",
+    "pausePlay",
+    "resumePlay",
+    "foreFastPlay",
+    "backFastPlay",
+];
+
+/// The series one call or poll updates in the common case (a success), resolved once so the
+/// hot path increments atomics instead of hashing labels under the family's lock.
+struct Resolved {
+    /// The label value (method or interface).
+    name: &'static str,
+    /// The counter of the success outcome (`OK` / retcode `0`).
+    ok: Counter,
+    /// The latency histogram.
+    seconds: Histogram,
+}
+
+impl Resolved {
+    fn table(
+        names: &[&'static str],
+        label: &'static str,
+        outcome: (&'static str, &'static str),
+        total: &Family<Labels2, Counter>,
+        seconds: &Family<Labels1, Histogram>,
+    ) -> Vec<Resolved> {
+        names
+            .iter()
+            .map(|&name| Resolved {
+                name,
+                ok: total.get_or_create(&[(label, name), outcome]).clone(),
+                seconds: seconds.get_or_create(&[(label, name)]).clone(),
+            })
+            .collect()
+    }
+
+    fn find<'a>(table: &'a [Resolved], name: &str) -> Option<&'a Resolved> {
+        table.iter().find(|r| r.name == name)
+    }
+}
+
 /// Every metric the bridge exports, registered once at start.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +122,10 @@ pub struct Metrics {
     evicted_by_age: Counter,
     ready: Gauge,
     pool: crate::pool::PoolMetrics,
+    /// Pre-resolved series of every gRPC method.
+    rpc_resolved: Vec<Resolved>,
+    /// Pre-resolved series of every gateway interface.
+    gateway_resolved: Vec<Resolved>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -167,8 +237,24 @@ impl Default for Metrics {
             ready.clone(),
         );
         let pool = crate::pool::PoolMetrics::registered(&mut registry);
+        let rpc_resolved = Resolved::table(
+            &RPC_METHODS,
+            "grpc_method",
+            ("grpc_code", "OK"),
+            &rpc_total,
+            &rpc_seconds,
+        );
+        let gateway_resolved = Resolved::table(
+            &GATEWAY_INTERFACES,
+            "interface",
+            ("retcode", "0"),
+            &gateway_total,
+            &gateway_seconds,
+        );
         Self {
             pool,
+            rpc_resolved,
+            gateway_resolved,
             registry,
             rpc_total,
             rpc_seconds,
@@ -194,13 +280,25 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one finished gRPC call.
     pub fn rpc(&self, method: &'static str, code: &'static str, elapsed: Option<Duration>) {
-        self.rpc_total
-            .get_or_create(&[("grpc_method", method), ("grpc_code", code)])
-            .inc();
+        let resolved = Resolved::find(&self.rpc_resolved, method);
+        match resolved {
+            Some(r) if code == "OK" => {
+                r.ok.inc();
+            }
+            _ => {
+                self.rpc_total
+                    .get_or_create(&[("grpc_method", method), ("grpc_code", code)])
+                    .inc();
+            }
+        }
         if let Some(elapsed) = elapsed {
-            self.rpc_seconds
-                .get_or_create(&[("grpc_method", method)])
-                .observe(elapsed.as_secs_f64());
+            match resolved {
+                Some(r) => r.seconds.observe(elapsed.as_secs_f64()),
+                None => self
+                    .rpc_seconds
+                    .get_or_create(&[("grpc_method", method)])
+                    .observe(elapsed.as_secs_f64()),
+            }
         }
     }
 
@@ -211,12 +309,24 @@ impl Metrics {
         outcome: &'static str,
         elapsed: Duration,
     ) {
-        self.gateway_total
-            .get_or_create(&[("interface", interface), ("retcode", outcome)])
-            .inc();
-        self.gateway_seconds
-            .get_or_create(&[("interface", interface)])
-            .observe(elapsed.as_secs_f64());
+        let resolved = Resolved::find(&self.gateway_resolved, interface);
+        match resolved {
+            Some(r) if outcome == "0" => {
+                r.ok.inc();
+            }
+            _ => {
+                self.gateway_total
+                    .get_or_create(&[("interface", interface), ("retcode", outcome)])
+                    .inc();
+            }
+        }
+        match resolved {
+            Some(r) => r.seconds.observe(elapsed.as_secs_f64()),
+            None => self
+                .gateway_seconds
+                .get_or_create(&[("interface", interface)])
+                .observe(elapsed.as_secs_f64()),
+        }
     }
 
     /// Sets the per-state session gauge (counted from the registry when scraped, so it
@@ -402,6 +512,56 @@ fn to_text_004(open_metrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hot path's pre-resolved handles update the very series `/metrics` exports, and
+    /// outcomes or names without a handle still land in their own series.
+    #[test]
+    fn pre_resolved_series_are_the_exported_ones() {
+        let m = Metrics::default();
+        let ms = Some(Duration::from_millis(1));
+        m.rpc("BeginPlay", "OK", ms);
+        m.rpc("BeginPlay", "OK", ms);
+        m.rpc("BeginPlay", "UNAVAILABLE", ms);
+        m.rpc("NotAMethod", "OK", ms);
+        m.gateway_request("getAgentEvent", "0", Duration::from_millis(1));
+        m.gateway_request("getAgentEvent", "timeout", Duration::from_millis(1));
+        m.gateway_request("notAnInterface", "0", Duration::from_millis(1));
+        let text = m.render();
+        for line in [
+            r#"ccgw_grpc_server_handled_total{grpc_method="BeginPlay",grpc_code="OK"} 2"#,
+            r#"ccgw_grpc_server_handled_total{grpc_method="BeginPlay",grpc_code="UNAVAILABLE"} 1"#,
+            r#"ccgw_grpc_server_handled_total{grpc_method="NotAMethod",grpc_code="OK"} 1"#,
+            r#"ccgw_grpc_server_handling_seconds_count{grpc_method="BeginPlay"} 3"#,
+            r#"ccgw_grpc_server_handling_seconds_count{grpc_method="NotAMethod"} 1"#,
+            r#"ccgw_gateway_requests_total{interface="getAgentEvent",retcode="0"} 1"#,
+            r#"ccgw_gateway_requests_total{interface="getAgentEvent",retcode="timeout"} 1"#,
+            r#"ccgw_gateway_requests_total{interface="notAnInterface",retcode="0"} 1"#,
+            r#"ccgw_gateway_request_seconds_count{interface="getAgentEvent"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+
+    /// Every gateway interface has pre-resolved handles (a new one added to the interface table
+    /// but not here would silently take the slow path).
+    #[test]
+    fn every_gateway_interface_is_pre_resolved() {
+        use crate::gateway::Interface::*;
+        for iface in [
+            Login,
+            ForceLogin,
+            Logout,
+            Poll,
+            BeginPlay,
+            StopPlay,
+            PausePlay,
+            ResumePlay,
+            FastForward(1),
+            Rewind(1),
+        ] {
+            assert!(GATEWAY_INTERFACES.contains(&iface.name()), "{iface:?}");
+        }
+    }
 
     #[test]
     fn text_004_names_counters_after_their_samples() {

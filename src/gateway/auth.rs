@@ -1,4 +1,5 @@
-//! Per-agent authentication state: the current Guid and the cookie jar.
+//! Per-agent authentication state: the current Guid and the cookie jar (and the agent's poll URL,
+//! built once per session, as this is the state every request of the agent passes).
 //!
 //! The gateway client adopts every `Set-GUID` it sees into this state before the answer is
 //! returned, so "the newest Guid wins" (design §1) holds no matter which call or poll brought it.
@@ -7,7 +8,7 @@
 
 use crate::secret::Guid;
 use reqwest::header::HeaderValue;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use tokio::sync::watch;
 
 /// The Guid an agent currently holds, with a counter bumped on every change.
@@ -23,24 +24,33 @@ pub struct GuidState {
 /// Its `Debug` shows neither: a load balancer's cookie can be as good as a session token.
 pub struct AgentAuth {
     guid: watch::Sender<GuidState>,
-    cookies: Mutex<Option<String>>,
+    cookies: Mutex<Jar>,
+    poll_url: OnceLock<reqwest::Url>,
+}
+
+/// The stored cookies and the `Cookie` header value built from them when they last changed
+/// (they change on sign-in, rarely after), so requests do not rebuild it.
+#[derive(Default)]
+struct Jar {
+    text: Option<String>,
+    header: Option<HeaderValue>,
 }
 
 impl Default for AgentAuth {
     fn default() -> Self {
         Self {
             guid: watch::Sender::new(GuidState::default()),
-            cookies: Mutex::new(None),
+            cookies: Mutex::new(Jar::default()),
+            poll_url: OnceLock::new(),
         }
     }
 }
 
 impl std::fmt::Debug for AgentAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cookies = self
-            .cookies
-            .lock()
-            .map_or(0, |c| c.as_deref().map_or(0, |c| c.split("; ").count()));
+        let cookies = self.cookies.lock().map_or(0, |c| {
+            c.text.as_deref().map_or(0, |c| c.split("; ").count())
+        });
         f.debug_struct("AgentAuth")
             .field("guid", &self.guid.borrow())
             .field("cookies", &format_args!("<{cookies} redacted>"))
@@ -71,13 +81,15 @@ impl AgentAuth {
         })
     }
 
+    /// The agent's event-poll URL, built by `build` on first use (one agent per `AgentAuth`).
+    pub fn poll_url(&self, build: impl FnOnce() -> reqwest::Url) -> &reqwest::Url {
+        self.poll_url.get_or_init(build)
+    }
+
     /// The `Cookie` header value to send, if the gateway (or its load balancer) set any; marked
     /// sensitive, so HTTP tooling never prints it and HTTP/2 never indexes it.
     pub fn cookie_header(&self) -> Option<HeaderValue> {
-        let jar = self.cookies.lock().ok()?;
-        let mut value = HeaderValue::from_str(jar.as_deref()?).ok()?;
-        value.set_sensitive(true);
-        Some(value)
+        self.cookies.lock().ok()?.header.clone()
     }
 
     /// Stores `name=value` pairs from `Set-Cookie` headers (attributes dropped; same name replaced).
@@ -94,13 +106,19 @@ impl AgentAuth {
                 continue;
             };
             let mut kept: Vec<&str> = jar
+                .text
                 .as_deref()
                 .unwrap_or("")
                 .split("; ")
                 .filter(|c| !c.is_empty() && c.split_once('=').map(|(n, _)| n) != Some(name))
                 .collect();
             kept.push(pair);
-            *jar = Some(kept.join("; "));
+            let text = kept.join("; ");
+            jar.header = HeaderValue::from_str(&text).ok().map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+            jar.text = Some(text);
         }
     }
 }

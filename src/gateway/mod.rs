@@ -19,7 +19,7 @@ pub use interface::Interface;
 pub use observer::Observer;
 
 use crate::secret::Guid;
-use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use reqwest::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -87,6 +87,10 @@ pub struct GatewayClient {
 
 static JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// Request header carrying the Guid (header names are case-insensitive; a static name is not
+/// parsed per request).
+static GUID: HeaderName = HeaderName::from_static("guid");
+static SET_GUID: HeaderName = HeaderName::from_static("set-guid");
 
 impl GatewayClient {
     /// Builds the pooled HTTPS client from validated configuration.
@@ -221,6 +225,13 @@ impl GatewayClient {
         result
     }
 
+    /// The URL of `iface` for `agent_id`.
+    fn url(&self, iface: Interface, agent_id: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        iface.push_path(&mut url, agent_id);
+        url
+    }
+
     async fn exchange(
         &self,
         iface: Interface,
@@ -246,8 +257,12 @@ impl GatewayClient {
             None => default,
         };
 
-        let mut url = self.base.clone();
-        iface.push_path(&mut url, agent_id);
+        let url = if iface == Interface::Poll {
+            // The hot path: the agent's poll URL is built once per session.
+            auth.poll_url(|| self.url(iface, agent_id)).clone()
+        } else {
+            self.url(iface, agent_id)
+        };
         let mut request = self
             .http
             .request(iface.method(), url)
@@ -256,11 +271,10 @@ impl GatewayClient {
             .header(ACCEPT, JSON.clone());
         if iface.sends_guid() {
             if let Some(guid) = guid {
-                let mut value = HeaderValue::from_str(guid.expose()).map_err(|_| {
+                let value = guid.header_value().ok_or_else(|| {
                     GatewayError::Unreachable("the held Guid is not a valid header value".into())
                 })?;
-                value.set_sensitive(true);
-                request = request.header("Guid", value);
+                request = request.header(GUID.clone(), value.clone());
             }
         }
         if let Some(cookie) = auth.cookie_header() {
@@ -270,14 +284,14 @@ impl GatewayClient {
             request = request.body(body);
         }
 
-        let mut response = request.send().await.map_err(|e| classify(&e, timeout))?;
+        let response = request.send().await.map_err(|e| classify(&e, timeout))?;
         let status = response.status();
         if !status.is_success() {
             return Err(GatewayError::HttpStatus(status.as_u16()));
         }
         let headers = response.headers();
         if let Some(guid) = headers
-            .get_all("set-guid")
+            .get_all(&SET_GUID)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .rev()
@@ -307,17 +321,15 @@ impl GatewayClient {
                 "answer larger than the {limit}-byte limit"
             )));
         }
-        let mut buf = Vec::with_capacity(response.content_length().unwrap_or(256) as usize);
-        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, timeout))? {
-            if buf.len() + chunk.len() > limit {
-                return Err(GatewayError::OutcomeUnknown(format!(
-                    "answer larger than the {limit}-byte limit"
-                )));
-            }
-            buf.extend_from_slice(&chunk);
-        }
+        let body = if response.content_length().is_some() {
+            // Its length was checked above, and hyper ends the body at that length; one chunk
+            // (the usual case) is taken without a copy.
+            response.bytes().await.map_err(|e| classify(&e, timeout))?
+        } else {
+            read_limited(response, limit, timeout).await?
+        };
         let envelope =
-            Envelope::decode(&buf).map_err(|e| GatewayError::OutcomeUnknown(e.to_string()))?;
+            Envelope::decode(&body).map_err(|e| GatewayError::OutcomeUnknown(e.to_string()))?;
         if envelope.is_success() {
             Ok(envelope)
         } else {
@@ -327,6 +339,24 @@ impl GatewayClient {
             })
         }
     }
+}
+
+/// Reads a body of unannounced length (chunked), refusing it once it exceeds `limit`.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+    timeout: Duration,
+) -> Result<bytes::Bytes, GatewayError> {
+    let mut buf = Vec::with_capacity(256);
+    while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, timeout))? {
+        if buf.len() + chunk.len() > limit {
+            return Err(GatewayError::OutcomeUnknown(format!(
+                "answer larger than the {limit}-byte limit"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.into())
 }
 
 /// Sorts a reqwest failure by whether the request can have reached the gateway. A connect-phase

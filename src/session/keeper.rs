@@ -24,7 +24,9 @@ impl Sessions {
     }
 
     /// Signs the agent in again in the background: until it succeeds (with back-off) when
-    /// `until_signed_in`, else once.
+    /// `until_signed_in`, else once. At most `sign_in_concurrency` of these attempts run at
+    /// once bridge-wide, so pinning many agents (or the gateway ending every session) does not
+    /// flood the gateway with logins.
     pub(super) fn spawn_keep_signed_in(&self, agent_id: Arc<str>, until_signed_in: bool) {
         let this = self.clone();
         let max = self.shared.settings.resign_backoff_max;
@@ -35,7 +37,15 @@ impl Sessions {
             };
             let mut failures = 0u32;
             loop {
-                match this.resign_in(&agent_id, None, None).await {
+                // One permit per attempt, not per agent: an agent backing off does not hold
+                // back the others.
+                let permit = tokio::select! {
+                    () = this.shared.shutdown.cancelled() => return,
+                    permit = this.shared.background_sign_ins.acquire() => permit,
+                };
+                let result = this.resign_in(&agent_id, None, None).await;
+                drop(permit);
+                match result {
                     Ok(_) if until_signed_in => {
                         return this.shared.pinned.set(&agent_id, Pinned::Held)
                     }

@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -58,6 +59,10 @@ pub struct SessionSettings {
     pub hold_credentials: bool,
     /// Ceiling of the back-off between automatic re-sign-in attempts of pinned agents.
     pub resign_backoff_max: Duration,
+    /// Sign-ins the bridge starts by itself (pinned agents at start, re-sign-in after the
+    /// gateway ended sessions) that may be in progress at once, so 10,000 pinned agents do
+    /// not reach the gateway as 10,000 simultaneous logins.
+    pub sign_in_concurrency: usize,
     /// The longest one call may take, Guid retries and a re-sign-in included, when the client
     /// set no deadline.
     pub call_budget: Duration,
@@ -72,6 +77,7 @@ impl Default for SessionSettings {
             auth_retry_wait: Duration::from_secs(2),
             hold_credentials: true,
             resign_backoff_max: Duration::from_secs(30),
+            sign_in_concurrency: 16,
             call_budget: Duration::from_secs(60),
         }
     }
@@ -156,6 +162,8 @@ struct Shared {
     pinned: Arc<PinnedAgents>,
     /// The coordinator every sign-in must pass (the agent pool), if any.
     gate: OnceLock<Arc<dyn SignInGate>>,
+    /// Permits for background sign-ins (`settings.sign_in_concurrency`).
+    background_sign_ins: Semaphore,
 }
 
 /// The registry of agent sessions; cheap to clone, shared by every RPC handler.
@@ -171,7 +179,6 @@ impl Sessions {
         Self {
             shared: Arc::new(Shared {
                 gateway,
-                settings,
                 metrics,
                 slots: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
@@ -179,6 +186,8 @@ impl Sessions {
                 tasks: TaskTracker::new(),
                 pinned: Arc::default(),
                 gate: OnceLock::new(),
+                background_sign_ins: Semaphore::new(settings.sign_in_concurrency),
+                settings,
             }),
         }
     }

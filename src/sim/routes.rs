@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::faults::{self, FaultKind, Interface};
 use super::play::{self, PlayEnv, PlayOp};
 use super::record::RecordedRequest;
-use super::shared::Shared;
+use super::shared::{Shared, SignInInProgress};
 use super::state::NOT_SIGNED_IN;
 use super::wire::{self, Reply};
 use super::{control, poll, signin};
@@ -145,6 +145,8 @@ pub(crate) async fn handle(
     if interface == Interface::Poll {
         shared.polls.fetch_add(1, Ordering::Relaxed);
     }
+    let _sign_in = matches!(interface, Interface::Login | Interface::ForceLogin)
+        .then(|| SignInInProgress::start(shared));
     shared.log.push(RecordedRequest {
         method: parts.method.to_string(),
         path: path.to_owned(),

@@ -25,6 +25,9 @@ pub struct SimStats {
     pub tls_handshakes: u64,
     /// Connections currently open.
     pub active_connections: u64,
+    /// The most sign-in requests (login and forcelogin) ever in progress at once, from the
+    /// request's arrival until its answer is handed to the connection.
+    pub max_concurrent_sign_ins: u64,
 }
 
 /// Everything a request handler or a timer needs.
@@ -39,6 +42,10 @@ pub(crate) struct Shared {
     pub sign_ins: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub active_connections: AtomicU64,
+    /// Sign-in requests in progress now.
+    pub sign_ins_in_progress: AtomicU64,
+    /// The most sign-in requests ever in progress at once.
+    pub max_concurrent_sign_ins: AtomicU64,
     empty_polls: AtomicU64,
 }
 
@@ -56,6 +63,8 @@ impl Shared {
             sign_ins: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             active_connections: AtomicU64::new(0),
+            sign_ins_in_progress: AtomicU64::new(0),
+            max_concurrent_sign_ins: AtomicU64::new(0),
             empty_polls: AtomicU64::new(0),
         }
     }
@@ -68,6 +77,7 @@ impl Shared {
             sign_ins: self.sign_ins.load(Ordering::Relaxed),
             tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
             active_connections: self.active_connections.load(Ordering::Relaxed),
+            max_concurrent_sign_ins: self.max_concurrent_sign_ins.load(Ordering::Relaxed),
         }
     }
 
@@ -81,5 +91,26 @@ impl Shared {
             },
             fixed => fixed,
         }
+    }
+}
+
+/// Counts one sign-in request as in progress while it lives (see
+/// [`SimStats::max_concurrent_sign_ins`]).
+pub(crate) struct SignInInProgress<'a>(&'a Shared);
+
+impl<'a> SignInInProgress<'a> {
+    /// Starts counting a sign-in request that just arrived.
+    pub fn start(shared: &'a Shared) -> Self {
+        let now = shared.sign_ins_in_progress.fetch_add(1, Ordering::AcqRel) + 1;
+        shared
+            .max_concurrent_sign_ins
+            .fetch_max(now, Ordering::AcqRel);
+        SignInInProgress(shared)
+    }
+}
+
+impl Drop for SignInInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.sign_ins_in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 }

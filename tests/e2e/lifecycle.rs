@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use ccgw_bridge::proto::*;
-use ccgw_bridge::sim::{AuthMode, Fault, FaultKind, FaultMatch, Interface, SimConfig};
+use ccgw_bridge::sim::{AuthMode, Fault, FaultKind, FaultMatch, Interface, SimConfig, Simulator};
 use std::time::Duration;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -459,4 +459,36 @@ async fn a_call_without_deadline_ends_at_the_call_budget() {
     assert_eq!(plays(&h, "1001"), 1, "one attempt, refused");
     assert_eq!(logins(&h, "1001") + forcelogins(&h, "1001"), 0);
     assert!(h.sim.signed_in("1001"));
+}
+
+/// Issue 12 goal 7: agents-file agents are signed in at start at most `--sign-in-concurrency`
+/// at a time. The simulator answers each login late (simulated gateway latency) so that
+/// unbounded sign-ins would overlap, and counts how many are in progress at once.
+#[tokio::test]
+async fn pinned_agents_sign_in_at_most_the_concurrency_at_once() {
+    const LIMIT: usize = 3;
+    let sim = Simulator::start(fast_sim(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::Latency(Duration::from_millis(50)),
+        count: None,
+    });
+    let agents: Vec<String> = (2001..2013).map(|id| id.to_string()).collect();
+    let mut config = config_for(&sim);
+    config.sessions.sign_in_concurrency = LIMIT;
+    config.agents = agents.iter().map(|a| pinned_agent(a)).collect();
+    let h = Harness::bridge(sim, config).await;
+    for agent in &agents {
+        let poll = format!("/agentevent/{agent}");
+        request(&h, |r| r.path.ends_with(&poll)).await;
+    }
+    let stats = h.sim.stats();
+    assert_eq!(stats.sign_ins, agents.len() as u64);
+    assert!(
+        (1..=LIMIT as u64).contains(&stats.max_concurrent_sign_ins),
+        "{} sign-ins at once",
+        stats.max_concurrent_sign_ins
+    );
 }

@@ -169,6 +169,9 @@ pub struct SimStats {
     pub sign_ins: u64,
     pub tls_handshakes: u64,
     pub active_connections: u64,
+    /// The most sign-ins ever in progress at once (not a counter: `since` keeps it as is).
+    #[serde(default)]
+    pub max_concurrent_sign_ins: u64,
 }
 
 impl SimStats {
@@ -179,6 +182,7 @@ impl SimStats {
             sign_ins: self.sign_ins - before.sign_ins,
             tls_handshakes: self.tls_handshakes - before.tls_handshakes,
             active_connections: self.active_connections,
+            max_concurrent_sign_ins: self.max_concurrent_sign_ins,
         }
     }
 
@@ -188,6 +192,7 @@ impl SimStats {
         self.sign_ins += d.sign_ins;
         self.tls_handshakes += d.tls_handshakes;
         self.active_connections = d.active_connections;
+        self.max_concurrent_sign_ins = self.max_concurrent_sign_ins.max(d.max_concurrent_sign_ins);
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Opts {
     pub idle: Duration,
     /// Bridge starts timed (start → SERVING).
     pub starts: usize,
+    /// Agents in the agents file of the pinned start (start → all signed in, ready).
+    pub pinned: usize,
 }
 
 const STREAMS_PER_CONN: usize = 200;
@@ -61,6 +63,19 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         50.0,
         false,
         "≤ 50 ms",
+    );
+
+    let pinned = pinned_start(bin, &sim, &control, opts.pinned).await?;
+    report.info(
+        format!(
+            "start → ready with {} pinned agents (agents file)",
+            opts.pinned
+        ),
+        format!(
+            "{:.2} s; at most {} sign-ins in progress at once at the gateway",
+            pinned.0.as_secs_f64(),
+            pinned.1
+        ),
     );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -213,6 +228,9 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         "start_to_serving_ms_max",
         round(starts.q(1.0) as f64 / 1e6, 2),
     );
+    report.set("pinned_agents", opts.pinned);
+    report.set("pinned_start_s", round(pinned.0.as_secs_f64(), 2));
+    report.set("pinned_max_concurrent_sign_ins", pinned.1);
     report.set("rss_idle_kib", rss_idle);
     report.set("agents", n);
     report.set("rss_agents_kib", rss_agents);
@@ -226,4 +244,41 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         sim.proc.log.display()
     ));
     Ok(report)
+}
+
+/// Starts a bridge whose agents file pins `n` agents and times start → ready (every pinned
+/// agent signed in); returns that time and the most sign-ins the simulator saw in progress at
+/// once (the bridge bounds them, `--sign-in-concurrency`). The bridge is stopped afterwards.
+async fn pinned_start(
+    bin: &Path,
+    sim: &procs::Sim,
+    control: &Control,
+    n: usize,
+) -> Result<(Duration, u64), BoxError> {
+    use std::fmt::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("ccgw-bench-{}-pinned", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let private = std::fs::Permissions::from_mode(0o600);
+    let password = dir.join("password");
+    std::fs::write(&password, "pw")?;
+    std::fs::set_permissions(&password, private.clone())?;
+    let mut toml = String::new();
+    for i in 0..n {
+        writeln!(
+            toml,
+            "[[agent]]\nid = \"{}\"\nphone_number = \"88005\"\npassword_file = {:?}\n",
+            700_000 + i,
+            password.display().to_string()
+        )?;
+    }
+    let file = dir.join("agents.toml");
+    std::fs::write(&file, toml)?;
+    std::fs::set_permissions(&file, private)?;
+    let mut bridge = procs::spawn_bridge(bin, sim, &["--agents-file", &file.to_string_lossy()])?;
+    let ready = procs::wait_serving(&mut bridge, Duration::from_secs(600)).await?;
+    let stats = control.stats().await?;
+    drop(bridge);
+    std::fs::remove_dir_all(&dir)?;
+    Ok((ready, stats.max_concurrent_sign_ins))
 }

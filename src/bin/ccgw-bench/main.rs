@@ -222,5 +222,6 @@ fn footprint_opts(a: &Args) -> footprint::Opts {
         },
         idle: Duration::from_secs_f64(a.idle_seconds.unwrap_or(if a.quick { 3.0 } else { 20.4 })),
         starts: if a.quick { 3 } else { 7 },
+        pinned: if a.quick { 1_000 } else { 10_000 },
     }
 }
