@@ -11,9 +11,45 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ccgw-bridge");
+/// The release build of the bridge with the pool feature: the binary a Deployment runs.
+///
+/// Built once per test run into its own target directory, so it never waits on the lock of
+/// the `cargo test` that runs us (and is incremental after the first time). The first build
+/// costs a few minutes on two cores: the price of testing what ships.
+fn bridge_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = root.join("target/pool-release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(root)
+            .args([
+                "build",
+                "--release",
+                "--features",
+                "pool",
+                "--bin",
+                "ccgw-bridge",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .env("CARGO_TERM_COLOR", "never")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "release build of the bridge failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("release/ccgw-bridge")
+    })
+}
 
 /// A port nobody listens on now (bound, then released for the child process to take).
 pub fn free_port() -> u16 {
@@ -278,7 +314,7 @@ impl Bridge {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bridge_bin());
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("CCGW_") {
                 cmd.env_remove(name);

@@ -1,7 +1,5 @@
-//! Acceptance tests of the agent pool (issue 11) with real processes: etcd, bridge binaries
-//! and the simulator. The bridge is the test profile's build of the binary (the one cargo
-//! builds for these tests anyway): a separate release build would cost CI minutes on two
-//! cores and test the same code.
+//! Acceptance tests of the agent pool (issue 11) with real processes: etcd, the release-built
+//! bridge (`harness::bridge_bin`, built once per run with `--features pool`) and the simulator.
 
 mod harness;
 
