@@ -220,11 +220,7 @@ async fn dr_retcodes_without_credentials_end_the_session() {
     h.sim.require_sign_in_again("1001", "105-006");
     let status = stream_end(&mut w).await.expect_err("the session ended");
     assert_eq!(reason(&status), "SESSION_ENDED");
-    let status = expect_code(
-        h.play().await.begin_play(play_request("1001")).await,
-        Code::FailedPrecondition,
-    );
-    assert_eq!(reason(&status), "AGENT_NOT_SIGNED_IN");
+    begin_play_refused(&h, "1001", Code::FailedPrecondition, "AGENT_NOT_SIGNED_IN").await;
     assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
 }
 
@@ -264,11 +260,7 @@ async fn a_guid_refused_after_another_sign_in_is_not_taken_over() {
         .expect("signed in elsewhere");
     let _ = stream_end(&mut w).await;
     h.sim.clear_requests();
-    let status = expect_code(
-        h.play().await.begin_play(play_request("1001")).await,
-        Code::AlreadyExists,
-    );
-    assert_eq!(reason(&status), "AGENT_ALREADY_SIGNED_IN");
+    begin_play_refused(&h, "1001", Code::AlreadyExists, "AGENT_ALREADY_SIGNED_IN").await;
     assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
     assert_eq!(plays(&h, "1001"), 0);
 }
@@ -337,11 +329,7 @@ async fn a_call_refused_before_the_poll_hears_of_a_kick_does_not_take_over() {
         .sign_in_elsewhere("1001", false)
         .expect("signed in elsewhere");
     h.sim.clear_requests();
-    let status = expect_code(
-        h.play().await.begin_play(play_request("1001")).await,
-        Code::AlreadyExists,
-    );
-    assert_eq!(reason(&status), "AGENT_ALREADY_SIGNED_IN");
+    begin_play_refused(&h, "1001", Code::AlreadyExists, "AGENT_ALREADY_SIGNED_IN").await;
     assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
 }
 
@@ -491,4 +479,10 @@ async fn pinned_agents_sign_in_at_most_the_concurrency_at_once() {
         "{} sign-ins at once",
         stats.max_concurrent_sign_ins
     );
+}
+
+/// A BeginPlay for `agent` that must be refused with `code` and `want_reason`.
+async fn begin_play_refused(h: &Harness, agent: &str, code: Code, want_reason: &str) {
+    let status = expect_code(h.play().await.begin_play(play_request(agent)).await, code);
+    assert_eq!(reason(&status), want_reason, "{status:?}");
 }
