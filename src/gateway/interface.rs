@@ -31,6 +31,21 @@ pub enum Interface {
 }
 
 impl Interface {
+    /// Every interface once (the seconds of the fast-play ones do not matter): for what is
+    /// prepared per interface, such as pre-resolved metric series.
+    pub const ALL: [Interface; 10] = [
+        Interface::Login,
+        Interface::ForceLogin,
+        Interface::Logout,
+        Interface::Poll,
+        Interface::BeginPlay,
+        Interface::StopPlay,
+        Interface::PausePlay,
+        Interface::ResumePlay,
+        Interface::FastForward(0),
+        Interface::Rewind(0),
+    ];
+
     /// The vendor's log name (api-notes §0); stable, so it is also the metrics label.
     pub fn name(self) -> &'static str {
         match self {

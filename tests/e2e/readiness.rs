@@ -3,31 +3,12 @@
 
 use crate::helpers::*;
 use crate::ops::{health_watch, until_status};
-use ccgw_bridge::config::PinnedAgent;
-use ccgw_bridge::secret::Password;
-use ccgw_bridge::session::SignInParams;
 use ccgw_bridge::sim::Simulator;
 use ccgw_bridge::{run, Listeners};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn pinned(agent: &str) -> PinnedAgent {
-    PinnedAgent {
-        agent_id: agent.into(),
-        params: SignInParams {
-            password: Password::new(String::new()),
-            phone_number: "88001".into(),
-            force: false,
-            auto_answer: None,
-            auto_enter_idle: None,
-            release_phone: None,
-            agent_type: None,
-            status: None,
-        },
-    }
-}
 
 /// Issue 11 point 1: a pinned agent that another client holds (`100-002`, e.g. the old pod of a
 /// rolling update) must not keep this bridge un-Ready, or the update never completes. A pinned
@@ -38,7 +19,7 @@ async fn a_pinned_agent_held_elsewhere_does_not_block_readiness() {
     old.sign_in("1001").await;
 
     let mut config = config_for(&old.sim);
-    config.agents.push(pinned("1001"));
+    config.agents.push(pinned_agent("1001"));
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
