@@ -127,10 +127,16 @@ impl From<SessionError> for Status {
                 err.to_string(),
                 BRIDGE_DOMAIN,
                 "AGENT_NOT_OWNED",
-                &[
-                    ("agent_id", agent_id.clone()),
-                    ("owner", owner.clone().unwrap_or_default()),
-                ],
+                &[("agent_id", agent_id.clone()), ("owner", owner.clone())],
+            ),
+            SessionError::PoolUnsure {
+                agent_id, reason, ..
+            } => with_info(
+                Code::Unavailable,
+                err.to_string(),
+                BRIDGE_DOMAIN,
+                reason,
+                &[("agent_id", agent_id.clone())],
             ),
             SessionError::ShuttingDown => with_info(
                 Code::Unavailable,

@@ -3,7 +3,7 @@
 //!
 //! Rules (issue 11, `docs`/README "Running several replicas"):
 //! - An instance signs an agent in only while it owns the agent under a lease it knows to be
-//!   valid on its own monotonic clock ([`Ownership`] is the session layer's [`SignInGate`]).
+//!   valid on its own lease clock ([`Ownership`] is the session layer's [`SignInGate`]).
 //! - Ownership is taken only when free ([`Backend::acquire`] is an atomic create); the owner
 //!   that should hold an agent is chosen by rendezvous hashing over the live members.
 //! - `forcelogin` is used only when the coordinator proved that the previous holder was a pool
@@ -16,25 +16,28 @@
 //! The backend is a small trait ([`Backend`]) so that a Kubernetes Lease backend can be added
 //! without touching this loop or the session code.
 
+mod clock;
 #[cfg(feature = "pool")]
 mod etcd;
+mod lease;
 mod metrics;
+mod ownership;
 mod reconcile;
 mod rendezvous;
 
 #[cfg(feature = "pool")]
 pub use etcd::EtcdBackend;
 pub use metrics::PoolMetrics;
+pub use ownership::{LeaseState, Ownership, PoolStatus};
 pub use rendezvous::choose;
 
 use crate::config::PinnedAgent;
-use crate::readiness::Condition;
-use crate::session::{SessionError, Sessions, SignInGate};
+use crate::session::{SessionError, Sessions};
 use crate::telemetry::Metrics;
 use reconcile::Reconciler;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +60,9 @@ pub enum PoolError {
     /// The coordinator could not be reached or refused the request.
     #[error("coordinator: {0}")]
     Coordinator(String),
+    /// Another live lease holds this instance's name (two replicas given one name).
+    #[error("another live instance holds the name {0:?} in this pool; give every replica its own --instance-name")]
+    NameTaken(String),
     /// This binary was built without the `pool` feature.
     #[error("this ccgw-bridge was built without the `pool` feature (etcd); rebuild with `--features pool`")]
     NotBuilt,
@@ -74,7 +80,7 @@ pub enum Renewal {
 /// The coordinator's state as one instance reads it.
 #[derive(Debug, Default, Clone)]
 pub struct View {
-    /// Live instances.
+    /// Live instances that take agents (observers and stepped-out instances are not here).
     pub members: Vec<String>,
     /// Agent → owning instance.
     pub owners: HashMap<String, String>,
@@ -94,17 +100,35 @@ pub enum Acquired {
 }
 
 /// A coordination engine holding one lease per instance and one ownership record per agent.
+///
+/// The lease is renewed by its own [`LeaseRenewal`] on its own task, so no reconcile work can
+/// delay a renewal.
 pub trait Backend: Send + 'static {
-    /// Grants a new lease and registers this instance as a member under it; the granted TTL.
-    fn join(&mut self) -> impl Future<Output = Result<Duration, PoolError>> + Send;
-    /// Renews the lease once.
-    fn renew(&mut self) -> impl Future<Output = Result<Renewal, PoolError>> + Send;
+    /// Renews the lease granted by [`Backend::join`].
+    type Lease: LeaseRenewal;
+    /// Grants a new lease and claims this instance's name under it ([`PoolError::NameTaken`]
+    /// while another live lease holds the name). The instance joins as an observer: it takes
+    /// no agents until [`Backend::set_assignable`].
+    fn join(&mut self) -> impl Future<Output = Result<(Duration, Self::Lease), PoolError>> + Send;
+    /// Enters (`true`) or leaves the members that rendezvous hashing assigns agents to.
+    fn set_assignable(
+        &mut self,
+        assignable: bool,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send;
     /// Reads members and owners.
     fn view(&mut self) -> impl Future<Output = Result<View, PoolError>> + Send;
-    /// Takes `agent` under the lease if nobody holds it.
-    fn acquire(&mut self, agent: &str) -> impl Future<Output = Result<Acquired, PoolError>> + Send;
-    /// Gives `agent` up after signing it out, so its next owner signs in without forcing.
-    fn release(&mut self, agent: &str) -> impl Future<Output = Result<(), PoolError>> + Send;
+    /// Takes each of `agents` under the lease if nobody holds it (requests sent concurrently).
+    fn acquire(
+        &mut self,
+        agents: &[String],
+    ) -> impl Future<Output = Vec<Result<Acquired, PoolError>>> + Send;
+    /// Gives each of `agents` up after signing it out, so its next owner signs in without
+    /// forcing (requests sent concurrently); `Ok(false)` when the record was not this lease's
+    /// any more (nothing was released).
+    fn release(
+        &mut self,
+        agents: &[String],
+    ) -> impl Future<Output = Vec<Result<bool, PoolError>>> + Send;
     /// Ends the lease (every ownership not released stays marked as crashed).
     fn leave(&mut self) -> impl Future<Output = Result<(), PoolError>> + Send;
     /// Resolves when the pool's records may have changed, so the loop reconciles at once
@@ -112,177 +136,10 @@ pub trait Backend: Send + 'static {
     fn changed(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// The state of this instance's lease, as readiness and metrics report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseState {
-    /// Not joined yet (or re-joining after losing the lease).
-    Joining,
-    /// Renewed in time.
-    Held,
-    /// The coordinator is unreachable: sessions run on, no new sign-ins.
-    Unreachable,
-}
-
-impl LeaseState {
-    /// Label for logs, metrics and readiness reasons.
-    pub fn label(self) -> &'static str {
-        match self {
-            LeaseState::Joining => "joining",
-            LeaseState::Held => "held",
-            LeaseState::Unreachable => "coordinator_unreachable",
-        }
-    }
-}
-
-#[derive(Debug)]
-struct OwnershipState {
-    lease: LeaseState,
-    /// Whether the lease was ever held (an instance that never joined is not ready).
-    joined_once: bool,
-    valid_until: Option<Instant>,
-    owned: HashSet<String>,
-    owners: HashMap<String, String>,
-    hand_overs: u64,
-    take_overs: u64,
-}
-
-/// Which pool agents this instance owns, and until when its lease is surely valid.
-pub struct Ownership {
-    instance: String,
-    pool: HashSet<String>,
-    state: Mutex<OwnershipState>,
-    changes: tokio::sync::watch::Sender<u64>,
-    metrics: Arc<Metrics>,
-    draining: CancellationToken,
-}
-
-/// A snapshot of this instance's place in the pool.
-#[derive(Debug, Clone)]
-pub struct PoolStatus {
-    /// This instance's name.
-    pub instance: String,
-    /// Lease state.
-    pub lease: LeaseState,
-    /// Agents owned here, sorted.
-    pub owned: Vec<String>,
-    /// Agents handed over to another instance so far.
-    pub hand_overs: u64,
-    /// Agents taken over from an instance whose lease ended so far.
-    pub take_overs: u64,
-}
-
-impl Ownership {
-    fn new(instance: String, pool: HashSet<String>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            instance,
-            pool,
-            state: Mutex::new(OwnershipState {
-                lease: LeaseState::Joining,
-                joined_once: false,
-                valid_until: None,
-                owned: HashSet::new(),
-                owners: HashMap::new(),
-                hand_overs: 0,
-                take_overs: 0,
-            }),
-            changes: tokio::sync::watch::Sender::new(0),
-            metrics,
-            draining: CancellationToken::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, OwnershipState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Where this instance stands now.
-    pub fn status(&self) -> PoolStatus {
-        let s = self.lock();
-        let mut owned: Vec<String> = s.owned.iter().cloned().collect();
-        owned.sort();
-        PoolStatus {
-            instance: self.instance.clone(),
-            lease: s.lease,
-            owned,
-            hand_overs: s.hand_overs,
-            take_overs: s.take_overs,
-        }
-    }
-
-    /// What readiness reports about the pool (O(1)): nothing while the lease is held. An
-    /// instance that never joined is not ready, so a rolling update does not stop the old pod
-    /// (which still holds the agents) for a new one that cannot reach the coordinator. Once
-    /// joined, an unreachable coordinator or a lost lease is a warning only: the sessions held
-    /// here and the calls on them keep working, only new sign-ins wait for the lease.
-    pub fn readiness(&self) -> Condition {
-        let s = self.lock();
-        match (s.lease, s.joined_once) {
-            (LeaseState::Held, _) => Condition::Fine,
-            (_, false) => Condition::Blocking(
-                "agent pool: not joined yet (the coordinator, etcd, has not granted a lease)",
-            ),
-            (LeaseState::Unreachable, true) => Condition::Degraded(
-                "agent pool: coordinator (etcd) unreachable; running sessions are kept, no new sign-ins of pool agents",
-            ),
-            (LeaseState::Joining, true) => Condition::Degraded(
-                "agent pool: lease lost; its agents' sessions here were ended, joining again",
-            ),
-        }
-    }
-
-    /// Cancelled when the bridge starts draining: ownership changes no more.
-    pub fn draining(&self) -> CancellationToken {
-        self.draining.clone()
-    }
-
-    /// Ticks whenever the set of owned agents or the lease state changes.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    fn changed(&self) {
-        let (owned, lease) = {
-            let s = self.lock();
-            (s.owned.len(), s.lease)
-        };
-        self.metrics.pool().set(owned, lease);
-        self.changes.send_modify(|n| *n += 1);
-    }
-
-    fn set_lease(&self, lease: LeaseState, valid_until: Option<Instant>) {
-        let mut s = self.lock();
-        let was = s.lease;
-        s.lease = lease;
-        s.joined_once |= lease == LeaseState::Held;
-        if valid_until.is_some() || lease != LeaseState::Unreachable {
-            s.valid_until = valid_until;
-        }
-        drop(s);
-        if was != lease {
-            self.changed();
-        }
-    }
-}
-
-impl SignInGate for Ownership {
-    fn may_sign_in(&self, agent_id: &str) -> Result<(), Option<String>> {
-        if !self.pool.contains(agent_id) {
-            // Agents outside the shared agents file are signed in by callers, as without a pool.
-            return Ok(());
-        }
-        let s = self.lock();
-        // Renewed at the last attempt, and surely not expired since (monotonic clock).
-        let lease_valid =
-            s.lease == LeaseState::Held && s.valid_until.is_some_and(|t| Instant::now() < t);
-        if lease_valid && s.owned.contains(agent_id) {
-            return Ok(());
-        }
-        Err(s
-            .owners
-            .get(agent_id)
-            .filter(|o| **o != self.instance)
-            .cloned())
-    }
+/// Renews one lease.
+pub trait LeaseRenewal: Send + 'static {
+    /// Renews the lease once.
+    fn renew(&mut self) -> impl Future<Output = Result<Renewal, PoolError>> + Send;
 }
 
 /// The running pool: its reconcile loop and the view the rest of the bridge reads.
@@ -292,30 +149,13 @@ pub struct Pool {
     task: tokio::task::JoinHandle<Box<dyn Leave>>,
 }
 
-/// The part of a backend that outlives the loop: leaving at shutdown.
+/// The part of the loop that outlives it: releasing what was signed out and leaving at
+/// shutdown.
 trait Leave: Send {
     fn leave_after<'a>(
         &'a mut self,
         released: Vec<String>,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-}
-
-impl<B: Backend> Leave for B {
-    fn leave_after<'a>(
-        &'a mut self,
-        released: Vec<String>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            for agent in released {
-                if let Err(e) = self.release(&agent).await {
-                    tracing::warn!(agent_id = %agent, error = %e, "pool: release at shutdown failed");
-                }
-            }
-            if let Err(e) = self.leave().await {
-                tracing::warn!(error = %e, "pool: leaving failed; the lease will expire");
-            }
-        })
-    }
 }
 
 impl Pool {
@@ -349,27 +189,27 @@ impl Pool {
     ) -> Pool {
         let ownership = Arc::new(Ownership::new(
             config.instance.clone(),
+            config.endpoints.join(","),
             agents.iter().map(|a| a.agent_id.clone()).collect(),
             metrics,
         ));
         ownership.changed();
         sessions.set_gate(ownership.clone());
         let stop = CancellationToken::new();
-        let reconciler = Reconciler {
+        let reconciler = Reconciler::new(
             backend,
-            ownership: ownership.clone(),
+            ownership.clone(),
             sessions,
-            agents: agents
+            agents
                 .into_iter()
                 .map(|mut a| {
                     a.params.force = false;
                     (a.agent_id, a.params)
                 })
-                .collect::<Vec<_>>()
-                .into(),
-            tick: config.lease_ttl / 3,
-            stop: stop.clone(),
-        };
+                .collect(),
+            config.lease_ttl / 3,
+            stop.clone(),
+        );
         let task = tokio::spawn(reconciler.run());
         Pool {
             ownership,
@@ -383,17 +223,19 @@ impl Pool {
         &self.ownership
     }
 
-    /// Stops taking and handing over agents (first step of a drain). Sessions keep running,
-    /// and so does the lease's renewal, so the drain's hand-over happens under a live lease.
+    /// Stops taking and handing over agents (first step of a drain) and steps out of the
+    /// members agents are assigned to, so peers know at once which agents will come free.
+    /// Sessions keep running, and so does the lease's renewal, so the drain's hand-over happens
+    /// under a live lease.
     pub fn freeze(&self) {
         self.ownership.draining.cancel();
     }
 
     /// The drain's hand-over: with `sign_out`, signs every owned agent out (in parallel) and
-    /// releases those signed out, so their next owner signs in with a plain `login`; then ends
-    /// the lease. Agents still signed in (a failed sign-out, or `--no-sign-out-on-shutdown`)
-    /// are not released: the lease's end marks them crashed, so their next owner may take
-    /// their gateway session over.
+    /// releases those signed out (in parallel), so their next owner signs in with a plain
+    /// `login`; then ends the lease. Agents still signed in (a failed sign-out, or
+    /// `--no-sign-out-on-shutdown`) are not released: the lease's end marks them crashed, so
+    /// their next owner may take their gateway session over.
     pub async fn leave(self, sessions: &Sessions, sign_out: bool, deadline: Option<Instant>) {
         self.stop.cancel();
         let Ok(mut backend) = self.task.await else {

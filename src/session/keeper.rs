@@ -50,7 +50,9 @@ impl Sessions {
                         return this.shared.pinned.set(&agent_id, Pinned::Held)
                     }
                     Ok(_) => return,
-                    Err(SessionError::NotOwned { .. }) => return this.forget(&agent_id).await,
+                    Err(SessionError::NotOwned { .. } | SessionError::PoolUnsure { .. }) => {
+                        return this.forget(&agent_id).await
+                    }
                     Err(SessionError::ShuttingDown | SessionError::NotSignedIn { .. }) => return,
                     Err(e) if !until_signed_in => {
                         tracing::warn!(agent_id = %agent_id, error = %e, "signing in again failed; the next call tries again");

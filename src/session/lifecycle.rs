@@ -78,17 +78,23 @@ impl Sessions {
         take_over: bool,
         deadline: Option<Instant>,
     ) -> Result<Arc<Session>, SessionError> {
-        self.check_gate(agent_id)?;
+        // A forced sign-in must land while the coordinator's lease surely lasts: one landing
+        // after it could kick the agent's next owner. A plain `login` cannot kick anyone.
+        let force_by = self.check_gate(agent_id)?;
+        let forced_deadline = match (deadline, force_by) {
+            (Some(d), Some(f)) => Some(d.min(f)),
+            (d, f) => d.or(f),
+        };
         let auth = Arc::new(AgentAuth::default());
         let gw = &self.shared.gateway;
         let body = params.body();
-        let iface = if params.force {
-            Interface::ForceLogin
+        let (iface, first_deadline) = if params.force {
+            (Interface::ForceLogin, forced_deadline)
         } else {
-            Interface::Login
+            (Interface::Login, deadline)
         };
         let mut result = gw
-            .call(iface, agent_id, &auth, None, Some(body.clone()), deadline)
+            .call(iface, agent_id, &auth, None, Some(body.clone()), first_deadline)
             .await;
         if take_over && !params.force && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
         {
@@ -101,7 +107,7 @@ impl Sessions {
                     &auth,
                     None,
                     Some(body),
-                    deadline,
+                    forced_deadline,
                 )
                 .await;
         }

@@ -26,7 +26,7 @@ mod session;
 mod views;
 
 pub use ending::EndReason;
-pub use gate::SignInGate;
+pub use gate::{GateRefusal, SignInGate};
 pub use guid_retry::GUID_RETRIES;
 pub use params::SignInParams;
 pub use session::{Session, SessionInfo, State};
@@ -98,13 +98,25 @@ pub enum SessionError {
         /// The agent asked for.
         agent_id: String,
     },
-    /// Another instance of the agent pool owns the agent (or none does yet).
-    #[error("agent {agent_id} is not owned by this bridge instance{}", owner.as_deref().map(|o| format!("; instance {o} owns it")).unwrap_or_default())]
+    /// Another instance of the agent pool owns the agent.
+    #[error("agent {agent_id} is not owned by this bridge instance; instance {owner} owns it")]
     NotOwned {
         /// The agent asked for.
         agent_id: String,
-        /// The owner's instance name, if known.
-        owner: Option<String>,
+        /// The owner's instance name.
+        owner: String,
+    },
+    /// The agent pool cannot tell now whether this instance may sign the agent in (its
+    /// coordinator is unreachable, it has not joined yet, or the agent is moving): nothing was
+    /// sent, and a retry may succeed.
+    #[error("agent {agent_id}: the agent pool cannot confirm this instance owns it now: {detail}")]
+    PoolUnsure {
+        /// The agent asked for.
+        agent_id: String,
+        /// Stable reason (`POOL_…`).
+        reason: &'static str,
+        /// The coordinator's endpoint and the cause.
+        detail: String,
     },
     /// The bridge is draining.
     #[error("the bridge is shutting down")]
@@ -212,14 +224,23 @@ impl Sessions {
         let _ = self.shared.gate.set(gate);
     }
 
-    fn check_gate(&self, agent_id: &str) -> Result<(), SessionError> {
-        match self.shared.gate.get().map(|g| g.may_sign_in(agent_id)) {
-            Some(Err(owner)) => Err(SessionError::NotOwned {
+    /// Asks the coordinator (if any) whether the agent may be signed in here; `Ok` carries the
+    /// instant by which a forced sign-in must be answered (see [`SignInGate::may_sign_in`]).
+    fn check_gate(&self, agent_id: &str) -> Result<Option<std::time::Instant>, SessionError> {
+        let Some(gate) = self.shared.gate.get() else {
+            return Ok(None);
+        };
+        gate.may_sign_in(agent_id).map_err(|refusal| match refusal {
+            GateRefusal::Owner(owner) => SessionError::NotOwned {
                 agent_id: agent_id.to_owned(),
                 owner,
-            }),
-            _ => Ok(()),
-        }
+            },
+            GateRefusal::Unsure { reason, detail } => SessionError::PoolUnsure {
+                agent_id: agent_id.to_owned(),
+                reason,
+                detail,
+            },
+        })
     }
 
     /// Ends the agent's session here without signing it out and forgets the agent: the
@@ -234,6 +255,24 @@ impl Sessions {
         }
         self.remove_if_same(agent_id, &slot);
         self.shared.pinned.remove(agent_id);
+    }
+
+    /// Whether the agent has a running session here (the coordinator is not consulted).
+    pub fn has_running_session(&self, agent_id: &str) -> bool {
+        let slot = self.slots().get(agent_id).cloned();
+        slot.is_some_and(|s| s.running().is_some())
+    }
+
+    /// A permit for one background sign-in (see [`SessionSettings::sign_in_concurrency`]):
+    /// sign-ins the agent pool starts by itself share the bound with keep-signed-in's.
+    pub async fn background_sign_in_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.shared.background_sign_ins.acquire().await.ok()
+    }
+
+    /// Asks the gateway for any answer (see [`GatewayClient::probe`]): whether this bridge can
+    /// reach it at all (address, TLS trust), without signing anything in.
+    pub async fn probe_gateway(&self) -> Result<(), String> {
+        self.shared.gateway.probe().await
     }
 
     /// Locks the agent's lifecycle, creating its slot if needed, and makes sure the slot is

@@ -1,0 +1,261 @@
+//! What this instance owns, and until when its lease is surely valid: the session layer's
+//! sign-in gate, readiness and the pool's status, all read from one small state.
+
+use super::clock::LeaseTime;
+use crate::readiness::Condition;
+use crate::session::{GateRefusal, SignInGate};
+use crate::telemetry::Metrics;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The state of this instance's lease, as readiness and metrics report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Not joined yet (or re-joining after losing the lease).
+    Joining,
+    /// Renewed in time.
+    Held,
+    /// The coordinator is unreachable: sessions run on, no new sign-ins.
+    Unreachable,
+}
+
+impl LeaseState {
+    /// Label for logs, metrics and readiness reasons.
+    pub fn label(self) -> &'static str {
+        match self {
+            LeaseState::Joining => "joining",
+            LeaseState::Held => "held",
+            LeaseState::Unreachable => "coordinator_unreachable",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct OwnershipState {
+    pub(super) lease: LeaseState,
+    /// Whether the lease was ever held (an instance that never joined is not ready).
+    pub(super) joined_once: bool,
+    /// Another live lease holds this instance's name: joining waits for it to end.
+    pub(super) name_taken: bool,
+    /// Whether this instance is among the members agents are assigned to (it joins as an
+    /// observer and becomes assignable once the gateway has answered it).
+    pub(super) assignable: bool,
+    /// The last coordinator failure, for errors that say what went wrong.
+    pub(super) last_error: Option<String>,
+    pub(super) valid_until: Option<LeaseTime>,
+    /// Owned under the lease, and signed in (or being signed in) here.
+    pub(super) owned: HashSet<String>,
+    /// Owned under the lease, being signed out to hand over: the gate is closed for them.
+    pub(super) handing_over: HashSet<String>,
+    pub(super) owners: HashMap<String, String>,
+    pub(super) hand_overs: u64,
+    pub(super) take_overs: u64,
+    /// The lease is held again after the coordinator was unreachable: sessions given up
+    /// meanwhile (sign-ins were refused) are signed in again at the next reconcile.
+    pub(super) resync: bool,
+}
+
+/// Which pool agents this instance owns, and until when its lease is surely valid.
+pub struct Ownership {
+    pub(super) instance: String,
+    pub(super) endpoints: String,
+    pub(super) pool: HashSet<String>,
+    state: Mutex<OwnershipState>,
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Wakes the reconcile loop (the lease was lost, or renewed after an outage).
+    pub(super) wake: tokio::sync::Notify,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) draining: CancellationToken,
+}
+
+/// A snapshot of this instance's place in the pool.
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    /// This instance's name.
+    pub instance: String,
+    /// Lease state.
+    pub lease: LeaseState,
+    /// Agents owned here, sorted.
+    pub owned: Vec<String>,
+    /// Agents handed over to another instance so far.
+    pub hand_overs: u64,
+    /// Agents taken over from an instance whose lease ended so far.
+    pub take_overs: u64,
+}
+
+impl Ownership {
+    pub(super) fn new(
+        instance: String,
+        endpoints: String,
+        pool: HashSet<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            instance,
+            endpoints,
+            pool,
+            state: Mutex::new(OwnershipState {
+                lease: LeaseState::Joining,
+                joined_once: false,
+                name_taken: false,
+                assignable: false,
+                last_error: None,
+                valid_until: None,
+                owned: HashSet::new(),
+                handing_over: HashSet::new(),
+                owners: HashMap::new(),
+                hand_overs: 0,
+                take_overs: 0,
+                resync: false,
+            }),
+            changes: tokio::sync::watch::Sender::new(0),
+            wake: tokio::sync::Notify::new(),
+            metrics,
+            draining: CancellationToken::new(),
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, OwnershipState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where this instance stands now.
+    pub fn status(&self) -> PoolStatus {
+        let s = self.lock();
+        let mut owned: Vec<String> = s.owned.iter().cloned().collect();
+        owned.sort();
+        PoolStatus {
+            instance: self.instance.clone(),
+            lease: s.lease,
+            owned,
+            hand_overs: s.hand_overs,
+            take_overs: s.take_overs,
+        }
+    }
+
+    /// What readiness reports about the pool (O(1)): nothing while the lease is held and the
+    /// instance takes agents. An instance that never joined, or that cannot reach the gateway
+    /// (it stays an observer, given no agents), is not ready, so a rolling update does not
+    /// stop the old pod (which still holds the agents) for a new one that cannot serve them.
+    /// Once joined, an unreachable coordinator or a lost lease is a warning only: the sessions
+    /// held here and the calls on them keep working, only new sign-ins wait for the lease.
+    pub fn readiness(&self) -> Condition {
+        let s = self.lock();
+        match (s.lease, s.joined_once) {
+            (_, false) if s.name_taken => Condition::Blocking(
+                "agent pool: another live instance holds this --instance-name; give every replica its own name (the pod name)",
+            ),
+            (LeaseState::Held, _) if !s.assignable => Condition::Blocking(
+                "agent pool: joined as an observer only: the gateway has not answered this instance yet, so it takes no agents",
+            ),
+            (LeaseState::Held, _) => Condition::Fine,
+            (_, false) => Condition::Blocking(
+                "agent pool: not joined yet (the coordinator, etcd, has not granted a lease)",
+            ),
+            (LeaseState::Unreachable, true) => Condition::Degraded(
+                "agent pool: coordinator (etcd) unreachable; running sessions are kept, no new sign-ins of pool agents",
+            ),
+            (LeaseState::Joining, true) => Condition::Degraded(
+                "agent pool: lease lost; its agents' sessions here were ended, joining again",
+            ),
+        }
+    }
+
+    /// Cancelled when the bridge starts draining: ownership changes no more.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
+    }
+
+    /// Ticks whenever the set of owned agents or the lease state changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub(super) fn changed(&self) {
+        let (owned, lease) = {
+            let s = self.lock();
+            (s.owned.len(), s.lease)
+        };
+        self.metrics.pool().set(owned, lease);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Records a lease state; returns the previous one.
+    pub(super) fn set_lease(&self, lease: LeaseState, valid_until: Option<LeaseTime>) -> LeaseState {
+        let mut s = self.lock();
+        let was = s.lease;
+        s.lease = lease;
+        s.joined_once |= lease == LeaseState::Held;
+        s.resync |= was == LeaseState::Unreachable && lease == LeaseState::Held;
+        if lease == LeaseState::Held {
+            s.name_taken = false;
+            s.last_error = None;
+        }
+        if valid_until.is_some() || lease != LeaseState::Unreachable {
+            s.valid_until = valid_until;
+        }
+        drop(s);
+        if was != lease {
+            self.changed();
+        }
+        was
+    }
+
+    /// Records a coordinator failure (shown in refusals and logs).
+    pub(super) fn set_error(&self, error: impl ToString) {
+        self.lock().last_error = Some(error.to_string());
+    }
+
+    fn unsure(&self, s: &OwnershipState, reason: &'static str, what: &str) -> GateRefusal {
+        let cause = s
+            .last_error
+            .as_deref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default();
+        GateRefusal::Unsure {
+            reason,
+            detail: format!(
+                "{what} (instance {}, coordinator {}{cause}); retry shortly",
+                self.instance, self.endpoints
+            ),
+        }
+    }
+}
+
+impl SignInGate for Ownership {
+    fn may_sign_in(&self, agent_id: &str) -> Result<Option<Instant>, GateRefusal> {
+        if !self.pool.contains(agent_id) {
+            // Agents outside the shared agents file are signed in by callers, as without a pool.
+            return Ok(None);
+        }
+        let s = self.lock();
+        // Renewed at the last attempt, and surely not expired since (the lease clock counts a
+        // suspended host's time too).
+        let valid_until = s
+            .valid_until
+            .filter(|t| s.lease == LeaseState::Held && LeaseTime::now() < *t);
+        if let Some(until) = valid_until {
+            if s.owned.contains(agent_id) {
+                return Ok(Some(until.as_instant()));
+            }
+        }
+        if let Some(owner) = s.owners.get(agent_id).filter(|o| **o != self.instance) {
+            return Err(GateRefusal::Owner(owner.clone()));
+        }
+        Err(match (s.joined_once, valid_until.is_some()) {
+            (false, _) => self.unsure(&s, "POOL_NOT_JOINED", "this instance has not joined the agent pool yet"),
+            (true, false) => self.unsure(
+                &s,
+                "POOL_COORDINATOR_UNAVAILABLE",
+                "this instance's pool lease is not confirmed now",
+            ),
+            (true, true) => self.unsure(
+                &s,
+                "POOL_AGENT_MOVING",
+                "the agent is between owners (being handed over or not yet taken)",
+            ),
+        })
+    }
+}
