@@ -108,7 +108,12 @@ impl EtcdBackend {
             .ok_or_else(|| PoolError::Coordinator("no lease".into()))
     }
 
-    async fn acquire_one(&self, mut client: Client, lease: i64, agent: &str) -> Result<Acquired, PoolError> {
+    async fn acquire_one(
+        &self,
+        mut client: Client,
+        lease: i64,
+        agent: &str,
+    ) -> Result<Acquired, PoolError> {
         let owner = self.key("owners", agent);
         let holder = self.key("holders", agent);
         let txn = Txn::new()
@@ -137,7 +142,12 @@ impl EtcdBackend {
         Ok(Acquired::Won { crashed_holder })
     }
 
-    async fn release_one(&self, mut client: Client, lease: i64, agent: &str) -> Result<bool, PoolError> {
+    async fn release_one(
+        &self,
+        mut client: Client,
+        lease: i64,
+        agent: &str,
+    ) -> Result<bool, PoolError> {
         let owner = self.key("owners", agent);
         let holder = self.key("holders", agent);
         // Only while the record is still under this instance's lease: never release another's.

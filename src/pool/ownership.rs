@@ -183,7 +183,11 @@ impl Ownership {
     }
 
     /// Records a lease state; returns the previous one.
-    pub(super) fn set_lease(&self, lease: LeaseState, valid_until: Option<LeaseTime>) -> LeaseState {
+    pub(super) fn set_lease(
+        &self,
+        lease: LeaseState,
+        valid_until: Option<LeaseTime>,
+    ) -> LeaseState {
         let mut s = self.lock();
         let was = s.lease;
         s.lease = lease;
@@ -245,7 +249,11 @@ impl SignInGate for Ownership {
             return Err(GateRefusal::Owner(owner.clone()));
         }
         Err(match (s.joined_once, valid_until.is_some()) {
-            (false, _) => self.unsure(&s, "POOL_NOT_JOINED", "this instance has not joined the agent pool yet"),
+            (false, _) => self.unsure(
+                &s,
+                "POOL_NOT_JOINED",
+                "this instance has not joined the agent pool yet",
+            ),
             (true, false) => self.unsure(
                 &s,
                 "POOL_COORDINATOR_UNAVAILABLE",

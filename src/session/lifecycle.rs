@@ -94,7 +94,14 @@ impl Sessions {
             (Interface::Login, deadline)
         };
         let mut result = gw
-            .call(iface, agent_id, &auth, None, Some(body.clone()), first_deadline)
+            .call(
+                iface,
+                agent_id,
+                &auth,
+                None,
+                Some(body.clone()),
+                first_deadline,
+            )
             .await;
         if take_over && !params.force && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
         {

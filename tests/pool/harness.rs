@@ -290,13 +290,20 @@ pub struct Bridge {
     pub admin: SocketAddr,
     pub log: PathBuf,
     setup: PoolSetup,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Bridge {
     /// Starts instance `name` of the pool.
     pub fn start(setup: &PoolSetup, name: &str) -> Bridge {
+        Self::start_with(setup, name, &[])
+    }
+
+    /// Starts instance `name` of the pool with extra flags (e.g. `--worker-threads 2`).
+    pub fn start_with(setup: &PoolSetup, name: &str, extra: &[&str]) -> Bridge {
         let mut b = Bridge {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             name: name.to_owned(),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -334,6 +341,7 @@ impl Bridge {
             .args(["--instance-name", &self.name])
             .args(["--lease-ttl", s.lease_ttl])
             .args(["--poll-gap", "10ms", "--drain-timeout", "5s"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

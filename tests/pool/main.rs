@@ -2,6 +2,7 @@
 //! bridge (`harness::bridge_bin`, built once per run with `--features pool`) and the simulator.
 
 mod harness;
+mod interleavings;
 
 use ccgw_bridge::pool::choose;
 use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};
