@@ -3,6 +3,7 @@
 
 mod harness;
 mod interleavings;
+mod scripted;
 
 use ccgw_bridge::pool::choose;
 use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};

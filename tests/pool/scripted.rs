@@ -1,0 +1,263 @@
+//! Deterministic interleavings the real etcd cannot order on demand, on a scripted [`Backend`]
+//! (in addition to the real-etcd tests, not in place of them): the real session layer and the
+//! simulator over real TLS, an in-memory coordinator whose answers the test chooses.
+
+use super::*;
+use ccgw_bridge::config::PinnedAgent;
+use ccgw_bridge::gateway::{GatewayClient, GatewayConfig};
+use ccgw_bridge::pool::{
+    Acquired, Backend, LeaseRenewal, Pool, PoolConfig, PoolError, Renewal, View,
+};
+use ccgw_bridge::secret::Password;
+use ccgw_bridge::session::{SessionSettings, Sessions, SignInParams};
+use ccgw_bridge::telemetry::Metrics;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct Coordinator {
+    members: Vec<String>,
+    owners: HashMap<String, String>,
+    /// Releases to fail before any succeeds.
+    failing_releases: u32,
+    failed_releases: u32,
+    /// Answer releases as "not this lease's record any more" (nothing released).
+    releases_not_mine: bool,
+}
+
+#[derive(Clone, Default)]
+struct Script(Arc<Mutex<Coordinator>>);
+
+impl Script {
+    fn with<T>(&self, f: impl FnOnce(&mut Coordinator) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+struct Scripted {
+    me: String,
+    script: Script,
+}
+
+struct Renewer;
+
+impl LeaseRenewal for Renewer {
+    async fn renew(&mut self) -> Result<Renewal, PoolError> {
+        Ok(Renewal::Alive(TTL))
+    }
+}
+
+impl Backend for Scripted {
+    type Lease = Renewer;
+
+    async fn join(&mut self) -> Result<(Duration, Renewer), PoolError> {
+        Ok((TTL, Renewer))
+    }
+
+    async fn set_assignable(&mut self, assignable: bool) -> Result<(), PoolError> {
+        let me = self.me.clone();
+        self.script.with(|c| {
+            c.members.retain(|m| *m != me);
+            if assignable {
+                c.members.push(me);
+            }
+        });
+        Ok(())
+    }
+
+    async fn view(&mut self) -> Result<View, PoolError> {
+        Ok(self.script.with(|c| View {
+            members: c.members.clone(),
+            owners: c.owners.clone(),
+        }))
+    }
+
+    async fn acquire(&mut self, agents: &[String]) -> Vec<Result<Acquired, PoolError>> {
+        let me = self.me.clone();
+        self.script.with(|c| {
+            agents
+                .iter()
+                .map(|a| {
+                    if c.owners.contains_key(a) {
+                        Ok(Acquired::Held)
+                    } else {
+                        c.owners.insert(a.clone(), me.clone());
+                        Ok(Acquired::Won {
+                            crashed_holder: None,
+                        })
+                    }
+                })
+                .collect()
+        })
+    }
+
+    async fn release(&mut self, agents: &[String]) -> Vec<Result<bool, PoolError>> {
+        let me = self.me.clone();
+        self.script.with(|c| {
+            agents
+                .iter()
+                .map(|a| {
+                    if c.failing_releases > 0 {
+                        c.failing_releases -= 1;
+                        c.failed_releases += 1;
+                        return Err(PoolError::Coordinator("scripted: release lost".into()));
+                    }
+                    if c.releases_not_mine || c.owners.get(a) != Some(&me) {
+                        return Ok(false);
+                    }
+                    c.owners.remove(a);
+                    Ok(true)
+                })
+                .collect()
+        })
+    }
+
+    async fn leave(&mut self) -> Result<(), PoolError> {
+        Ok(())
+    }
+
+    async fn changed(&mut self) {
+        std::future::pending().await
+    }
+}
+
+struct InProcess {
+    sim: ccgw_bridge::sim::Simulator,
+    pool: Pool,
+    script: Script,
+    sessions: Sessions,
+}
+
+async fn in_process(agents: &[String]) -> InProcess {
+    ccgw_bridge::crypto::install_crypto_provider();
+    let sim = simulator().await;
+    let metrics = Arc::new(Metrics::default());
+    let gateway = GatewayClient::new(
+        GatewayConfig {
+            base_url: sim.url(),
+            ca_pem: Some(sim.ca_pem().as_bytes().to_vec()),
+            client_identity_pem: None,
+            insecure_skip_verify: false,
+            request_timeout: Duration::from_secs(10),
+            poll_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    let sessions = Sessions::new(gateway, SessionSettings::default(), metrics.clone());
+    let script = Script::default();
+    let pinned = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| PinnedAgent {
+            agent_id: a.clone(),
+            params: SignInParams {
+                password: Password::new("secret".into()),
+                phone_number: format!("8{i:04}"),
+                force: false,
+                auto_answer: None,
+                auto_enter_idle: None,
+                release_phone: None,
+                agent_type: None,
+                status: None,
+            },
+        })
+        .collect();
+    let config = PoolConfig {
+        endpoints: vec!["scripted".into()],
+        prefix: "/".into(),
+        instance: "a".into(),
+        lease_ttl: TTL,
+    };
+    let backend = Scripted {
+        me: "a".into(),
+        script: script.clone(),
+    };
+    let pool = Pool::start(backend, &config, sessions.clone(), pinned, metrics);
+    InProcess {
+        sim,
+        pool,
+        script,
+        sessions,
+    }
+}
+
+/// A member that should hold `agent` beside "a" (the script's other members never act).
+fn other_member_for(agent: &str) -> String {
+    (0..)
+        .map(|i| format!("peer-{i}"))
+        .find(|m| choose(&["a".to_string(), m.clone()], agent) == Some(m.as_str()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_release_is_adopted_again_not_forgotten() {
+    let agents = vec!["2101".to_string(), "2102".to_string()];
+    let t = in_process(&agents).await;
+    let all = set(&agents);
+    let owned = || {
+        t.pool
+            .ownership()
+            .status()
+            .owned
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    };
+    wait_until(SETTLE, "a owns and signed in every agent", || async {
+        owned() == all && agents.iter().all(|x| t.sim.signed_in(x))
+    })
+    .await;
+    // A peer appears that should hold 2101; the releases after its sign-out are lost.
+    let peer = other_member_for("2101");
+    t.script.with(|c| {
+        c.failing_releases = u32::MAX;
+        c.members.push(peer.clone());
+    });
+    wait_until(SETTLE, "the release was tried and failed", || async {
+        t.script.with(|c| c.failed_releases >= 1)
+    })
+    .await;
+    assert!(!t.sim.signed_in("2101"), "signed out for the hand-over");
+    // The peer leaves before taking it: etcd still names "a", so "a" adopts and signs it in.
+    t.script.with(|c| {
+        c.members.retain(|m| *m != peer);
+        c.failing_releases = 0;
+    });
+    wait_until(SETTLE, "a owns 2101 again and signed it in", || async {
+        owned() == all && t.sim.signed_in("2101") && t.sessions.has_running_session("2101")
+    })
+    .await;
+    assert_eq!(t.pool.ownership().status().hand_overs, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_did_not_apply_is_not_counted_as_a_hand_over() {
+    let agents = vec!["2201".to_string()];
+    let t = in_process(&agents).await;
+    wait_until(SETTLE, "a signed the agent in", || async {
+        t.sessions.has_running_session("2201")
+    })
+    .await;
+    let peer = other_member_for("2201");
+    t.script.with(|c| {
+        c.releases_not_mine = true;
+        c.members.push(peer);
+    });
+    wait_until(
+        SETTLE,
+        "a signed the agent out for the hand-over",
+        || async { !t.sim.signed_in("2201") },
+    )
+    .await;
+    wait_until(SETTLE, "the hand-over finished", || async {
+        t.pool.ownership().status().owned.is_empty() && !t.sessions.has_running_session("2201")
+    })
+    .await;
+    assert_eq!(
+        t.pool.ownership().status().hand_overs,
+        0,
+        "no-op release not counted"
+    );
+}
