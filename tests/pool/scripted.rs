@@ -10,6 +10,7 @@ use ccgw_bridge::pool::{
 };
 use ccgw_bridge::secret::Password;
 use ccgw_bridge::session::{SessionSettings, Sessions, SignInParams};
+use ccgw_bridge::sim::{Fault, FaultKind, FaultMatch, Interface};
 use ccgw_bridge::telemetry::Metrics;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -129,8 +130,15 @@ struct InProcess {
 }
 
 async fn in_process(agents: &[String]) -> InProcess {
+    in_process_with(simulator().await, agents, SessionSettings::default()).await
+}
+
+async fn in_process_with(
+    sim: ccgw_bridge::sim::Simulator,
+    agents: &[String],
+    settings: SessionSettings,
+) -> InProcess {
     ccgw_bridge::crypto::install_crypto_provider();
-    let sim = simulator().await;
     let metrics = Arc::new(Metrics::default());
     let gateway = GatewayClient::new(
         GatewayConfig {
@@ -146,7 +154,7 @@ async fn in_process(agents: &[String]) -> InProcess {
         metrics.clone(),
     )
     .unwrap();
-    let sessions = Sessions::new(gateway, SessionSettings::default(), metrics.clone());
+    let sessions = Sessions::new(gateway, settings, metrics.clone());
     let script = Script::default();
     let pinned = agents
         .iter()
@@ -259,5 +267,33 @@ async fn a_release_that_did_not_apply_is_not_counted_as_a_hand_over() {
         t.pool.ownership().status().hand_overs,
         0,
         "no-op release not counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_sign_ins_share_the_sign_in_concurrency_bound() {
+    const LIMIT: usize = 2;
+    let sim = simulator().await;
+    sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::Latency(Duration::from_millis(50)),
+        count: None,
+    });
+    let agents: Vec<String> = (2301..2311).map(|a| a.to_string()).collect();
+    let settings = SessionSettings {
+        sign_in_concurrency: LIMIT,
+        ..SessionSettings::default()
+    };
+    let t = in_process_with(sim, &agents, settings).await;
+    wait_until(SETTLE, "every agent taken and signed in", || async {
+        agents.iter().all(|a| t.sessions.has_running_session(a))
+    })
+    .await;
+    let stats = t.sim.stats();
+    assert_eq!(stats.sign_ins, agents.len() as u64);
+    assert!(
+        (1..=LIMIT as u64).contains(&stats.max_concurrent_sign_ins),
+        "{} sign-ins at once",
+        stats.max_concurrent_sign_ins
     );
 }
