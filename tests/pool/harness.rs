@@ -198,6 +198,24 @@ impl Etcd {
         body.contains("\"health\":\"true\"")
     }
 
+    /// `owners/{agent}` → instance under `prefix`, as etcd holds them now.
+    pub fn owners(&self, prefix: &str) -> std::collections::BTreeMap<String, String> {
+        let out = Command::new(etcd_bin().with_file_name("etcdctl"))
+            .args(["--endpoints", &self.client_url, "get", "--prefix"])
+            .arg(format!("{prefix}owners/"))
+            .output()
+            .expect("etcdctl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((k.rsplit('/').next()?.to_owned(), (*v).to_owned())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether this member is the cluster's leader (from its own `/v3/maintenance/status`).
     pub fn is_leader(&self) -> bool {
         let out = Command::new(etcd_bin().with_file_name("etcdctl"))
@@ -369,6 +387,11 @@ impl Bridge {
     pub fn sigkill(&mut self) {
         self.signal("-KILL");
         let _ = self.child.take().unwrap().wait();
+    }
+
+    /// Whether the process runs (not killed or exited).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn sigstop(&self) {

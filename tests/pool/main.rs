@@ -1,6 +1,7 @@
 //! Acceptance tests of the agent pool (issue 11) with real processes: etcd, the release-built
 //! bridge (`harness::bridge_bin`, built once per run with `--features pool`) and the simulator.
 
+mod chaos;
 mod harness;
 mod interleavings;
 mod scripted;
