@@ -76,8 +76,12 @@ pub async fn run(
             Pool::connect(
                 pool,
                 sessions.clone(),
-                config.agents.clone(),
-                metrics.clone(),
+                config
+                    .agents
+                    .iter()
+                    .map(|a| (a.agent_id.clone(), a.params.clone()))
+                    .collect(),
+                &metrics,
             )
             .await?,
         ),

@@ -87,7 +87,9 @@ impl Resolved {
 
 /// Every metric the bridge exports, registered once at start.
 pub struct Metrics {
-    registry: Registry,
+    /// Parts built later (the agent pool) register their own metrics here
+    /// ([`Metrics::register`]); a scrape locks it briefly.
+    registry: std::sync::Mutex<Registry>,
     rpc_total: Family<Labels2, Counter>,
     rpc_seconds: Family<Labels1, Histogram>,
     gateway_total: Family<Labels2, Counter>,
@@ -106,7 +108,6 @@ pub struct Metrics {
     evicted_by_budget: Counter,
     evicted_by_age: Counter,
     ready: Gauge,
-    pool: crate::pool::PoolMetrics,
     /// Pre-resolved series of every gRPC method.
     rpc_resolved: Vec<Resolved>,
     /// Pre-resolved series of every gateway interface.
@@ -221,7 +222,6 @@ impl Default for Metrics {
             "1 while the bridge is ready (the gateway answers and no pinned agent is down), else 0",
             ready.clone(),
         );
-        let pool = crate::pool::PoolMetrics::registered(&mut registry);
         let rpc_resolved = Resolved::table(
             &RPC_METHODS,
             "grpc_method",
@@ -237,10 +237,9 @@ impl Default for Metrics {
             &gateway_seconds,
         );
         Self {
-            pool,
             rpc_resolved,
             gateway_resolved,
-            registry,
+            registry: std::sync::Mutex::new(registry),
             rpc_total,
             rpc_seconds,
             gateway_total,
@@ -384,16 +383,20 @@ impl Metrics {
         }
     }
 
-    /// The agent pool's metrics.
-    pub fn pool(&self) -> &crate::pool::PoolMetrics {
-        &self.pool
+    /// Lets a part of the bridge configured later (the agent pool) register its own metrics
+    /// beside these, so that telemetry depends on no part above it.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// The OpenMetrics 1.0 text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(
+            &mut out,
+            &self.registry.lock().unwrap_or_else(|p| p.into_inner()),
+        );
         out
     }
 

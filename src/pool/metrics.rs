@@ -1,4 +1,5 @@
-//! The pool's metrics, registered with the bridge's others (`crate::telemetry::Metrics`).
+//! The pool's metrics: the pool registers them with the bridge's others when it starts
+//! (`crate::telemetry::Metrics::register`), so a bridge without a pool shows none.
 
 use super::LeaseState;
 use prometheus_client::metrics::counter::Counter;
@@ -7,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Agents owned, lease state, hand-overs and take-overs of this instance.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct PoolMetrics {
     owned: Gauge,
     lease: Family<[(&'static str, &'static str); 1], Gauge>,

@@ -31,8 +31,7 @@ pub use metrics::PoolMetrics;
 pub use ownership::{LeaseState, Ownership, PoolStatus};
 pub use rendezvous::choose;
 
-use crate::config::PinnedAgent;
-use crate::session::{SessionError, Sessions};
+use crate::session::{SessionError, Sessions, SignInParams};
 use crate::telemetry::Metrics;
 use reconcile::Reconciler;
 use std::collections::HashMap;
@@ -164,8 +163,8 @@ impl Pool {
     pub async fn connect(
         config: &PoolConfig,
         sessions: Sessions,
-        agents: Vec<PinnedAgent>,
-        metrics: Arc<Metrics>,
+        agents: Vec<(String, SignInParams)>,
+        metrics: &Metrics,
     ) -> Result<Pool, PoolError> {
         #[cfg(feature = "pool")]
         {
@@ -184,14 +183,16 @@ impl Pool {
         backend: B,
         config: &PoolConfig,
         sessions: Sessions,
-        agents: Vec<PinnedAgent>,
-        metrics: Arc<Metrics>,
+        agents: Vec<(String, SignInParams)>,
+        metrics: &Metrics,
     ) -> Pool {
+        let mut pool_metrics = None;
+        metrics.register(|registry| pool_metrics = Some(PoolMetrics::registered(registry)));
         let ownership = Arc::new(Ownership::new(
             config.instance.clone(),
             config.endpoints.join(","),
-            agents.iter().map(|a| a.agent_id.clone()).collect(),
-            metrics,
+            agents.iter().map(|(id, _)| id.clone()).collect(),
+            pool_metrics.unwrap_or_default(),
         ));
         ownership.changed();
         sessions.set_gate(ownership.clone());
@@ -202,9 +203,14 @@ impl Pool {
             sessions,
             agents
                 .into_iter()
-                .map(|mut a| {
-                    a.params.force = false;
-                    (a.agent_id, a.params)
+                .map(|(id, params)| {
+                    (
+                        id,
+                        SignInParams {
+                            force: false,
+                            ..params
+                        },
+                    )
                 })
                 .collect(),
             config.lease_ttl / 3,

@@ -2,11 +2,11 @@
 //! sign-in gate, readiness and the pool's status, all read from one small state.
 
 use super::clock::LeaseTime;
+use super::PoolMetrics;
 use crate::readiness::Condition;
 use crate::session::{GateRefusal, SignInGate};
-use crate::telemetry::Metrics;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,7 @@ pub struct Ownership {
     changes: tokio::sync::watch::Sender<u64>,
     /// Wakes the reconcile loop (the lease was lost, or renewed after an outage).
     pub(super) wake: tokio::sync::Notify,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: PoolMetrics,
     pub(super) draining: CancellationToken,
 }
 
@@ -90,7 +90,7 @@ impl Ownership {
         instance: String,
         endpoints: String,
         pool: HashSet<String>,
-        metrics: Arc<Metrics>,
+        metrics: PoolMetrics,
     ) -> Self {
         Self {
             instance,
@@ -178,7 +178,7 @@ impl Ownership {
             let s = self.lock();
             (s.owned.len(), s.lease)
         };
-        self.metrics.pool().set(owned, lease);
+        self.metrics.set(owned, lease);
         self.changes.send_modify(|n| *n += 1);
     }
 

@@ -456,7 +456,7 @@ impl<B: Backend> Reconciler<B> {
             match result {
                 Ok(true) => {
                     self.ownership.lock().hand_overs += 1;
-                    self.ownership.metrics.pool().handed_over();
+                    self.ownership.metrics.handed_over();
                     tracing::info!(agent_id = %agent, "pool: agent signed out and handed over");
                 }
                 Ok(false) => {
@@ -496,7 +496,7 @@ async fn sign_in_owned(
                 };
                 if sessions.sign_in(agent, forced, None).await.is_ok() {
                     ownership.lock().take_overs += 1;
-                    ownership.metrics.pool().taken_over();
+                    ownership.metrics.taken_over();
                 }
             }
         }

@@ -3,7 +3,6 @@
 //! simulator over real TLS, an in-memory coordinator whose answers the test chooses.
 
 use super::*;
-use ccgw_bridge::config::PinnedAgent;
 use ccgw_bridge::gateway::{GatewayClient, GatewayConfig};
 use ccgw_bridge::pool::{
     Acquired, Backend, LeaseRenewal, Pool, PoolConfig, PoolError, Renewal, View,
@@ -159,18 +158,20 @@ async fn in_process_with(
     let pinned = agents
         .iter()
         .enumerate()
-        .map(|(i, a)| PinnedAgent {
-            agent_id: a.clone(),
-            params: SignInParams {
-                password: Password::new("secret".into()),
-                phone_number: format!("8{i:04}"),
-                force: false,
-                auto_answer: None,
-                auto_enter_idle: None,
-                release_phone: None,
-                agent_type: None,
-                status: None,
-            },
+        .map(|(i, a)| {
+            (
+                a.clone(),
+                SignInParams {
+                    password: Password::new("secret".into()),
+                    phone_number: format!("8{i:04}"),
+                    force: false,
+                    auto_answer: None,
+                    auto_enter_idle: None,
+                    release_phone: None,
+                    agent_type: None,
+                    status: None,
+                },
+            )
         })
         .collect();
     let config = PoolConfig {
@@ -183,7 +184,7 @@ async fn in_process_with(
         me: "a".into(),
         script: script.clone(),
     };
-    let pool = Pool::start(backend, &config, sessions.clone(), pinned, metrics);
+    let pool = Pool::start(backend, &config, sessions.clone(), pinned, &metrics);
     InProcess {
         sim,
         pool,
