@@ -3,7 +3,11 @@
 //! Keys under the prefix:
 //! - `names/{instance}`: the instance's name, claimed under its lease only if absent, so two
 //!   replicas given one name cannot both join.
-//! - `members/{instance}`: the instance takes agents (it is assignable), under its lease.
+//! - `members/{instance}`: the instance takes agents (it is assignable), under its lease; the
+//!   value is the digest of the agents its agents file lists.
+//! - `catalogs/{digest}`: those agents, one per line, under the lease of the member that wrote
+//!   it last (members with the same file write the same key; one that finds it gone writes it
+//!   again).
 //! - `owners/{agent}`: the owning instance, under its lease; taken only if absent (an atomic
 //!   create: `create_revision == 0`), so at most one instance owns an agent at any revision.
 //! - `holders/{agent}`: the instance that took the agent last, *not* under a lease. A graceful
@@ -18,7 +22,9 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// [`Backend`] on etcd v3.
@@ -31,6 +37,20 @@ pub struct EtcdBackend {
     lease: Option<i64>,
     /// Watch on the whole prefix: wakes the loop when a member or an owner changes.
     watch: Option<WatchStream>,
+    /// Catalogs read so far, by digest (a digest names its content, so it never changes).
+    catalogs: HashMap<String, Arc<HashSet<String>>>,
+}
+
+/// The digest of a list of agents, independent of their order (FNV-1a over the sorted ids).
+fn digest(agents: &[String]) -> String {
+    let mut sorted: Vec<&str> = agents.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sorted.iter().flat_map(|a| a.bytes().chain([b'\n'])) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}-{}", sorted.len())
 }
 
 /// The lease's keep-alive stream: [`LeaseRenewal`] on etcd, run by the keep-alive task.
@@ -76,6 +96,7 @@ impl EtcdBackend {
             client: None,
             lease: None,
             watch: None,
+            catalogs: HashMap::new(),
         })
     }
 
@@ -155,6 +176,28 @@ impl EtcdBackend {
             .when([Compare::lease(owner.clone(), CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(owner, None), TxnOp::delete(holder, None)]);
         Ok(bounded(self.bound(), client.txn(txn)).await?.succeeded())
+    }
+
+    /// The agents listed under `digest` (cached; read from etcd the first time), or `None` if
+    /// etcd has no such catalog (a member of a version that publishes none, or one whose
+    /// catalog went with another member's lease and is not written again yet).
+    async fn catalog(
+        &mut self,
+        client: &mut Client,
+        digest: &str,
+    ) -> Result<Option<Arc<HashSet<String>>>, PoolError> {
+        if let Some(known) = self.catalogs.get(digest) {
+            return Ok(Some(known.clone()));
+        }
+        let resp = self
+            .bounded(client.get(self.key("catalogs", digest), None))
+            .await?;
+        let Some(text) = resp.kvs().first().and_then(|kv| kv.value_str().ok()) else {
+            return Ok(None);
+        };
+        let catalog: Arc<HashSet<String>> = Arc::new(text.lines().map(str::to_owned).collect());
+        self.catalogs.insert(digest.to_owned(), catalog.clone());
+        Ok(Some(catalog))
     }
 
     /// The client and lease every per-agent request needs, or the reason there are none.
@@ -243,19 +286,24 @@ impl Backend for EtcdBackend {
         Ok((Duration::from_secs(grant.ttl().max(0) as u64), lease))
     }
 
-    async fn set_assignable(&mut self, assignable: bool) -> Result<(), PoolError> {
+    async fn set_assignable(&mut self, agents: Option<&[String]>) -> Result<(), PoolError> {
         let (mut client, lease) = self.for_agents().await?;
         let member = self.key("members", &self.instance);
-        if assignable {
-            let put = client.put(
-                member,
-                self.instance.as_bytes(),
-                Some(PutOptions::new().with_lease(lease)),
-            );
-            self.bounded(put).await?;
-        } else {
+        let Some(agents) = agents else {
             self.bounded(client.delete(member, None)).await?;
-        }
+            return Ok(());
+        };
+        let digest = digest(agents);
+        let under_lease = || Some(PutOptions::new().with_lease(lease));
+        let txn = Txn::new().and_then([
+            TxnOp::put(
+                self.key("catalogs", &digest),
+                agents.join("\n"),
+                under_lease(),
+            ),
+            TxnOp::put(member, digest, under_lease()),
+        ]);
+        self.bounded(client.txn(txn)).await?;
         Ok(())
     }
 
@@ -269,6 +317,7 @@ impl Backend for EtcdBackend {
         ]);
         let resp = self.bounded(client.txn(txn)).await?;
         let mut view = View::default();
+        let mut digests = Vec::new();
         for (i, op) in resp.op_responses().into_iter().enumerate() {
             let TxnOpResponse::Get(get) = op else {
                 continue;
@@ -278,10 +327,18 @@ impl Backend for EtcdBackend {
                     continue;
                 };
                 if i == 0 {
-                    view.members.push(value.to_owned());
+                    if let Some(member) = key.strip_prefix(&members) {
+                        view.members.push(member.to_owned());
+                        digests.push((member.to_owned(), value.to_owned()));
+                    }
                 } else if let Some(agent) = key.strip_prefix(&owners) {
                     view.owners.insert(agent.to_owned(), value.to_owned());
                 }
+            }
+        }
+        for (member, digest) in digests {
+            if let Some(catalog) = self.catalog(&mut client, &digest).await? {
+                view.catalogs.insert(member, catalog);
             }
         }
         Ok(view)

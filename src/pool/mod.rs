@@ -29,12 +29,12 @@ mod rendezvous;
 pub use etcd::EtcdBackend;
 pub use metrics::PoolMetrics;
 pub use ownership::{LeaseState, Ownership, PoolStatus};
-pub use rendezvous::choose;
+pub use rendezvous::{choose, choose_among};
 
 use crate::session::{SessionError, Sessions, SignInParams};
 use crate::telemetry::Metrics;
 use reconcile::Reconciler;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +81,11 @@ pub enum Renewal {
 pub struct View {
     /// Live instances that take agents (observers and stepped-out instances are not here).
     pub members: Vec<String>,
+    /// Member → the agents its agents file lists, where known. During a rolling update that
+    /// adds agents, old and new members list different agents; an agent goes only to a member
+    /// that lists it. A member missing here (a bridge version that publishes no list) is taken
+    /// to list every agent.
+    pub catalogs: HashMap<String, Arc<HashSet<String>>>,
     /// Agent → owning instance.
     pub owners: HashMap<String, String>,
 }
@@ -109,10 +114,11 @@ pub trait Backend: Send + 'static {
     /// while another live lease holds the name). The instance joins as an observer: it takes
     /// no agents until [`Backend::set_assignable`].
     fn join(&mut self) -> impl Future<Output = Result<(Duration, Self::Lease), PoolError>> + Send;
-    /// Enters (`true`) or leaves the members that rendezvous hashing assigns agents to.
+    /// Enters the members that rendezvous hashing assigns agents to, publishing the agents this
+    /// instance can hold (`Some`), or leaves them (`None`).
     fn set_assignable(
         &mut self,
-        assignable: bool,
+        agents: Option<&[String]>,
     ) -> impl Future<Output = Result<(), PoolError>> + Send;
     /// Reads members and owners.
     fn view(&mut self) -> impl Future<Output = Result<View, PoolError>> + Send;

@@ -49,12 +49,11 @@ pub(super) struct OwnershipState {
     pub(super) owned: HashSet<String>,
     /// Owned under the lease, being signed out to hand over: the gate is closed for them.
     pub(super) handing_over: HashSet<String>,
+    /// Owned agents whose sign-in the pool started and that has not finished yet.
+    pub(super) signing_in: HashSet<String>,
     pub(super) owners: HashMap<String, String>,
     pub(super) hand_overs: u64,
     pub(super) take_overs: u64,
-    /// The lease is held again after the coordinator was unreachable: sessions given up
-    /// meanwhile (sign-ins were refused) are signed in again at the next reconcile.
-    pub(super) resync: bool,
 }
 
 /// Which pool agents this instance owns, and until when its lease is surely valid.
@@ -105,10 +104,10 @@ impl Ownership {
                 valid_until: None,
                 owned: HashSet::new(),
                 handing_over: HashSet::new(),
+                signing_in: HashSet::new(),
                 owners: HashMap::new(),
                 hand_overs: 0,
                 take_overs: 0,
-                resync: false,
             }),
             changes: tokio::sync::watch::Sender::new(0),
             wake: tokio::sync::Notify::new(),
@@ -192,7 +191,6 @@ impl Ownership {
         let was = s.lease;
         s.lease = lease;
         s.joined_once |= lease == LeaseState::Held;
-        s.resync |= was == LeaseState::Unreachable && lease == LeaseState::Held;
         if lease == LeaseState::Held {
             s.name_taken = false;
             s.last_error = None;

@@ -4,7 +4,9 @@
 //! every wait here is bounded all the same, so the loop keeps converging.
 
 use super::clock::LeaseTime;
-use super::{choose, lease, Acquired, Backend, LeaseState, Leave, Ownership, PoolError, View};
+use super::{
+    choose_among, lease, Acquired, Backend, LeaseState, Leave, Ownership, PoolError, View,
+};
 use crate::session::{SessionError, Sessions, SignInGate, SignInParams};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,10 +114,7 @@ impl<B: Backend> Reconciler<B> {
             }
             self.update_assignable().await;
             match self.backend.view().await {
-                Ok(view) => {
-                    let resync = std::mem::take(&mut self.ownership.lock().resync);
-                    self.reconcile(view, resync).await;
-                }
+                Ok(view) => self.reconcile(view).await,
                 Err(e) => tracing::warn!(error = %e, "pool: reading the pool failed"),
             }
         }
@@ -177,7 +176,12 @@ impl<B: Backend> Reconciler<B> {
 
     /// Writes (or removes) this instance's membership; whether the coordinator took it.
     async fn set_assignable(&mut self, assignable: bool) -> bool {
-        match self.backend.set_assignable(assignable).await {
+        let agents: Vec<String> = match assignable {
+            true => self.agents.iter().map(|(a, _)| a.clone()).collect(),
+            false => Vec::new(),
+        };
+        let published = assignable.then_some(agents.as_slice());
+        match self.backend.set_assignable(published).await {
             Ok(()) => {
                 self.ownership.lock().assignable = assignable;
                 true
@@ -238,15 +242,16 @@ impl<B: Backend> Reconciler<B> {
         tokio::spawn(async move { sessions.forget(&agent).await });
     }
 
-    async fn reconcile(&mut self, view: View, resync: bool) {
+    async fn reconcile(&mut self, view: View) {
         let me = self.ownership.instance.clone();
         let assignable = self.ownership.lock().assignable;
         let mut members = view.members.clone();
         members.retain(|m| *m != me);
         if assignable {
-            if !view.members.contains(&me) {
-                // Our membership vanished while the lease lives (an etcd that lost an
-                // acknowledged write, an operator): write it again.
+            if !view.members.contains(&me) || !view.catalogs.contains_key(&me) {
+                // Our membership (or the list of agents we can hold) vanished while the lease
+                // lives (an etcd that lost an acknowledged write, an operator, a peer with the
+                // same list that left): write it again.
                 self.set_assignable(true).await;
             }
             members.push(me.clone());
@@ -257,7 +262,18 @@ impl<B: Backend> Reconciler<B> {
         let mut unserved = false;
         let agents = self.agents.clone();
         for (agent, params) in agents.iter() {
-            let should_move = choose(&members, agent).is_some_and(|d| d != me);
+            // Only members whose agents file lists the agent can hold it (this instance's
+            // lists every agent it reconciles).
+            let desired = choose_among(
+                members
+                    .iter()
+                    .filter(|m| {
+                        **m == me || view.catalogs.get(*m).is_none_or(|c| c.contains(agent))
+                    })
+                    .map(String::as_str),
+                agent,
+            );
+            let should_move = desired.is_some_and(|d| d != me);
             let (owned_here, moving) = {
                 let s = self.ownership.lock();
                 (s.owned.contains(agent), s.handing_over.contains(agent))
@@ -276,10 +292,11 @@ impl<B: Backend> Reconciler<B> {
                         sign_in.push((agent, params));
                     } else if !self.sessions.has_running_session(agent) {
                         unserved = true;
-                        if resync {
-                            // Its session was given up while new sign-ins were refused
-                            // (coordinator unreachable): sign it in again, plainly. (Not at
-                            // every tick: a caller's SignOut of an owned agent stays out.)
+                        let signing_in = self.ownership.lock().signing_in.contains(agent);
+                        if !signing_in && !self.sessions.is_kept(agent) {
+                            // Owned, without a session, and keep-signed-in is not on it (it
+                            // gave up while sign-ins were refused, a caller signed it out, a
+                            // stale keeper stepped aside): sign it in again, plainly.
                             sign_in.push((agent, params));
                         }
                     }
@@ -297,9 +314,7 @@ impl<B: Backend> Reconciler<B> {
                 }
                 Some(_) => {}
                 None if owned_here => reclaim.push(agent.clone()),
-                None if !moving && choose(&members, agent) == Some(me.as_str()) => {
-                    take.push((agent, params))
-                }
+                None if !moving && desired == Some(me.as_str()) => take.push((agent, params)),
                 None => {}
             }
             self.converge(agent);
@@ -393,8 +408,12 @@ impl<B: Backend> Reconciler<B> {
         let ownership = self.ownership.clone();
         let agent = agent.to_owned();
         let params = params.clone();
+        if !ownership.lock().signing_in.insert(agent.clone()) {
+            return;
+        }
         tokio::spawn(async move {
             sign_in_owned(&sessions, &ownership, &agent, params, crashed_holder).await;
+            ownership.lock().signing_in.remove(&agent);
         });
     }
 

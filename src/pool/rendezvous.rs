@@ -8,10 +8,12 @@
 
 /// The member that should hold `agent`, or `None` without members.
 pub fn choose<'a>(members: &'a [String], agent: &str) -> Option<&'a str> {
-    members
-        .iter()
-        .max_by_key(|m| (weight(m, agent), m.as_str()))
-        .map(String::as_str)
+    choose_among(members.iter().map(String::as_str), agent)
+}
+
+/// As [`choose`], over the members that can hold `agent` (those whose agents file lists it).
+pub fn choose_among<'a>(members: impl Iterator<Item = &'a str>, agent: &str) -> Option<&'a str> {
+    members.max_by_key(|m| (weight(m, agent), *m))
 }
 
 fn weight(member: &str, agent: &str) -> u64 {

@@ -50,8 +50,10 @@ impl Sessions {
                         return this.shared.pinned.set(&agent_id, Pinned::Held)
                     }
                     Ok(_) => return,
+                    // The coordinator decides now: the pool signs the agent in where it owns
+                    // it. A session signed in meanwhile is never ended from here.
                     Err(SessionError::NotOwned { .. } | SessionError::PoolUnsure { .. }) => {
-                        return this.forget(&agent_id).await
+                        return this.forget_idle(&agent_id).await
                     }
                     Err(SessionError::ShuttingDown | SessionError::NotSignedIn { .. }) => return,
                     Err(e) if !until_signed_in => {

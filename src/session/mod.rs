@@ -263,6 +263,26 @@ impl Sessions {
         slot.is_some_and(|s| s.running().is_some())
     }
 
+    /// Whether keep-signed-in is in charge of the agent (its slot is marked to be kept signed
+    /// in): a session that ended is being signed in again by it.
+    pub fn is_kept(&self, agent_id: &str) -> bool {
+        let slot = self.slots().get(agent_id).cloned();
+        slot.is_some_and(|s| s.lock().keep_signed_in)
+    }
+
+    /// Forgets the agent if it has no running session (keep-signed-in giving up on an agent the
+    /// coordinator does not let it sign in): unlike [`Sessions::forget`], a session signed in
+    /// meanwhile by the agent's owner is left alone.
+    pub(super) async fn forget_idle(&self, agent_id: &str) {
+        let Ok((slot, _guard)) = self.lock_slot(agent_id, false).await else {
+            return;
+        };
+        if slot.running().is_none() {
+            self.remove_if_same(agent_id, &slot);
+            self.shared.pinned.remove(agent_id);
+        }
+    }
+
     /// A permit for one background sign-in (see [`SessionSettings::sign_in_concurrency`]):
     /// sign-ins the agent pool starts by itself share the bound with keep-signed-in's.
     pub async fn background_sign_in_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {

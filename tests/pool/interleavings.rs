@@ -232,3 +232,39 @@ async fn before_joining_a_pool_sign_in_is_unavailable_and_names_the_coordinator(
     assert_eq!(sign_ins(&p.sim.requests()), (0, 0), "no sign-in was sent");
     a.sigterm_and_wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_added_in_a_rolling_update_go_to_the_members_that_list_them() {
+    let names = ["ver-old", "ver-new"];
+    let members: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let listed_by_both = agents_for(&names, 2);
+    // Two agents the new version adds that rendezvous over both members would give to the old
+    // one, whose agents file does not list them.
+    let added: Vec<String> = (3001..4000)
+        .map(|a| a.to_string())
+        .filter(|a| choose(&members, a) == Some("ver-old"))
+        .take(2)
+        .collect();
+    let all: Vec<String> = listed_by_both.iter().chain(&added).cloned().collect();
+    let p = pool(&all, 1).await;
+    let old_dir = p.setup.dir.join("old-version");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let old_setup = PoolSetup {
+        agents_file: agents_file(&old_dir, &listed_by_both),
+        ..p.setup.clone()
+    };
+    let mut old = Bridge::start(&old_setup, names[0]);
+    let mut new = Bridge::start(&p.setup, names[1]);
+    let want_old = agents_for_member_of(&listed_by_both, &names, names[0]);
+    let want_new: BTreeSet<String> = all
+        .iter()
+        .filter(|a| !want_old.contains(*a))
+        .cloned()
+        .collect();
+    settled(&old, &want_old, &new, &want_new).await;
+    for agent in &all {
+        assert!(p.sim.signed_in(agent), "{agent} signed in at the gateway");
+    }
+    old.sigterm_and_wait().await;
+    new.sigterm_and_wait().await;
+}

@@ -54,11 +54,11 @@ impl Backend for Scripted {
         Ok((TTL, Renewer))
     }
 
-    async fn set_assignable(&mut self, assignable: bool) -> Result<(), PoolError> {
+    async fn set_assignable(&mut self, agents: Option<&[String]>) -> Result<(), PoolError> {
         let me = self.me.clone();
         self.script.with(|c| {
             c.members.retain(|m| *m != me);
-            if assignable {
+            if agents.is_some() {
                 c.members.push(me);
             }
         });
@@ -66,8 +66,11 @@ impl Backend for Scripted {
     }
 
     async fn view(&mut self) -> Result<View, PoolError> {
+        let me = self.me.clone();
         Ok(self.script.with(|c| View {
             members: c.members.clone(),
+            // Only this instance publishes a list; the script's peers are taken to list all.
+            catalogs: [(me, Arc::default())].into(),
             owners: c.owners.clone(),
         }))
     }
