@@ -10,9 +10,11 @@
 //!   again).
 //! - `owners/{agent}`: the owning instance, under its lease; taken only if absent (an atomic
 //!   create: `create_revision == 0`), so at most one instance owns an agent at any revision.
-//! - `holders/{agent}`: the instance that took the agent last, *not* under a lease. A graceful
-//!   hand-over deletes it with the owner key; a lease that ends (crash, partition) leaves it, so
-//!   the next owner learns that the gateway may still run the crashed holder's session.
+//! - `holders/{agent}`: the pool instance whose gateway session may hold the agent, *not* under
+//!   a lease. Written by `acquire` when absent and by `mark_held` once the owner has signed the
+//!   agent in; deleted by a graceful release only if it names the releasing instance. A lease
+//!   that ends (crash, partition) leaves it, so the next owner learns that the gateway may still
+//!   run that instance's session, even if an owner in between never signed the agent in.
 //!
 //! Requests for many agents (take, release) are sent concurrently on the one connection, so a
 //! reconcile of 1,000 agents costs about one round trip's wait, not 1,000.
@@ -137,16 +139,24 @@ impl EtcdBackend {
     ) -> Result<Acquired, PoolError> {
         let owner = self.key("owners", agent);
         let holder = self.key("holders", agent);
+        // A previous holder's record is kept until this instance has signed the agent in.
+        let claim_holder = Txn::new()
+            .when([Compare::create_revision(
+                holder.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(holder.clone(), self.instance.as_bytes(), None)]);
         let txn = Txn::new()
             .when([Compare::create_revision(owner.clone(), CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::get(holder.clone(), None),
+                TxnOp::get(holder, None),
                 TxnOp::put(
                     owner,
                     self.instance.as_bytes(),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
-                TxnOp::put(holder, self.instance.as_bytes(), None),
+                TxnOp::txn(claim_holder),
             ]);
         let resp = bounded(self.bound(), client.txn(txn)).await?;
         if !resp.succeeded() {
@@ -172,10 +182,32 @@ impl EtcdBackend {
         let owner = self.key("owners", agent);
         let holder = self.key("holders", agent);
         // Only while the record is still under this instance's lease: never release another's.
+        // The holder record goes only if it names this instance (signed out now); a record of
+        // an earlier holder whose session this instance never replaced stays as its proof.
+        let forget_holder = Txn::new()
+            .when([Compare::value(
+                holder.clone(),
+                CompareOp::Equal,
+                self.instance.as_bytes(),
+            )])
+            .and_then([TxnOp::delete(holder, None)]);
         let txn = Txn::new()
             .when([Compare::lease(owner.clone(), CompareOp::Equal, lease)])
-            .and_then([TxnOp::delete(owner, None), TxnOp::delete(holder, None)]);
+            .and_then([TxnOp::delete(owner, None), TxnOp::txn(forget_holder)]);
         Ok(bounded(self.bound(), client.txn(txn)).await?.succeeded())
+    }
+
+    async fn mark_one(&self, mut client: Client, lease: i64, agent: &str) -> Result<(), PoolError> {
+        let owner = self.key("owners", agent);
+        let txn = Txn::new()
+            .when([Compare::lease(owner, CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                self.key("holders", agent),
+                self.instance.as_bytes(),
+                None,
+            )]);
+        bounded(self.bound(), client.txn(txn)).await?;
+        Ok(())
     }
 
     /// The agents listed under `digest` (cached; read from etcd the first time), or `None` if
@@ -311,9 +343,11 @@ impl Backend for EtcdBackend {
         let mut client = self.client().await?;
         let members = self.key("members", "");
         let owners = self.key("owners", "");
+        let holders = self.key("holders", "");
         let txn = Txn::new().and_then([
             TxnOp::get(members.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(owners.clone(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(holders.clone(), Some(GetOptions::new().with_prefix())),
         ]);
         let resp = self.bounded(client.txn(txn)).await?;
         let mut view = View::default();
@@ -333,6 +367,8 @@ impl Backend for EtcdBackend {
                     }
                 } else if let Some(agent) = key.strip_prefix(&owners) {
                     view.owners.insert(agent.to_owned(), value.to_owned());
+                } else if let Some(agent) = key.strip_prefix(&holders) {
+                    view.holders.insert(agent.to_owned(), value.to_owned());
                 }
             }
         }
@@ -351,6 +387,19 @@ impl Backend for EtcdBackend {
                 let requests = agents
                     .iter()
                     .map(|a| this.acquire_one(client.clone(), lease, a));
+                futures::future::join_all(requests).await
+            }
+            Err(e) => agents.iter().map(|_| Err(coordinator(&e))).collect(),
+        }
+    }
+
+    async fn mark_held(&mut self, agents: &[String]) -> Vec<Result<(), PoolError>> {
+        match self.for_agents().await {
+            Ok((client, lease)) => {
+                let this = &*self;
+                let requests = agents
+                    .iter()
+                    .map(|a| this.mark_one(client.clone(), lease, a));
                 futures::future::join_all(requests).await
             }
             Err(e) => agents.iter().map(|_| Err(coordinator(&e))).collect(),

@@ -88,6 +88,9 @@ pub struct View {
     pub catalogs: HashMap<String, Arc<HashSet<String>>>,
     /// Agent → owning instance.
     pub owners: HashMap<String, String>,
+    /// Agent → the pool instance whose gateway session may still be there (see
+    /// [`Backend::mark_held`]).
+    pub holders: HashMap<String, String>,
 }
 
 /// The result of trying to take an agent.
@@ -122,6 +125,14 @@ pub trait Backend: Send + 'static {
     ) -> impl Future<Output = Result<(), PoolError>> + Send;
     /// Reads members and owners.
     fn view(&mut self) -> impl Future<Output = Result<View, PoolError>> + Send;
+    /// Records that this instance's gateway session now holds each of `agents` (owned here):
+    /// from now on a next owner that finds the agent still signed in after this instance's
+    /// lease ended may take that session over. Until then the previous record stands, so a
+    /// crashed holder's proof outlives an owner that never signed the agent in.
+    fn mark_held(
+        &mut self,
+        agents: &[String],
+    ) -> impl Future<Output = Vec<Result<(), PoolError>>> + Send;
     /// Takes each of `agents` under the lease if nobody holds it (requests sent concurrently).
     fn acquire(
         &mut self,

@@ -257,8 +257,8 @@ impl<B: Backend> Reconciler<B> {
             members.push(me.clone());
         }
         self.ownership.lock().owners = view.owners.clone();
-        let (mut hand_over, mut take, mut reclaim, mut sign_in) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut hand_over, mut take, mut reclaim, mut sign_in, mut mark) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut unserved = false;
         let agents = self.agents.clone();
         for (agent, params) in agents.iter() {
@@ -280,19 +280,27 @@ impl<B: Backend> Reconciler<B> {
             };
             match view.owners.get(agent) {
                 Some(owner) if *owner == me => {
+                    let signing_in = self.ownership.lock().signing_in.contains(agent);
                     if moving {
                         // A hand-over of it is in progress.
-                    } else if should_move {
+                    } else if should_move && !signing_in {
+                        // (Not while its sign-in runs: a take-over must finish, or its proof
+                        // would be handed on with nobody having replaced the old session.)
                         hand_over.push(agent.clone());
+                    } else if should_move {
+                        // Handed over once its sign-in is done.
                     } else if !owned_here {
                         // etcd says it is ours, this instance had given it up: a release that
                         // failed, or an etcd restored from before a release. Adopt it.
                         tracing::warn!(agent_id = %agent, "pool: the coordinator names this instance the owner of an agent it had let go; adopting it");
                         self.ownership.lock().owned.insert(agent.clone());
                         sign_in.push((agent, params));
-                    } else if !self.sessions.has_running_session(agent) {
+                    } else if self.sessions.has_running_session(agent) {
+                        if view.holders.get(agent) != Some(&me) {
+                            mark.push(agent.clone());
+                        }
+                    } else {
                         unserved = true;
-                        let signing_in = self.ownership.lock().signing_in.contains(agent);
                         if !signing_in && !self.sessions.is_kept(agent) {
                             // Owned, without a session, and keep-signed-in is not on it (it
                             // gave up while sign-ins were refused, a caller signed it out, a
@@ -325,6 +333,13 @@ impl<B: Backend> Reconciler<B> {
         }
         for (agent, params) in sign_in {
             self.spawn_sign_in(agent, params, None);
+        }
+        if !mark.is_empty() {
+            for (agent, result) in mark.iter().zip(self.backend.mark_held(&mark).await) {
+                if let Err(e) = result {
+                    tracing::warn!(agent_id = %agent, error = %e, "pool: recording this instance as the agent's holder failed; trying again next tick");
+                }
+            }
         }
         if !reclaim.is_empty() {
             self.reclaim(reclaim).await;

@@ -333,7 +333,39 @@ impl Bridge {
         b
     }
 
+    /// Starts the process and waits until it serves. Ports are picked free, then bound by the
+    /// child: if another process took one in between (tests of other binaries run meanwhile),
+    /// the start is retried on new ports rather than failing the test.
     fn spawn(&mut self) {
+        for _ in 0..5 {
+            let served_before = self.log_text().matches("ccgw-bridge serving").count();
+            self.spawn_once();
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                if self.log_text().matches("ccgw-bridge serving").count() > served_before {
+                    return;
+                }
+                let child = self.child.as_mut().expect("spawned");
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = self.log_text();
+                    assert!(
+                        log.contains("Address already in use"),
+                        "{} exited at start with {status}:\n{log}",
+                        self.name
+                    );
+                    self.child = None;
+                    self.grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    self.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    break;
+                }
+                assert!(Instant::now() < until, "{} does not serve", self.name);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("{}: no free ports after 5 tries", self.name);
+    }
+
+    fn spawn_once(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -4,6 +4,7 @@
 mod chaos;
 mod harness;
 mod interleavings;
+mod scale;
 mod scripted;
 
 use ccgw_bridge::pool::choose;

@@ -72,7 +72,12 @@ impl Backend for Scripted {
             // Only this instance publishes a list; the script's peers are taken to list all.
             catalogs: [(me, Arc::default())].into(),
             owners: c.owners.clone(),
+            holders: Default::default(),
         }))
+    }
+
+    async fn mark_held(&mut self, agents: &[String]) -> Vec<Result<(), PoolError>> {
+        agents.iter().map(|_| Ok(())).collect()
     }
 
     async fn acquire(&mut self, agents: &[String]) -> Vec<Result<Acquired, PoolError>> {
