@@ -5,7 +5,7 @@
 use crate::events::EventBudget;
 use crate::gateway::GatewayConfig;
 use crate::grpc::validate::{self, Limits, Violations, VoicePathPolicy};
-use crate::pool::PoolConfig;
+use crate::pool::{EtcdAuth, EtcdTls, PoolConfig};
 use crate::secret::Password;
 use crate::session::{SessionSettings, SignInParams};
 use crate::telemetry::LogFormat;
@@ -169,6 +169,25 @@ pub struct BridgeArgs {
     /// third of it. A crashed instance's agents move after about this long.
     #[arg(long, env = "CCGW_LEASE_TTL", default_value = "6s", value_parser = duration)]
     pub lease_ttl: Duration,
+    /// Agent pool: PEM CA bundle trusted for etcd's server certificate. Needed with `https://`
+    /// endpoints (etcd started with `--cert-file`), refused with `http://` ones.
+    #[arg(long, env = "CCGW_ETCD_CA_CERT")]
+    pub etcd_ca_cert: Option<PathBuf>,
+    /// Agent pool: PEM client certificate for etcd's mutual TLS (`--client-cert-auth`); with
+    /// --etcd-client-key.
+    #[arg(long, env = "CCGW_ETCD_CLIENT_CERT", requires = "etcd_client_key")]
+    pub etcd_client_cert: Option<PathBuf>,
+    /// Agent pool: the PEM private key of --etcd-client-cert (not readable by every user).
+    #[arg(long, env = "CCGW_ETCD_CLIENT_KEY", requires = "etcd_client_cert")]
+    pub etcd_client_key: Option<PathBuf>,
+    /// Agent pool: etcd user, for an etcd with `auth enable`; its password is read from
+    /// --etcd-password-file.
+    #[arg(long, env = "CCGW_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// Agent pool: file holding the --etcd-user's password (trailing newline ignored; not
+    /// readable by every user, like agents' password files).
+    #[arg(long, env = "CCGW_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 /// PEM material for TLS on the API listener.
@@ -451,6 +470,69 @@ impl BridgeArgs {
             prefix,
             instance,
             lease_ttl: self.lease_ttl,
+            tls: self.etcd_tls()?,
+            auth: self.etcd_auth()?,
+        }))
+    }
+
+    /// TLS to etcd: every endpoint `https://` with a CA, or every one plain (a mix is refused:
+    /// the client would send credentials in clear to some of them).
+    fn etcd_tls(&self) -> Result<Option<EtcdTls>, ConfigError> {
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https != 0 && https != self.etcd_endpoints.len() {
+            return Err(invalid(
+                "--etcd-endpoints: give every endpoint with https:// or none (a mix would send credentials in clear to some)",
+            ));
+        }
+        let Some(ca) = &self.etcd_ca_cert else {
+            if https != 0 {
+                return Err(invalid(
+                    "--etcd-endpoints are https:// but no --etcd-ca-cert was given: name the PEM CA bundle that signed etcd's certificate",
+                ));
+            }
+            if self.etcd_client_cert.is_some() {
+                return Err(invalid(
+                    "--etcd-client-cert needs https:// --etcd-endpoints and --etcd-ca-cert",
+                ));
+            }
+            return Ok(None);
+        };
+        if https == 0 {
+            return Err(invalid(
+                "--etcd-ca-cert is given but --etcd-endpoints are http://: write them with https:// (etcd's --cert-file port)",
+            ));
+        }
+        let ca_pem = read(ca, "--etcd-ca-cert")?;
+        pem_holds(&ca_pem, ca, "--etcd-ca-cert", PemKind::Certificate)?;
+        let identity = match (&self.etcd_client_cert, &self.etcd_client_key) {
+            (Some(cert), Some(key)) => {
+                let cert_pem = read(cert, "--etcd-client-cert")?;
+                pem_holds(&cert_pem, cert, "--etcd-client-cert", PemKind::Certificate)?;
+                refuse_world_readable(key, "--etcd-client-key", "it holds a private key")?;
+                let key_pem = Zeroizing::new(read(key, "--etcd-client-key")?);
+                pem_holds(&key_pem, key, "--etcd-client-key", PemKind::PrivateKey)?;
+                Some((cert_pem, key_pem))
+            }
+            _ => None,
+        };
+        Ok(Some(EtcdTls { ca_pem, identity }))
+    }
+
+    fn etcd_auth(&self) -> Result<Option<EtcdAuth>, ConfigError> {
+        let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) else {
+            return Ok(None);
+        };
+        if user.is_empty() {
+            return Err(invalid("--etcd-user must not be empty"));
+        }
+        refuse_world_readable(file, "--etcd-password-file", "it holds a password")?;
+        Ok(Some(EtcdAuth {
+            user: user.clone(),
+            password: read_password_file(file, "--etcd-password-file")?,
         }))
     }
 
@@ -522,6 +604,43 @@ fn validate_gateway_url(url: &str) -> Result<(), ConfigError> {
 
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| invalid(format!("{flag} {}: {e}", path.display())))
+}
+
+/// What a PEM file must hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+/// Refuses a file that holds no PEM item of `kind`, naming the file, so bad TLS material is
+/// reported at start rather than as a handshake failure later.
+fn pem_holds(pem: &[u8], path: &Path, flag: &str, kind: PemKind) -> Result<(), ConfigError> {
+    let found = rustls_pemfile::read_all(&mut &pem[..]).any(|item| {
+        matches!(
+            (kind, item),
+            (
+                PemKind::Certificate,
+                Ok(rustls_pemfile::Item::X509Certificate(_))
+            ) | (
+                PemKind::PrivateKey,
+                Ok(rustls_pemfile::Item::Pkcs1Key(_)
+                    | rustls_pemfile::Item::Pkcs8Key(_)
+                    | rustls_pemfile::Item::Sec1Key(_))
+            )
+        )
+    });
+    if found {
+        return Ok(());
+    }
+    let what = match kind {
+        PemKind::Certificate => "PEM certificate (-----BEGIN CERTIFICATE-----)",
+        PemKind::PrivateKey => "PEM private key (-----BEGIN PRIVATE KEY----- or RSA/EC)",
+    };
+    Err(invalid(format!(
+        "{flag} {}: holds no {what}",
+        path.display()
+    )))
 }
 
 #[derive(serde::Deserialize)]

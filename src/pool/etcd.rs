@@ -19,10 +19,13 @@
 //! Requests for many agents (take, release) are sent concurrently on the one connection, so a
 //! reconcile of 1,000 agents costs about one round trip's wait, not 1,000.
 
-use super::{Acquired, Backend, LeaseRenewal, PoolConfig, PoolError, Renewal, View};
+use super::{
+    Acquired, Backend, EtcdAuth, EtcdTls, LeaseRenewal, PoolConfig, PoolError, Renewal, View,
+};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
 };
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -35,6 +38,8 @@ pub struct EtcdBackend {
     prefix: String,
     instance: String,
     ttl: Duration,
+    tls: Option<EtcdTls>,
+    auth: Option<EtcdAuth>,
     client: Option<Client>,
     lease: Option<i64>,
     /// Watch on the whole prefix: wakes the loop when a member or an owner changes.
@@ -76,6 +81,36 @@ fn coordinator(e: impl std::fmt::Display) -> PoolError {
     PoolError::Coordinator(e.to_string())
 }
 
+/// A failed request, worded by its cause: etcd refusing the credentials, or wanting some, is
+/// said as such (an operator fixes the user or password, not the network).
+fn described(e: etcd_client::Error, auth: Option<&EtcdAuth>) -> PoolError {
+    let refused = match &e {
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) || [
+                "authentication failed",
+                "user name is empty",
+                "invalid auth token",
+            ]
+            .iter()
+            .any(|m| s.message().contains(m))
+        }
+        _ => false,
+    };
+    match auth {
+        Some(auth) if refused => PoolError::Coordinator(format!(
+            "etcd refused the credentials of --etcd-user {:?} (check it and --etcd-password-file): {e}",
+            auth.user
+        )),
+        None if refused => PoolError::Coordinator(format!(
+            "etcd requires authentication (it runs with `auth enable`): give --etcd-user and --etcd-password-file: {e}"
+        )),
+        _ => coordinator(e),
+    }
+}
+
 /// `f`, failed as a coordinator error if it takes longer than `bound`.
 async fn bounded<T>(
     bound: Duration,
@@ -95,6 +130,8 @@ impl EtcdBackend {
             prefix: config.prefix.clone(),
             instance: config.instance.clone(),
             ttl: config.lease_ttl,
+            tls: config.tls.clone(),
+            auth: config.auth.clone(),
             client: None,
             lease: None,
             watch: None,
@@ -111,13 +148,23 @@ impl EtcdBackend {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(self.bound())
             .with_timeout(self.bound())
             .with_keep_alive(self.bound(), self.bound());
+        if let Some(tls) = &self.tls {
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, &key[..]));
+            }
+            options = options.with_tls(config);
+        }
+        if let Some(auth) = &self.auth {
+            options = options.with_user(auth.user.clone(), auth.password.expose());
+        }
         let client = Client::connect(&self.endpoints, Some(options))
             .await
-            .map_err(coordinator)?;
+            .map_err(|e| described(e, self.auth.as_ref()))?;
         self.client = Some(client.clone());
         Ok(client)
     }
@@ -463,6 +510,9 @@ impl EtcdBackend {
         &self,
         f: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, PoolError> {
-        bounded(self.bound(), f).await
+        match tokio::time::timeout(self.bound(), f).await {
+            Ok(r) => r.map_err(|e| described(e, self.auth.as_ref())),
+            Err(_) => Err(PoolError::Coordinator("request timed out".into())),
+        }
     }
 }

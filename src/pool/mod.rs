@@ -51,6 +51,36 @@ pub struct PoolConfig {
     pub instance: String,
     /// Lease time-to-live; renewed every third of it.
     pub lease_ttl: Duration,
+    /// TLS to etcd (`https://` endpoints), if any.
+    pub tls: Option<EtcdTls>,
+    /// etcd user and password (an etcd with `auth enable`), if any.
+    pub auth: Option<EtcdAuth>,
+}
+
+/// TLS material for etcd, checked at start (`--etcd-ca-cert`, `--etcd-client-cert`/`-key`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// PEM CA bundle trusted for etcd's certificate.
+    pub ca_pem: Vec<u8>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An etcd user and its password (`--etcd-user`, `--etcd-password-file`).
+#[derive(Clone, Debug)]
+pub struct EtcdAuth {
+    /// The user.
+    pub user: String,
+    /// Its password (redacted in `Debug`).
+    pub password: crate::secret::Password,
 }
 
 /// A coordinator failure.

@@ -103,10 +103,31 @@ pub struct Etcd {
     data: PathBuf,
     cluster: String,
     log: PathBuf,
+    /// Extra flags (TLS, …).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Etcd {
+    /// A single member started with `extra` flags, its client URL with `scheme` (`https` when
+    /// the flags serve TLS).
+    pub fn single_with(dir: &Path, scheme: &str, extra: &[String]) -> Etcd {
+        let mut m = Self::cluster_of(dir, 1).remove(0);
+        m.client_url = m.client_url.replace("http://", &format!("{scheme}://"));
+        m.extra = extra.to_vec();
+        m.start();
+        m
+    }
+
+    /// Runs `etcdctl` against this member with `args` (connection flags first).
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(etcd_bin().with_file_name("etcdctl"))
+            .args(["--endpoints", &self.client_url])
+            .args(args)
+            .output()
+            .expect("etcdctl runs")
+    }
+
     /// A single-member cluster.
     pub fn single(dir: &Path) -> Etcd {
         let mut members = Self::cluster_of(dir, 1);
@@ -142,6 +163,7 @@ impl Etcd {
                 data: dir.join(format!("etcd-m{i}")),
                 cluster: cluster.clone(),
                 log: dir.join(format!("etcd-m{i}.log")),
+                extra: Vec::new(),
                 child: None,
             })
             .collect()
@@ -166,6 +188,7 @@ impl Etcd {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "ccgw-pool-test"])
             .arg("--unsafe-no-fsync")
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

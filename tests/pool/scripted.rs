@@ -187,6 +187,8 @@ async fn in_process_with(
         prefix: "/".into(),
         instance: "a".into(),
         lease_ttl: TTL,
+        tls: None,
+        auth: None,
     };
     let backend = Scripted {
         me: "a".into(),

@@ -1,0 +1,286 @@
+//! Issue 18 point 2: a production etcd — TLS with client certificates, and `auth enable` —
+//! with a real etcd started that way and certificates the test makes; plus the start-up checks
+//! of the flags.
+
+use super::*;
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+struct Certs {
+    ca: PathBuf,
+    server: PathBuf,
+    server_key: PathBuf,
+    client: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = leaf(
+        vec!["ccgw-bridge".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    Certs {
+        ca: write("ca.pem", &ca.pem()),
+        server: write("server.pem", &server),
+        server_key: write("server-key.pem", &server_key),
+        client: write("client.pem", &client),
+        client_key: write("client-key.pem", &client_key),
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_on_an_etcd_with_mutual_tls_holds_its_agents_and_a_bridge_without_a_client_cert_is_refused(
+) {
+    let agents = agents_for(&["tls-a"], 2);
+    let all = set(&agents);
+    let dir = TempDir::new("tls");
+    let certs = make_certs(&dir.0);
+    let etcd = Etcd::single_with(
+        &dir.0,
+        "https",
+        &[
+            "--cert-file".into(),
+            s(&certs.server),
+            "--key-file".into(),
+            s(&certs.server_key),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            s(&certs.ca),
+        ],
+    );
+    let tls_flags = [
+        "--cacert",
+        &s(&certs.ca),
+        "--cert",
+        &s(&certs.client),
+        "--key",
+        &s(&certs.client_key),
+    ];
+    wait_until(SETTLE, "etcd serves TLS", || async {
+        let mut args = tls_flags.to_vec();
+        args.extend(["endpoint", "health"]);
+        etcd.ctl(&args).status.success()
+    })
+    .await;
+    let sim = simulator().await;
+    let setup = PoolSetup {
+        dir: dir.0.clone(),
+        sim_url: sim.url(),
+        ca: sim.ca_path().to_path_buf(),
+        agents_file: agents_file(&dir.0, &agents),
+        endpoints: etcd.client_url.clone(),
+        lease_ttl: "3s",
+    };
+    let (ca, cert, key) = (s(&certs.ca), s(&certs.client), s(&certs.client_key));
+    let mut a = Bridge::start_with(
+        &setup,
+        "tls-a",
+        &[
+            "--etcd-ca-cert",
+            &ca,
+            "--etcd-client-cert",
+            &cert,
+            "--etcd-client-key",
+            &key,
+        ],
+    );
+    wait_until(SETTLE, "a holds its agents through mutual TLS", || async {
+        a.held().await == all
+    })
+    .await;
+    // Without a client certificate etcd refuses the connection: the bridge never joins.
+    let mut b = Bridge::start_with(&setup, "tls-b", &["--etcd-ca-cert", &ca]);
+    wait_until(SETTLE, "b reports that joining fails", || async {
+        b.log_text().contains("pool: joining failed")
+    })
+    .await;
+    assert!(b.held().await.is_empty());
+    assert!(!b.ready().await);
+    assert_eq!(a.held().await, all);
+    a.sigterm_and_wait().await;
+    b.sigterm_and_wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_on_an_etcd_with_auth_joins_as_its_user_and_a_wrong_password_is_named() {
+    let agents = agents_for(&["auth-a"], 2);
+    let all = set(&agents);
+    let p = pool(&agents, 1).await;
+    let etcd = &p.etcd[0];
+    for args in [
+        &["user", "add", "root", "--new-user-password", "etcd-root-pw"][..],
+        &["auth", "enable"][..],
+    ] {
+        let out = etcd.ctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    }
+    let write = |name: &str, text: &str| {
+        let path = p.setup.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        s(&path)
+    };
+    let good = write("etcd-pw", "etcd-root-pw\n");
+    let bad = write("etcd-pw-bad", "not-it\n");
+    let mut a = Bridge::start_with(
+        &p.setup,
+        "auth-a",
+        &["--etcd-user", "root", "--etcd-password-file", &good],
+    );
+    wait_until(SETTLE, "a holds its agents as etcd user root", || async {
+        a.held().await == all
+    })
+    .await;
+    let mut b = Bridge::start_with(
+        &p.setup,
+        "auth-b",
+        &["--etcd-user", "root", "--etcd-password-file", &bad],
+    );
+    wait_until(SETTLE, "b says etcd refused its credentials", || async {
+        b.log_text()
+            .contains("etcd refused the credentials of --etcd-user")
+    })
+    .await;
+    assert!(
+        !b.log_text().contains("not-it"),
+        "the password is never logged"
+    );
+    let mut c = Bridge::start(&p.setup, "auth-c");
+    wait_until(SETTLE, "c says etcd requires authentication", || async {
+        c.log_text().contains("etcd requires authentication")
+    })
+    .await;
+    assert!(b.held().await.is_empty() && c.held().await.is_empty());
+    a.sigterm_and_wait().await;
+    b.sigterm_and_wait().await;
+    c.sigterm_and_wait().await;
+}
+
+#[test]
+fn etcd_tls_and_auth_flags_are_checked_before_anything_starts() {
+    use ccgw_bridge::args::Cli;
+    use clap::Parser;
+    let dir = TempDir::new("etcd-flags");
+    let certs = make_certs(&dir.0);
+    let agents = agents_file(&dir.0, &["2001".to_string()]);
+    let not_pem = dir.0.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let open_key = dir.0.join("open-key.pem");
+    std::fs::copy(&certs.client_key, &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let validate = |extra: &[&str]| {
+        let mut args = vec![
+            "ccgw-bridge",
+            "--gateway-url",
+            "https://127.0.0.1:8043",
+            "--agents-file",
+            agents.to_str().unwrap(),
+            "--instance-name",
+            "x",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.bridge.validate(None).map_err(|e| e.to_string()))
+    };
+    let (ca, cert, key) = (s(&certs.ca), s(&certs.client), s(&certs.client_key));
+    let ok = validate(&[
+        "--etcd-endpoints",
+        "https://127.0.0.1:2379",
+        "--etcd-ca-cert",
+        &ca,
+        "--etcd-client-cert",
+        &cert,
+        "--etcd-client-key",
+        &key,
+    ])
+    .expect("valid");
+    let pool = ok.pool.unwrap();
+    assert!(pool.tls.is_some_and(|t| t.identity.is_some()));
+    for (extra, want) in [
+        (
+            vec!["--etcd-endpoints", "https://127.0.0.1:2379"],
+            "no --etcd-ca-cert",
+        ),
+        (
+            vec![
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+                "--etcd-ca-cert",
+                &ca,
+            ],
+            "are http://",
+        ),
+        (
+            vec![
+                "--etcd-endpoints",
+                "https://127.0.0.1:2379,http://127.0.0.1:2380",
+                "--etcd-ca-cert",
+                &ca,
+            ],
+            "every endpoint with https://",
+        ),
+        (
+            vec![
+                "--etcd-endpoints",
+                "https://127.0.0.1:2379",
+                "--etcd-ca-cert",
+                not_pem.to_str().unwrap(),
+            ],
+            "not.pem: holds no PEM certificate",
+        ),
+        (
+            vec![
+                "--etcd-endpoints",
+                "https://127.0.0.1:2379",
+                "--etcd-ca-cert",
+                &ca,
+                "--etcd-client-cert",
+                &cert,
+                "--etcd-client-key",
+                open_key.to_str().unwrap(),
+            ],
+            "readable by every user",
+        ),
+        (
+            vec![
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+                "--etcd-user",
+                "root",
+            ],
+            "--etcd-password-file",
+        ),
+    ] {
+        let err = validate(&extra).expect_err(want);
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+}
