@@ -1,8 +1,9 @@
 //! Fault injection: answers a real gateway, a proxy or the network produce rarely, on demand, so
 //! the bridge's handling of each can be tested.
 //!
-//! Apart from [`FaultKind::Latency`] and [`FaultKind::DropAfterEffect`], a fault *replaces* the
-//! request's handling: the operation has no effect on the simulated gateway.
+//! Apart from [`FaultKind::Latency`], [`FaultKind::DropAfterEffect`] and [`FaultKind::Queued`],
+//! a fault *replaces* the request's handling: the operation has no effect on the simulated
+//! gateway.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -96,6 +97,9 @@ pub enum FaultKind {
     /// The request takes effect (e.g. play starts), then the connection is closed without any
     /// response: "the request reached the gateway, the answer was lost".
     DropAfterEffect,
+    /// The request waits this long before it is handled (its effect happens then), as in a
+    /// queue in front of a busy gateway; one the client abandons meanwhile is never handled.
+    Queued(Duration),
 }
 
 /// The active faults, in insertion order.
@@ -136,9 +140,10 @@ impl FaultTable {
 /// produce a response of their own (latency, dropped connections).
 pub(crate) fn canned_response(kind: &FaultKind) -> Option<Response<Body>> {
     let response = match kind {
-        FaultKind::Latency(_) | FaultKind::DropConnection | FaultKind::DropAfterEffect => {
-            return None
-        }
+        FaultKind::Latency(_)
+        | FaultKind::DropConnection
+        | FaultKind::DropAfterEffect
+        | FaultKind::Queued(_) => return None,
         FaultKind::HttpStatus(code) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Reply::html(status).into_response()

@@ -170,6 +170,13 @@ pub(crate) async fn handle(
     if let Some(response) = fault.as_ref().and_then(faults::canned_response) {
         return Ok(response);
     }
+    if let Some(FaultKind::Queued(delay)) = fault {
+        // Dropped with this future if the client gives up first: then never handled.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.shutdown.cancelled() => return Err(Dropped),
+        }
+    }
     let guid = parts
         .headers
         .get("guid")

@@ -23,6 +23,10 @@ struct Coordinator {
     failed_releases: u32,
     /// Answer releases as "not this lease's record any more" (nothing released).
     releases_not_mine: bool,
+    /// Agent → a previous holder whose lease ended (the take-over proof `acquire` returns).
+    crashed_holders: HashMap<String, String>,
+    /// Renewals fail (the coordinator unreachable): the lease runs out TTL after the join.
+    renewals_fail: bool,
 }
 
 #[derive(Clone, Default)]
@@ -39,10 +43,13 @@ struct Scripted {
     script: Script,
 }
 
-struct Renewer;
+struct Renewer(Script);
 
 impl LeaseRenewal for Renewer {
     async fn renew(&mut self) -> Result<Renewal, PoolError> {
+        if self.0.with(|c| c.renewals_fail) {
+            return Err(PoolError::Coordinator("scripted: unreachable".into()));
+        }
         Ok(Renewal::Alive(TTL))
     }
 }
@@ -51,7 +58,7 @@ impl Backend for Scripted {
     type Lease = Renewer;
 
     async fn join(&mut self) -> Result<(Duration, Renewer), PoolError> {
-        Ok((TTL, Renewer))
+        Ok((TTL, Renewer(self.script.clone())))
     }
 
     async fn set_assignable(&mut self, agents: Option<&[String]>) -> Result<(), PoolError> {
@@ -91,7 +98,7 @@ impl Backend for Scripted {
                     } else {
                         c.owners.insert(a.clone(), me.clone());
                         Ok(Acquired::Won {
-                            crashed_holder: None,
+                            crashed_holder: c.crashed_holders.get(a).cloned(),
                         })
                     }
                 })
@@ -145,6 +152,15 @@ async fn in_process_with(
     agents: &[String],
     settings: SessionSettings,
 ) -> InProcess {
+    in_process_scripted(sim, agents, settings, Script::default()).await
+}
+
+async fn in_process_scripted(
+    sim: ccgw_bridge::sim::Simulator,
+    agents: &[String],
+    settings: SessionSettings,
+    script: Script,
+) -> InProcess {
     ccgw_bridge::crypto::install_crypto_provider();
     let metrics = Arc::new(Metrics::default());
     let gateway = GatewayClient::new(
@@ -162,7 +178,6 @@ async fn in_process_with(
     )
     .unwrap();
     let sessions = Sessions::new(gateway, settings, metrics.clone());
-    let script = Script::default();
     let pinned = agents
         .iter()
         .enumerate()
@@ -307,4 +322,47 @@ async fn pool_sign_ins_share_the_sign_in_concurrency_bound() {
         "{} sign-ins at once",
         stats.max_concurrent_sign_ins
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_sign_in_is_abandoned_when_the_lease_ends_and_kicks_no_one_later() {
+    let agent = "2401";
+    let sim = simulator().await;
+    // Someone still holds the agent (the crashed holder's session, as far as the pool knows).
+    sim.sign_in_elsewhere(agent, false).unwrap();
+    let held = sim.current_guid(agent).expect("signed in elsewhere");
+    // The take-over's forcelogin waits in front of the gateway far past the lease's end.
+    let queued = TTL * 2;
+    sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::ForceLogin),
+        kind: FaultKind::Queued(queued),
+        count: Some(1),
+    });
+    let script = Script::default();
+    script.with(|c| {
+        c.crashed_holders.insert(agent.into(), "crashed".into());
+        // The lease is never renewed: it surely ends TTL after the join.
+        c.renewals_fail = true;
+    });
+    let t = in_process_scripted(
+        sim,
+        &[agent.to_string()],
+        SessionSettings::default(),
+        script,
+    )
+    .await;
+    let sent = t
+        .sim
+        .wait_for_request(|r| r.path.ends_with("/forcelogin"))
+        .await;
+    assert_eq!(sent.agent_id.as_deref(), Some(agent));
+    // Past the queue's delay (a window in which nothing may happen: there is no event for "no
+    // kick"), the forcelogin was abandoned at the lease's end and never reached the gateway.
+    tokio::time::sleep(queued + Duration::from_millis(500)).await;
+    assert_eq!(
+        t.sim.current_guid(agent).as_deref(),
+        Some(held.as_str()),
+        "the session held elsewhere was not replaced after the lease ended"
+    );
+    assert!(!t.sessions.has_running_session(agent));
 }
