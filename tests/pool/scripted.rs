@@ -27,6 +27,10 @@ struct Coordinator {
     crashed_holders: HashMap<String, String>,
     /// Renewals fail (the coordinator unreachable): the lease runs out TTL after the join.
     renewals_fail: bool,
+    /// Sizes of the release batches asked for, in order.
+    release_batches: Vec<usize>,
+    /// Whether this instance was still a member at each release batch.
+    member_at_release: Vec<bool>,
 }
 
 #[derive(Clone, Default)]
@@ -109,6 +113,9 @@ impl Backend for Scripted {
     async fn release(&mut self, agents: &[String]) -> Vec<Result<bool, PoolError>> {
         let me = self.me.clone();
         self.script.with(|c| {
+            c.release_batches.push(agents.len());
+            let member = c.members.contains(&me);
+            c.member_at_release.push(member);
             agents
                 .iter()
                 .map(|a| {
@@ -365,4 +372,47 @@ async fn a_forced_sign_in_is_abandoned_when_the_lease_ends_and_kicks_no_one_late
         "the session held elsewhere was not replaced after the lease ended"
     );
     assert!(!t.sessions.has_running_session(agent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_steps_out_of_the_members_first_and_releases_in_one_batch() {
+    let agents: Vec<String> = (2501..2505).map(|a| a.to_string()).collect();
+    let t = in_process(&agents).await;
+    wait_until(SETTLE, "every agent signed in", || async {
+        agents.iter().all(|a| t.sessions.has_running_session(a))
+    })
+    .await;
+    t.pool.freeze();
+    wait_until(SETTLE, "the draining instance left the members", || async {
+        t.script.with(|c| c.members.is_empty())
+    })
+    .await;
+    assert_eq!(
+        t.script.with(|c| c.owners.len()),
+        agents.len(),
+        "stepped out before releasing anything"
+    );
+    let InProcess {
+        pool,
+        sessions,
+        script,
+        sim,
+        ..
+    } = t;
+    pool.leave(&sessions, true, None).await;
+    script.with(|c| {
+        assert!(c.owners.is_empty(), "every agent released: {:?}", c.owners);
+        assert_eq!(
+            c.release_batches,
+            vec![agents.len()],
+            "one concurrent batch"
+        );
+        assert_eq!(c.member_at_release, vec![false]);
+    });
+    for agent in &agents {
+        assert!(
+            !sim.signed_in(agent),
+            "{agent} signed out before its release"
+        );
+    }
 }
