@@ -4,8 +4,10 @@
 //! logouts, a replica with a bad CA joining and leaving, callers signing in on random replicas —
 //! with the invariants checked from the simulator's own view all along, then convergence.
 //!
-//! `CCGW_CHAOS_SEED=<n>` replays a run (the seed is printed first); `CCGW_CHAOS_SECS=<n>` sets
-//! how long faults are injected (default 30 s in the suite; soak runs use more).
+//! The suite runs seed 7 (a fixed schedule, so a landing is never decided by the draw);
+//! `CCGW_CHAOS_SEED=<n>` replays or explores another (`random` draws one; the seed is printed
+//! first), and `CCGW_CHAOS_SECS=<n>` sets how long faults are injected (default 30 s; soak runs
+//! use more).
 
 use super::*;
 use ccgw_bridge::sim::{Fault, FaultKind, FaultMatch, Interface};
@@ -74,7 +76,10 @@ async fn pause(m: &mut Monitor, p: &Pool, agents: &[String], d: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
-    let seed = env_u64("CCGW_CHAOS_SEED").unwrap_or_else(|| fastrand::u64(..1_000_000));
+    let seed = match std::env::var("CCGW_CHAOS_SEED").as_deref() {
+        Ok("random") => fastrand::u64(..1_000_000),
+        _ => env_u64("CCGW_CHAOS_SEED").unwrap_or(7),
+    };
     let secs = env_u64("CCGW_CHAOS_SECS").unwrap_or(30);
     eprintln!("chaos: seed {seed} ({secs} s of faults); replay with CCGW_CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
