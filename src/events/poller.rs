@@ -6,12 +6,13 @@
 //! and never end the session; only the gateway saying the agent is gone does.
 
 use super::event::SHUTDOWN_SERVICE;
+use super::guid_use::GuidUse;
 use super::hub::Hub;
 use crate::gateway::{AgentAuth, GatewayClient, GatewayError, Interface};
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// Pacing of the loop (api-notes §3.1: re-poll 200–500 ms after an answer).
@@ -72,6 +73,8 @@ pub struct Poller {
     /// the loop), so a call refused for its Guid can wait for the poll that would carry a newer
     /// one.
     pub polls: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Send time of the last poll the gateway may have counted (its idle sign-out clock).
+    pub guid_use: Arc<GuidUse>,
     /// Stops the loop.
     pub cancel: CancellationToken,
     /// Pacing.
@@ -87,11 +90,13 @@ impl Poller {
         let mut lost_answer = false;
         loop {
             let sent = self.auth.current();
+            let sent_at = Instant::now();
             let answer = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return PollEnd::Cancelled,
                 a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
             };
+            self.guid_use.record(sent_at, &answer);
             // Only answers count; a Guid refusal ends the loop (which ends the session) instead.
             if answer.is_ok()
                 || matches!(&answer, Err(e @ GatewayError::Retcode { .. }) if !e.is_auth_rejection())

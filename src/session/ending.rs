@@ -10,6 +10,32 @@
 //! After any other ending — above all after being kicked — signing in again is a plain
 //! `login`, retried with back-off by keep-signed-in. A coordinator (the agent pool) may add
 //! proof that a previous holder's ownership ended; it decides that outside this rule.
+//!
+//! The right expires: the gateway signs out a session it has not heard from for its idle limit
+//! (`--gateway-idle-timeout`), and a person may sign the agent in after that. So an ending is
+//! recorded with the send time of the last request the gateway may have counted for the
+//! session ([`Ended`]), and `forcelogin` is allowed only within the idle limit of it.
+
+use std::time::{Duration, Instant};
+
+/// How the bridge's last session of an agent ended, and when the gateway last heard of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// Why it ended.
+    pub reason: EndReason,
+    /// Send time of the last request with its Guid the gateway may have counted.
+    pub last_used: Instant,
+}
+
+impl Ended {
+    /// Until when a `100-002` may be answered with `forcelogin` (`None`: never): within
+    /// `idle_timeout` of the session's last use, if it may still be the bridge's own.
+    pub fn take_over_until(self, idle_timeout: Duration) -> Option<Instant> {
+        self.reason
+            .may_take_over()
+            .then(|| self.last_used + idle_timeout)
+    }
+}
 
 /// Why the bridge's session of an agent ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,5 +107,17 @@ mod tests {
         for kicked in [SignedOut, SignedOutByGateway, GuidRefused, Replaced] {
             assert!(!kicked.may_take_over(), "{kicked:?}");
         }
+    }
+
+    #[test]
+    fn the_right_to_take_over_ends_with_the_gateways_idle_limit() {
+        let last_used = std::time::Instant::now();
+        let idle = std::time::Duration::from_secs(120);
+        let ended = |reason| super::Ended { reason, last_used };
+        assert_eq!(
+            ended(AnswerLost).take_over_until(idle),
+            Some(last_used + idle)
+        );
+        assert_eq!(ended(GuidRefused).take_over_until(idle), None);
     }
 }

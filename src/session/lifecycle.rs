@@ -5,10 +5,10 @@
 
 use super::guid_retry::{remaining, settle_refusal, Settled};
 use super::{
-    lock_owned, new_session_id, not_signed_in, EndReason, Session, SessionError, Sessions,
+    lock_owned, new_session_id, not_signed_in, EndReason, Ended, Session, SessionError, Sessions,
     SignInParams, Slot,
 };
-use crate::events::{End, Hub, PollEnd, Poller};
+use crate::events::{End, GuidUse, Hub, PollEnd, Poller};
 use crate::gateway::{AgentAuth, GatewayError, Interface};
 use crate::readiness::Pinned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,7 +44,7 @@ impl Sessions {
         let take_over = {
             let mut inner = slot.lock();
             inner.signing_in = true;
-            inner.ended.is_some_and(EndReason::may_take_over)
+            self.take_over_until(inner.ended)
         };
         let result = self
             .login(&slot, agent_id, &params, take_over, deadline)
@@ -68,14 +68,20 @@ impl Sessions {
         }
     }
 
-    /// Signs in with `params`, installs the new session and starts its poll loop.
+    /// Until when signing in again after `ended` may answer `100-002` with `forcelogin`.
+    fn take_over_until(&self, ended: Option<Ended>) -> Option<Instant> {
+        ended.and_then(|e| e.take_over_until(self.shared.settings.gateway_idle_timeout))
+    }
+
+    /// Signs in with `params`, installs the new session and starts its poll loop; a `100-002`
+    /// is answered with `forcelogin` before `take_over` (see [`Ended::take_over_until`]).
     /// Caller holds the slot's lifecycle lock.
     async fn login(
         &self,
         slot: &Arc<Slot>,
         agent_id: &str,
         params: &SignInParams,
-        take_over: bool,
+        take_over: Option<Instant>,
         deadline: Option<Instant>,
     ) -> Result<Arc<Session>, SessionError> {
         self.check_gate(agent_id)?;
@@ -87,13 +93,18 @@ impl Sessions {
         } else {
             Interface::Login
         };
+        let mut sent_at = Instant::now();
         let mut result = gw
             .call(iface, agent_id, &auth, None, Some(body.clone()), deadline)
             .await;
-        if take_over && !params.force && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
+        if take_over.is_some_and(|until| Instant::now() < until)
+            && !params.force
+            && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
         {
-            // The gateway still counts the agent as signed in under the Guid the bridge lost:
-            // it is the bridge's own session, so taking it over is safe.
+            // The gateway still counts the agent as signed in under the Guid the bridge lost,
+            // and within its idle limit that is the bridge's own session: taking it over is
+            // safe.
+            sent_at = Instant::now();
             result = gw
                 .call(
                     Interface::ForceLogin,
@@ -128,6 +139,7 @@ impl Sessions {
             signed_in_at: SystemTime::now(),
             last_poll_at: Arc::new(AtomicU64::new(0)),
             polls: Arc::new(tokio::sync::watch::Sender::new(0)),
+            guid_use: Arc::new(GuidUse::new(sent_at)),
             cancel: self.shared.shutdown.child_token(),
             signing_out: AtomicBool::new(false),
         });
@@ -152,6 +164,7 @@ impl Sessions {
             hub: session.hub.clone(),
             last_poll_at: session.last_poll_at.clone(),
             polls: session.polls.clone(),
+            guid_use: session.guid_use.clone(),
             cancel: session.cancel.clone(),
             settings: self.shared.settings.poll.clone(),
             metrics: self.shared.metrics.clone(),
@@ -186,7 +199,10 @@ impl Sessions {
                 .as_ref()
                 .is_some_and(|s| Arc::ptr_eq(s, &session));
             if is_current {
-                inner.ended = Some(reason);
+                inner.ended = Some(Ended {
+                    reason,
+                    last_used: session.guid_use.last(),
+                });
             }
             is_current
         };
@@ -289,9 +305,13 @@ impl Sessions {
         let mut creds = creds.ok_or_else(|| not_signed_in(agent_id))?;
         let ended = {
             let mut inner = slot.lock();
-            if let Some((_, why)) = stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live()))
+            if let Some((stale, why)) =
+                stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live()))
             {
-                inner.ended = Some(why);
+                inner.ended = Some(Ended {
+                    reason: why,
+                    last_used: stale.guid_use.last(),
+                });
             }
             inner.ended
         };
@@ -300,7 +320,7 @@ impl Sessions {
         }
         // `force` is for the first sign-in only: signing in again never kicks another client.
         creds.force &= current.is_none() && ended.is_none();
-        let take_over = ended.is_some_and(EndReason::may_take_over);
+        let take_over = self.take_over_until(ended);
         let session = self
             .login(&slot, agent_id, &creds, take_over, deadline)
             .await?;
@@ -366,14 +386,11 @@ impl Sessions {
         session: &Arc<Session>,
         deadline: Option<Instant>,
     ) -> Result<(), GatewayError> {
-        let gw = &self.shared.gateway;
-        let agent_id = &session.agent_id;
         let sent = session.auth.current();
-        let mut result = gw
-            .call(
+        let mut result = self
+            .send(
+                session,
                 Interface::Logout,
-                agent_id,
-                &session.auth,
                 sent.guid.as_ref(),
                 None,
                 deadline,
@@ -389,15 +406,8 @@ impl Sessions {
                 == Settled::NewerGuid
         {
             let guid = session.auth.current().guid;
-            result = gw
-                .call(
-                    Interface::Logout,
-                    agent_id,
-                    &session.auth,
-                    guid.as_ref(),
-                    None,
-                    deadline,
-                )
+            result = self
+                .send(session, Interface::Logout, guid.as_ref(), None, deadline)
                 .await;
         }
         result.map(|_| ())

@@ -25,7 +25,7 @@ mod params;
 mod session;
 mod views;
 
-pub use ending::EndReason;
+pub use ending::{EndReason, Ended};
 pub use gate::SignInGate;
 pub use guid_retry::GUID_RETRIES;
 pub use params::SignInParams;
@@ -66,6 +66,10 @@ pub struct SessionSettings {
     /// The longest one call may take, Guid retries and a re-sign-in included, when the client
     /// set no deadline.
     pub call_budget: Duration,
+    /// The gateway's idle sign-out (vendor `MAXTIME`): a session the bridge lost track of is
+    /// surely gone this long after the last request sent with its Guid, so a `100-002` after
+    /// that is another client's session, never the bridge's own (see [`EndReason`]).
+    pub gateway_idle_timeout: Duration,
 }
 
 impl Default for SessionSettings {
@@ -79,6 +83,7 @@ impl Default for SessionSettings {
             resign_backoff_max: Duration::from_secs(30),
             sign_in_concurrency: 16,
             call_budget: Duration::from_secs(60),
+            gateway_idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -127,9 +132,9 @@ struct SlotInner {
     creds: Option<SignInParams>,
     keep_signed_in: bool,
     signing_in: bool,
-    /// Why the last session ended (`None` while one runs or before the first): decides whether
-    /// signing in again may take the agent over (see [`EndReason::may_take_over`]).
-    ended: Option<EndReason>,
+    /// How the last session ended (`None` while one runs or before the first): decides whether
+    /// signing in again may take the agent over (see [`Ended::take_over_until`]).
+    ended: Option<Ended>,
 }
 
 /// Everything the bridge knows about one agent; lives from its first sign-in to its sign-out.

@@ -97,6 +97,61 @@ async fn a_lost_guid_rotation_is_recovered_with_one_forcelogin() {
     assert!(h.sim.signed_in("1001"));
 }
 
+/// Issue 17 defect 1 (the reproduction): a lost rotation leaves the bridge a take-over right,
+/// but only within the gateway's idle sign-out of the last request sent with that session's
+/// Guid. The immediate re-sign-in meets a 503; once the idle limit has passed the gateway
+/// signs the orphan out and a person signs the agent in from a softphone. The next BeginPlay
+/// must not kick the person: plain `login`, `100-002`, ALREADY_EXISTS.
+///
+/// Time passing past the idle limit is the scenario itself, so the test waits that long after
+/// the last request with the lost session's Guid (a slower machine only lets more pass); the
+/// idle sign-out is then the simulator's control, not its timer, so nothing races it.
+#[tokio::test]
+async fn a_stale_take_over_right_never_kicks_a_person() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let h = Harness::with(strict_dynamic(), |c| {
+        c.sessions.gateway_idle_timeout = IDLE;
+    })
+    .await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    let lost_guid = h.sim.current_guid("1001").expect("signed in");
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::HttpStatus(503),
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    h.sim.rotate_guid_lost("1001");
+    let _ = stream_end(&mut w).await;
+    // The poll refused for the lost Guid was the session's last request; the bridge's
+    // immediate re-sign-in then meets the 503.
+    request(&h, |r| {
+        r.path.ends_with("/agentevent/1001") && r.header("guid") == Some(lost_guid.as_str())
+    })
+    .await;
+    request(&h, |r| {
+        r.method == "PUT" && r.path.ends_with("/onlineagent/1001")
+    })
+    .await;
+    tokio::time::sleep(IDLE).await;
+    // The gateway's idle sign-out ends the orphan; a person signs in from a softphone.
+    h.sim.force_sign_out("1001");
+    h.sim
+        .sign_in_elsewhere("1001", false)
+        .expect("the person signs in");
+    let person = h.sim.current_guid("1001");
+    h.sim.clear_requests();
+    begin_play_refused(&h, "1001", Code::AlreadyExists, "AGENT_ALREADY_SIGNED_IN").await;
+    assert_eq!(forcelogins(&h, "1001"), 0, "{:?}", h.sim.requests());
+    assert_eq!(
+        h.sim.current_guid("1001"),
+        person,
+        "the person's session is kept"
+    );
+    assert_eq!(plays(&h, "1001"), 0);
+}
+
 /// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
 #[tokio::test]
 async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
