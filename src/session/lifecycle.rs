@@ -282,7 +282,8 @@ impl Sessions {
 
     /// Signs the agent in again with held credentials, replacing `stale` (unless another task
     /// already replaced it, in which case that session is returned). `stale` comes with why it
-    /// is given up while its poll loop still runs.
+    /// is given up while its poll loop still runs; it keeps running until the new sign-in
+    /// succeeded (draining and the gate are checked first).
     pub(super) async fn resign_in(
         &self,
         agent_id: &str,
@@ -303,6 +304,8 @@ impl Sessions {
             }
         }
         let mut creds = creds.ok_or_else(|| not_signed_in(agent_id))?;
+        // The gate before anything changes: a refusal leaves the running session as it is.
+        self.check_gate(agent_id)?;
         let ended = {
             let mut inner = slot.lock();
             if let Some((stale, why)) =
@@ -315,9 +318,9 @@ impl Sessions {
             }
             inner.ended
         };
-        if let Some(current) = &current {
-            self.retire(current, End::SessionEnded);
-        }
+        // The current session is not retired here: `login` replaces it only once the new one is
+        // signed in, so a failed sign-in leaves it running and polled (and, should the gateway
+        // have ended it meanwhile, its poll loop's end hands the agent to keep-signed-in).
         // `force` is for the first sign-in only: signing in again never kicks another client.
         creds.force &= current.is_none() && ended.is_none();
         let take_over = self.take_over_until(ended);

@@ -152,6 +152,47 @@ async fn a_stale_take_over_right_never_kicks_a_person() {
     assert_eq!(plays(&h, "1001"), 0);
 }
 
+/// Issue 17 defect 2: a call refused for its Guid while polls are still answered signs in
+/// again; when that sign-in fails (a 503), the running session must still be there: polled,
+/// SIGNED_IN, and the next call uses it without any sign-in. The old code retired it before
+/// the login, so it was gone with nothing to replace it.
+#[tokio::test]
+async fn a_failed_re_sign_in_keeps_the_running_session() {
+    let h = Harness::start().await;
+    let first = h.sign_in("1001").await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "000-003".into(),
+            message: String::new(),
+        },
+        count: Some(1),
+    });
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::HttpStatus(503),
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    expect_code(
+        h.play().await.begin_play(play_request("1001")).await,
+        Code::Unavailable,
+    );
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+    let s = h.session("1001").await;
+    assert_eq!(
+        (s.state, s.session_id.as_str()),
+        (SessionState::SignedIn as i32, first.session_id.as_str()),
+        "the running session is kept"
+    );
+    h.play()
+        .await
+        .begin_play(play_request("1001"))
+        .await
+        .expect("the kept session works");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+}
+
 /// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
 #[tokio::test]
 async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
