@@ -6,7 +6,8 @@
 //! back, and so on. So the bridge answers `100-002` with `forcelogin` only when it knows the
 //! session it replaces is its own: the gateway refused a Guid the bridge may never have seen
 //! (a poll answer carrying a new Guid was lost), refused a call's Guid while still answering
-//! polls with it, or told it to sign in again (DR retcodes).
+//! polls with it, told it to sign in again (DR retcodes), or never answered the bridge's own
+//! sign-in (which may have signed the agent in under a Guid the bridge never saw).
 //! After any other ending — above all after being kicked — signing in again is a plain
 //! `login`, retried with back-off by keep-signed-in. A coordinator (the agent pool) may add
 //! proof that a previous holder's ownership ended; it decides that outside this rule.
@@ -58,6 +59,9 @@ pub enum EndReason {
     CallRefused,
     /// The gateway answered `105-005`/`105-006`/`105-007` (disaster recovery): sign in again.
     SignInAgain,
+    /// The answer to the bridge's own sign-in was lost: the gateway may hold a session of the
+    /// bridge's whose Guid it never saw.
+    SignInAnswerLost,
     /// Replaced by the bridge's own new sign-in.
     Replaced,
 }
@@ -68,7 +72,10 @@ impl EndReason {
     pub fn may_take_over(self) -> bool {
         matches!(
             self,
-            EndReason::AnswerLost | EndReason::SignInAgain | EndReason::CallRefused
+            EndReason::AnswerLost
+                | EndReason::SignInAgain
+                | EndReason::CallRefused
+                | EndReason::SignInAnswerLost
         )
     }
 
@@ -90,6 +97,7 @@ impl EndReason {
             EndReason::AnswerLost => "answer_lost",
             EndReason::CallRefused => "call_refused",
             EndReason::SignInAgain => "sign_in_again",
+            EndReason::SignInAnswerLost => "sign_in_answer_lost",
             EndReason::Replaced => "replaced",
         }
     }
@@ -104,6 +112,7 @@ mod tests {
         assert!(AnswerLost.may_take_over());
         assert!(SignInAgain.may_take_over());
         assert!(CallRefused.may_take_over());
+        assert!(SignInAnswerLost.may_take_over());
         for kicked in [SignedOut, SignedOutByGateway, GuidRefused, Replaced] {
             assert!(!kicked.may_take_over(), "{kicked:?}");
         }

@@ -59,7 +59,9 @@ impl Sessions {
                 Ok(session)
             }
             Err(e) => {
-                if inner.session.is_none() && !inner.keep_signed_in {
+                // A slot that never had a session goes, unless a lost answer left it the
+                // proof that the gateway may hold the bridge's own session.
+                if inner.session.is_none() && !inner.keep_signed_in && inner.ended.is_none() {
                     drop(inner);
                     self.slots().remove(agent_id);
                 }
@@ -116,12 +118,22 @@ impl Sessions {
                 )
                 .await;
         }
-        result?;
-        if auth.current().guid.is_none() {
-            return Err(GatewayError::OutcomeUnknown(
+        let result = result.and_then(|_| match auth.current().guid {
+            Some(_) => Ok(()),
+            None => Err(GatewayError::OutcomeUnknown(
                 "sign-in answer carried no Set-GUID header".into(),
-            )
-            .into());
+            )),
+        });
+        if let Err(e) = result {
+            if may_have_signed_in(&e) {
+                // The gateway may now hold the agent under a Guid the bridge never saw: its
+                // own session, which a later sign-in may take back within the idle limit.
+                slot.lock().ended = Some(Ended {
+                    reason: EndReason::SignInAnswerLost,
+                    last_used: sent_at,
+                });
+            }
+            return Err(e.into());
         }
         let agent: Arc<str> = Arc::from(agent_id);
         let session_id: Arc<str> = Arc::from(new_session_id().as_str());
@@ -414,5 +426,16 @@ impl Sessions {
                 .await;
         }
         result.map(|_| ())
+    }
+}
+
+/// Whether a failed sign-in may have signed the agent in at the gateway: the answer was lost,
+/// late or unreadable, or a proxy's 5xx may have followed the gateway's work (429 and 503 say
+/// the request was not processed).
+fn may_have_signed_in(e: &GatewayError) -> bool {
+    match e {
+        GatewayError::Timeout(_) | GatewayError::OutcomeUnknown(_) => true,
+        GatewayError::HttpStatus(status) => (500..=599).contains(status) && *status != 503,
+        _ => false,
     }
 }
