@@ -67,7 +67,15 @@ async fn request(
     h: &Harness,
     pred: impl Fn(&ccgw_bridge::sim::RecordedRequest) -> bool,
 ) -> ccgw_bridge::sim::RecordedRequest {
-    tokio::time::timeout(SETTLE, h.sim.wait_for_request(pred))
+    request_of(&h.sim, pred).await
+}
+
+/// [`request`] for a simulator without a bridge harness.
+async fn request_of(
+    sim: &Simulator,
+    pred: impl Fn(&ccgw_bridge::sim::RecordedRequest) -> bool,
+) -> ccgw_bridge::sim::RecordedRequest {
+    tokio::time::timeout(SETTLE, sim.wait_for_request(pred))
         .await
         .expect("the request arrives within the settle bound")
 }
@@ -581,4 +589,63 @@ async fn pinned_agents_sign_in_at_most_the_concurrency_at_once() {
 async fn begin_play_refused(h: &Harness, agent: &str, code: Code, want_reason: &str) {
     let status = expect_code(h.play().await.begin_play(play_request(agent)).await, code);
     assert_eq!(reason(&status), want_reason, "{status:?}");
+}
+
+/// Issue 17 defect 4: the poll answer carrying `AgentOther_ShutdownService` is the gateway's
+/// farewell, not a sign that it still accepts the session's Guid. Counted as an answered poll,
+/// it settles a call's Guid refusal as "still accepted", and with more than one worker thread
+/// that call can then take the agent over (`forcelogin`) from the client that just kicked the
+/// bridge. The poll loop is driven directly against the simulator, so the check does not
+/// depend on how threads interleave: every answer but the farewell is counted.
+#[tokio::test]
+async fn the_farewell_poll_answer_is_not_counted_as_accepted() {
+    use ccgw_bridge::events::{EventBudget, GuidUse, Hub, PollEnd, PollSettings, Poller};
+    use ccgw_bridge::gateway::{AgentAuth, GatewayClient, Interface as Gw};
+    use ccgw_bridge::telemetry::Metrics;
+    use std::sync::Arc;
+
+    let sim = Simulator::start(fast_sim(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    let metrics = Arc::new(Metrics::default());
+    let gateway = GatewayClient::new(config_for(&sim).gateway, metrics.clone()).unwrap();
+    let auth = Arc::new(AgentAuth::default());
+    let body = pinned_agent("1001").params.body();
+    gateway
+        .call(Gw::Login, "1001", &auth, None, Some(body), None)
+        .await
+        .expect("signed in");
+    let polls = Arc::new(tokio::sync::watch::Sender::new(0u64));
+    let poller = Poller {
+        gateway,
+        agent_id: Arc::from("1001"),
+        auth,
+        hub: Arc::new(Hub::new(
+            64,
+            &EventBudget::default(),
+            metrics.clone(),
+            Arc::from("1001"),
+            Arc::from("s"),
+        )),
+        last_poll_at: Arc::default(),
+        polls: polls.clone(),
+        guid_use: Arc::new(GuidUse::new(std::time::Instant::now())),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        settings: PollSettings::default(),
+        metrics,
+    };
+    let run = tokio::spawn(poller.run());
+    request_of(&sim, |r| r.path.ends_with("/agentevent/1001")).await;
+    sim.force_sign_out("1001");
+    assert_eq!(run.await.unwrap(), PollEnd::SignedOutByGateway);
+    let answered = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/agentevent/1001"))
+        .count() as u64;
+    assert_eq!(
+        *polls.borrow(),
+        answered - 1,
+        "every answer but the farewell"
+    );
 }
