@@ -193,12 +193,14 @@ impl Sessions {
     async fn on_poll_end(&self, slot: Arc<Slot>, session: Arc<Session>, end: PollEnd) {
         let reason = match end {
             PollEnd::Cancelled => return,
-            // The gateway confirms the sign-out in progress (its answer may yet be lost).
-            _ if session.signing_out.load(Ordering::Acquire) => EndReason::SignedOut,
-            PollEnd::SignedOutByGateway => EndReason::SignedOutByGateway,
+            // Even while signing out: the gateway may still hold the session under a Guid the
+            // bridge never saw, which the sign-out then takes back to sign it out.
             PollEnd::GuidRefused {
                 after_lost_answer: true,
             } => EndReason::AnswerLost,
+            // The gateway confirms the sign-out in progress (its answer may yet be lost).
+            _ if session.signing_out.load(Ordering::Acquire) => EndReason::SignedOut,
+            PollEnd::SignedOutByGateway => EndReason::SignedOutByGateway,
             PollEnd::GuidRefused {
                 after_lost_answer: false,
             } => EndReason::GuidRefused,
@@ -218,8 +220,9 @@ impl Sessions {
             }
             is_current
         };
-        if reason == EndReason::SignedOut {
-            tracing::info!(agent_id = %session.agent_id, "the gateway confirmed the sign-out");
+        if session.signing_out.load(Ordering::Acquire) {
+            // The sign-out in progress decides what follows (see `sign_out`).
+            tracing::info!(agent_id = %session.agent_id, reason = reason.label(), "the poll loop ended during the sign-out");
             self.retire(&session, End::SignedOut);
             return;
         }
@@ -356,10 +359,48 @@ impl Sessions {
         let session = slot.lock().session.clone();
         if let Some(session) = session.filter(|s| s.is_live()) {
             self.logout(&session, deadline).await?;
+            // "Not signed in" for a Guid whose successor may have been lost with an answer
+            // does not show the agent out: the gateway may still hold the session.
+            slot.lock().ended = session.guid_use.answer_lost().then(|| Ended {
+                reason: EndReason::AnswerLost,
+                last_used: session.guid_use.last(),
+            });
+        }
+        if let Some(orphan) = self.take_back_orphan(&slot, agent_id, deadline).await? {
+            self.logout(&orphan, deadline).await?;
         }
         self.remove_if_same(agent_id, &slot);
         self.shared.pinned.remove(agent_id);
         Ok(())
+    }
+
+    /// For a sign-out: the bridge's own session the gateway may still hold under a Guid the
+    /// bridge lost (a lost answer within the idle limit), signed in again with `forcelogin` so
+    /// it can be signed out; `None` when there is none (or another client holds the agent now,
+    /// which means the bridge's is gone). Needs held credentials; without them the gateway's
+    /// idle sign-out ends such a session.
+    async fn take_back_orphan(
+        &self,
+        slot: &Arc<Slot>,
+        agent_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Arc<Session>>, SessionError> {
+        let (ended, creds) = {
+            let inner = slot.lock();
+            (inner.ended, inner.creds.clone())
+        };
+        let (Some(take_over), Some(mut creds)) = (self.take_over_until(ended), creds) else {
+            return Ok(None);
+        };
+        creds.force = false;
+        match self
+            .login(slot, agent_id, &creds, Some(take_over), deadline)
+            .await
+        {
+            Ok(session) => Ok(Some(session)),
+            Err(SessionError::Gateway(e)) if e.retcode() == Some("100-002") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `logout` for a live session; on success its streams end with `End::SignedOut`.

@@ -201,6 +201,40 @@ async fn a_failed_re_sign_in_keeps_the_running_session() {
     assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
 }
 
+/// Issue 17 defect 5: after a lost rotation the gateway still holds the bridge's session under
+/// a Guid the bridge never saw, so "not signed in" for the old Guid does not mean out. A
+/// SignOut then takes its own session back (one `forcelogin`, within the idle limit) and signs
+/// that out: the agent is really out, and a hand-over leaves the next owner a free agent.
+#[tokio::test]
+async fn a_sign_out_after_a_lost_rotation_really_signs_the_agent_out() {
+    let h = Harness::with(strict_dynamic(), |_| {}).await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    // The bridge's immediate re-sign-in fails, so the orphan is still there at the SignOut.
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::HttpStatus(503),
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    h.sim.rotate_guid_lost("1001");
+    let _ = stream_end(&mut w).await;
+    request(&h, |r| {
+        r.method == "PUT" && r.path.ends_with("/onlineagent/1001")
+    })
+    .await;
+    assert!(h.sim.signed_in("1001"), "the orphan");
+    h.sessions()
+        .await
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .expect("signed out");
+    assert!(!h.sim.signed_in("1001"), "{:?}", h.sim.requests());
+    assert_eq!(forcelogins(&h, "1001"), 1);
+}
+
 /// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
 #[tokio::test]
 async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
