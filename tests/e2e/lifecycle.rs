@@ -121,27 +121,7 @@ async fn a_stale_take_over_right_never_kicks_a_person() {
         c.sessions.gateway_idle_timeout = IDLE;
     })
     .await;
-    h.sign_in("1001").await;
-    let mut w = h.watch_all("1001").await;
-    let lost_guid = h.sim.current_guid("1001").expect("signed in");
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Login),
-        kind: FaultKind::HttpStatus(503),
-        count: Some(1),
-    });
-    h.sim.clear_requests();
-    h.sim.rotate_guid_lost("1001");
-    let _ = stream_end(&mut w).await;
-    // The poll refused for the lost Guid was the session's last request; the bridge's
-    // immediate re-sign-in then meets the 503.
-    request(&h, |r| {
-        r.path.ends_with("/agentevent/1001") && r.header("guid") == Some(lost_guid.as_str())
-    })
-    .await;
-    request(&h, |r| {
-        r.method == "PUT" && r.path.ends_with("/onlineagent/1001")
-    })
-    .await;
+    orphan_after_a_lost_rotation(&h, "1001").await;
     tokio::time::sleep(IDLE).await;
     // The gateway's idle sign-out ends the orphan; a person signs in from a softphone.
     h.sim.force_sign_out("1001");
@@ -208,21 +188,7 @@ async fn a_failed_re_sign_in_keeps_the_running_session() {
 #[tokio::test]
 async fn a_sign_out_after_a_lost_rotation_really_signs_the_agent_out() {
     let h = Harness::with(strict_dynamic(), |_| {}).await;
-    h.sign_in("1001").await;
-    let mut w = h.watch_all("1001").await;
-    // The bridge's immediate re-sign-in fails, so the orphan is still there at the SignOut.
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Login),
-        kind: FaultKind::HttpStatus(503),
-        count: Some(1),
-    });
-    h.sim.clear_requests();
-    h.sim.rotate_guid_lost("1001");
-    let _ = stream_end(&mut w).await;
-    request(&h, |r| {
-        r.method == "PUT" && r.path.ends_with("/onlineagent/1001")
-    })
-    .await;
+    orphan_after_a_lost_rotation(&h, "1001").await;
     assert!(h.sim.signed_in("1001"), "the orphan");
     h.sessions()
         .await
@@ -617,6 +583,31 @@ async fn pinned_agents_sign_in_at_most_the_concurrency_at_once() {
         "{} sign-ins at once",
         stats.max_concurrent_sign_ins
     );
+}
+
+/// Signs `agent` in (strict dynamic auth), then loses the poll answer carrying its next Guid;
+/// the bridge's immediate re-sign-in meets a 503. Returns once the poll refused for the lost
+/// Guid (the session's last request with it) and the failed sign-in were sent: the gateway
+/// still holds the bridge's session under a Guid the bridge never saw.
+async fn orphan_after_a_lost_rotation(h: &Harness, agent: &str) {
+    h.sign_in(agent).await;
+    let mut w = h.watch_all(agent).await;
+    let lost_guid = h.sim.current_guid(agent).expect("signed in");
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::HttpStatus(503),
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    h.sim.rotate_guid_lost(agent);
+    let _ = stream_end(&mut w).await;
+    let poll = format!("/agentevent/{agent}");
+    request(h, |r| {
+        r.path.ends_with(&poll) && r.header("guid") == Some(lost_guid.as_str())
+    })
+    .await;
+    let login = format!("/onlineagent/{agent}");
+    request(h, |r| r.method == "PUT" && r.path.ends_with(&login)).await;
 }
 
 /// A BeginPlay for `agent` that must be refused with `code` and `want_reason`.
