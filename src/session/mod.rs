@@ -131,6 +131,8 @@ struct SlotInner {
     session: Option<Arc<Session>>,
     creds: Option<SignInParams>,
     keep_signed_in: bool,
+    /// A keep-signed-in loop runs for the slot (at most one; see `keeper.rs`).
+    keeper: bool,
     signing_in: bool,
     /// How the last session ended (`None` while one runs or before the first): decides whether
     /// signing in again may take the agent over (see [`Ended::take_over_until`]).
@@ -231,6 +233,7 @@ impl Sessions {
     /// coordinator gave it to another instance, whose sign-in replaces (or replaced) this one.
     pub async fn forget(&self, agent_id: &str) {
         let Ok((slot, _guard)) = self.lock_slot(agent_id, false).await else {
+            self.shared.pinned.remove(agent_id);
             return;
         };
         let session = slot.lock().session.clone();
