@@ -152,16 +152,7 @@ mod tests {
     }
 
     fn params() -> SignInParams {
-        SignInParams {
-            password: Password::new("pw".into()),
-            phone_number: "88005".into(),
-            force: false,
-            auto_answer: None,
-            auto_enter_idle: None,
-            release_phone: None,
-            agent_type: None,
-            status: None,
-        }
+        SignInParams::new(Password::new("pw".into()), "88005".into())
     }
 
     /// Issue 17 defect 6: keeping an agent signed in again (the pool does so on each lease

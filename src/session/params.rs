@@ -26,6 +26,20 @@ pub struct SignInParams {
 }
 
 impl SignInParams {
+    /// A plain sign-in (no `force`) with the gateway's defaults for every option.
+    pub fn new(password: Password, phone_number: String) -> Self {
+        Self {
+            password,
+            phone_number,
+            force: false,
+            auto_answer: None,
+            auto_enter_idle: None,
+            release_phone: None,
+            agent_type: None,
+            status: None,
+        }
+    }
+
     /// The JSON body for `login`/`forcelogin`. It holds the password in clear, so its buffer
     /// is wiped when the last reference to it (the HTTP client's, after sending) is dropped.
     pub fn body(&self) -> Bytes {
