@@ -2,6 +2,7 @@
 //! ends their session, with back-off, until signed out or the bridge stops. Signing in again is
 //! a plain `login` unless the ended session was the bridge's own (see [`super::EndReason`]).
 
+use super::params::CredentialsHash;
 use super::{lock_owned, SessionError, Sessions, SignInParams, Slot};
 use crate::events::PollSettings;
 use crate::readiness::{Pinned, PinnedAgents};
@@ -16,6 +17,7 @@ impl Sessions {
         let slot = self.slots().entry(Arc::from(agent_id)).or_default().clone();
         {
             let mut inner = slot.lock();
+            inner.creds_hash = Some(CredentialsHash::of(&params));
             inner.creds = Some(params);
             inner.keep_signed_in = true;
         }

@@ -5,8 +5,8 @@
 
 use super::guid_retry::{remaining, settle_refusal, Settled};
 use super::{
-    lock_owned, new_session_id, not_signed_in, EndReason, Ended, Session, SessionError, Sessions,
-    SignInParams, Slot,
+    lock_owned, new_session_id, not_signed_in, params::CredentialsHash, EndReason, Ended, Session,
+    SessionError, Sessions, SignInParams, Slot,
 };
 use crate::events::{End, GuidUse, Hub, PollEnd, Poller};
 use crate::gateway::{AgentAuth, GatewayError, Interface};
@@ -31,9 +31,9 @@ impl Sessions {
         if let Some(current) = slot.running() {
             let inner = slot.lock();
             if inner
-                .creds
+                .creds_hash
                 .as_ref()
-                .is_some_and(|held| !held.same_credentials(&params))
+                .is_some_and(|held| !held.matches(&params))
             {
                 return Err(SessionError::CredentialsMismatch {
                     agent_id: agent_id.to_owned(),
@@ -53,6 +53,7 @@ impl Sessions {
         inner.signing_in = false;
         match result {
             Ok(session) => {
+                inner.creds_hash = Some(CredentialsHash::of(&params));
                 if self.shared.settings.hold_credentials {
                     inner.creds = Some(params);
                 }

@@ -130,6 +130,8 @@ pub enum SessionError {
 struct SlotInner {
     session: Option<Arc<Session>>,
     creds: Option<SignInParams>,
+    /// What a SignIn must match to get the held session (kept without `creds` too).
+    creds_hash: Option<params::CredentialsHash>,
     keep_signed_in: bool,
     /// A keep-signed-in loop runs for the slot (at most one; see `keeper.rs`).
     keeper: bool,
