@@ -62,8 +62,6 @@ pub enum EndReason {
     /// The answer to the bridge's own sign-in was lost: the gateway may hold a session of the
     /// bridge's whose Guid it never saw.
     SignInAnswerLost,
-    /// Replaced by the bridge's own new sign-in.
-    Replaced,
 }
 
 impl EndReason {
@@ -98,7 +96,6 @@ impl EndReason {
             EndReason::CallRefused => "call_refused",
             EndReason::SignInAgain => "sign_in_again",
             EndReason::SignInAnswerLost => "sign_in_answer_lost",
-            EndReason::Replaced => "replaced",
         }
     }
 }
@@ -113,7 +110,7 @@ mod tests {
         assert!(SignInAgain.may_take_over());
         assert!(CallRefused.may_take_over());
         assert!(SignInAnswerLost.may_take_over());
-        for kicked in [SignedOut, SignedOutByGateway, GuidRefused, Replaced] {
+        for kicked in [SignedOut, SignedOutByGateway, GuidRefused] {
             assert!(!kicked.may_take_over(), "{kicked:?}");
         }
     }

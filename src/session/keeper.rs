@@ -125,7 +125,7 @@ fn pinned_failure(e: &SessionError) -> Pinned {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::gateway::{GatewayClient, GatewayConfig};
     use crate::secret::Password;
@@ -134,7 +134,7 @@ mod tests {
     use std::time::Duration;
 
     /// A registry whose gateway refuses every connection, so sign-ins fail at once.
-    fn unreachable_gateway() -> Sessions {
+    pub(in crate::session) fn unreachable_gateway() -> Sessions {
         let metrics = Arc::new(Metrics::default());
         let gateway = GatewayClient::new(
             GatewayConfig {

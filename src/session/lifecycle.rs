@@ -356,7 +356,12 @@ impl Sessions {
         agent_id: &str,
         deadline: Option<Instant>,
     ) -> Result<(), SessionError> {
-        let (slot, _guard) = self.lock_slot(agent_id, false).await?;
+        let (slot, _guard) = match self.lock_slot(agent_id, false).await {
+            // Another instance owning the agent means this one holds nothing: the goal of a
+            // sign-out is reached here (SignOut is idempotent), nothing is sent.
+            Err(SessionError::NotOwned { .. }) => return Err(not_signed_in(agent_id)),
+            locked => locked?,
+        };
         let session = slot.lock().session.clone();
         if let Some(session) = session.filter(|s| s.is_live()) {
             self.logout(&session, deadline).await?;
@@ -479,5 +484,35 @@ fn may_have_signed_in(e: &GatewayError) -> bool {
         GatewayError::Timeout(_) | GatewayError::OutcomeUnknown(_) => true,
         GatewayError::HttpStatus(status) => (500..=599).contains(status) && *status != 503,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::keeper::tests::unreachable_gateway;
+    use super::*;
+    use crate::session::SignInGate;
+
+    /// A coordinator that gives every agent to another instance.
+    struct OwnedElsewhere;
+
+    impl SignInGate for OwnedElsewhere {
+        fn may_sign_in(&self, _agent_id: &str) -> Result<(), Option<String>> {
+            Err(Some("bridge-b".into()))
+        }
+    }
+
+    /// Issue 17 defect 9: signing out an agent another pool instance owns reaches the goal
+    /// (this instance holds no session for it), so it is "not signed in here" (answered OK
+    /// by SignOut), never `NotOwned`.
+    #[tokio::test]
+    async fn signing_out_an_agent_another_instance_owns_is_not_signed_in_here() {
+        let sessions = unreachable_gateway();
+        sessions.set_gate(Arc::new(OwnedElsewhere));
+        let out = sessions.sign_out("1001", None).await;
+        assert!(
+            matches!(out, Err(SessionError::NotSignedIn { .. })),
+            "{out:?}"
+        );
     }
 }
