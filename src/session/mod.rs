@@ -12,7 +12,8 @@
 //! - `guid_retry.rs`: the Guid retry policy of operation calls;
 //! - `keeper.rs`: keep-signed-in for the agents file;
 //! - `views.rs`: what `GetSession`, `ListSessions`, readiness and metrics see;
-//! - `drain.rs`: the session layer's part of a drain.
+//! - `drain.rs`: the session layer's part of a drain;
+//! - `reaper.rs`: forgetting agents whose session ended and that nothing needs any more.
 
 mod drain;
 mod ending;
@@ -21,6 +22,7 @@ mod guid_retry;
 mod keeper;
 mod lifecycle;
 mod params;
+mod reaper;
 #[allow(clippy::module_inception)]
 mod session;
 mod views;
@@ -70,6 +72,10 @@ pub struct SessionSettings {
     /// surely gone this long after the last request sent with its Guid, so a `100-002` after
     /// that is another client's session, never the bridge's own (see [`EndReason`]).
     pub gateway_idle_timeout: Duration,
+    /// How long an agent whose session ended (and that no keep-signed-in needs) is kept for an
+    /// automatic re-sign-in by its next call, counted from its session's last request; at
+    /// least `gateway_idle_timeout`, so a take-over proof is never forgotten while it is valid.
+    pub dead_slot_ttl: Duration,
 }
 
 impl Default for SessionSettings {
@@ -84,6 +90,7 @@ impl Default for SessionSettings {
             sign_in_concurrency: 16,
             call_budget: Duration::from_secs(60),
             gateway_idle_timeout: Duration::from_secs(120),
+            dead_slot_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -182,10 +189,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// An empty registry.
+    /// An empty registry, with its reaper running (see `reaper.rs`; needs a Tokio runtime).
     pub fn new(gateway: GatewayClient, settings: SessionSettings, metrics: Arc<Metrics>) -> Self {
         metrics.set_retained_event_budget(settings.event_budget.max_bytes());
-        Self {
+        let sessions = Self {
             shared: Arc::new(Shared {
                 gateway,
                 metrics,
@@ -198,7 +205,9 @@ impl Sessions {
                 background_sign_ins: Semaphore::new(settings.sign_in_concurrency),
                 settings,
             }),
-        }
+        };
+        sessions.spawn_reaper();
+        sessions
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {

@@ -201,6 +201,44 @@ async fn a_sign_out_after_a_lost_rotation_really_signs_the_agent_out() {
     assert_eq!(forcelogins(&h, "1001"), 1);
 }
 
+/// Issue 17 defect 7: an agent whose session the gateway ended, and that no keep-signed-in
+/// needs, is forgotten (session, events, password) once its time is up, instead of being kept
+/// for ever. The reaper runs on its own clock, so the test asks until it has run (bounded).
+#[tokio::test]
+async fn an_ended_agent_is_forgotten_after_its_time() {
+    let h = Harness::with(fast_sim(), |c| {
+        c.sessions.gateway_idle_timeout = Duration::from_millis(100);
+        c.sessions.dead_slot_ttl = Duration::from_millis(100);
+    })
+    .await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    h.sim.kill_session("1001");
+    let _ = stream_end(&mut w).await;
+    tokio::time::timeout(SETTLE, async {
+        let mut sessions = h.sessions().await;
+        loop {
+            let view = sessions
+                .get_session(GetSessionRequest {
+                    agent_id: "1001".into(),
+                })
+                .await;
+            match view {
+                Err(s) if s.code() == Code::NotFound => return,
+                Ok(v) => assert_eq!(v.into_inner().state, SessionState::Ended as i32),
+                Err(s) => panic!("{s:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the ended agent is forgotten within the settle bound");
+    assert!(h
+        .metrics()
+        .await
+        .contains("ccgw_sessions{state=\"ended\"} 0"));
+}
+
 /// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
 #[tokio::test]
 async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
