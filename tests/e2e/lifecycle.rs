@@ -137,6 +137,7 @@ async fn a_stale_take_over_right_never_kicks_a_person() {
         person,
         "the person's session is kept"
     );
+    assert_eq!(h.sim.stats().other_clients_kicked, 0);
     assert_eq!(plays(&h, "1001"), 0);
 }
 
