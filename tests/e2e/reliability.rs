@@ -927,8 +927,13 @@ async fn a_thousand_agents_sign_in_are_polled_and_sign_out() {
         },
         // A thousand sign-ins at once open a thousand HTTP/1.1 connections (TLS handshakes) to
         // the simulator; on a loaded two-core machine some take longer than the default 5 s
-        // connect timeout. This test is about holding a thousand agents, not connect speed.
-        |c| c.gateway.connect_timeout = Duration::from_secs(60),
+        // connect timeout, and a held poll's answer can wait longer than the 15 s poll timeout
+        // to be read (seen: 40 poll timeouts with both cores busy). This test is about holding
+        // a thousand agents, not connect or poll latency.
+        |c| {
+            c.gateway.connect_timeout = Duration::from_secs(60);
+            c.gateway.poll_timeout = Duration::from_secs(60);
+        },
     )
     .await;
     let channels = h.channels(10).await;
