@@ -592,6 +592,48 @@ async fn a_call_without_deadline_ends_at_the_call_budget() {
     assert!(h.sim.signed_in("1001"));
 }
 
+/// Issue 17 point 11: a call *with* a client deadline that runs out while its Guid refusal is
+/// unsettled (no poll is answered, no newer Guid comes) no longer ends its session: the
+/// re-sign-in it would need cannot be sent in time, and the running session is kept until a
+/// new one is signed in (the call answers DEADLINE_EXCEEDED, nothing else sent).
+#[tokio::test]
+async fn a_call_whose_deadline_runs_out_unsettled_keeps_the_session() {
+    let h = Harness::start().await;
+    let first = h.sign_in("1001").await;
+    // Polls hang from the next one on (fault first, then the log cleared).
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::Latency(Duration::from_secs(3600)),
+        count: None,
+    });
+    h.sim.clear_requests();
+    request(&h, |r| r.path.ends_with("/agentevent/1001")).await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "100-006".into(),
+            message: String::new(),
+        },
+        count: Some(1),
+    });
+    expect_code(
+        h.play()
+            .await
+            .begin_play(with_deadline(
+                play_request("1001"),
+                Duration::from_millis(500),
+            ))
+            .await,
+        Code::DeadlineExceeded,
+    );
+    assert_eq!(logins(&h, "1001") + forcelogins(&h, "1001"), 0);
+    let s = h.session("1001").await;
+    assert_eq!(
+        (s.state, s.session_id.as_str()),
+        (SessionState::SignedIn as i32, first.session_id.as_str())
+    );
+}
+
 /// Issue 12 goal 7: agents-file agents are signed in at start at most `--sign-in-concurrency`
 /// at a time. The simulator answers each login late (simulated gateway latency) so that
 /// unbounded sign-ins would overlap, and counts how many are in progress at once.
