@@ -565,22 +565,7 @@ async fn a_call_without_deadline_ends_at_the_call_budget() {
     })
     .await;
     h.sign_in("1001").await;
-    // Polls hang from the next one on (fault first, then the log cleared, as above).
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Poll),
-        kind: FaultKind::Latency(Duration::from_secs(3600)),
-        count: None,
-    });
-    h.sim.clear_requests();
-    request(&h, |r| r.path.ends_with("/agentevent/1001")).await;
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Play),
-        kind: FaultKind::Retcode {
-            retcode: "100-006".into(),
-            message: String::new(),
-        },
-        count: None,
-    });
+    refusals_never_settle(&h, "1001", None).await;
     let status = expect_code(
         h.play().await.begin_play(play_request("1001")).await,
         Code::DeadlineExceeded,
@@ -600,22 +585,7 @@ async fn a_call_without_deadline_ends_at_the_call_budget() {
 async fn a_call_whose_deadline_runs_out_unsettled_keeps_the_session() {
     let h = Harness::start().await;
     let first = h.sign_in("1001").await;
-    // Polls hang from the next one on (fault first, then the log cleared).
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Poll),
-        kind: FaultKind::Latency(Duration::from_secs(3600)),
-        count: None,
-    });
-    h.sim.clear_requests();
-    request(&h, |r| r.path.ends_with("/agentevent/1001")).await;
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Play),
-        kind: FaultKind::Retcode {
-            retcode: "100-006".into(),
-            message: String::new(),
-        },
-        count: Some(1),
-    });
+    refusals_never_settle(&h, "1001", Some(1)).await;
     expect_code(
         h.play()
             .await
@@ -689,6 +659,28 @@ async fn orphan_after_a_lost_rotation(h: &Harness, agent: &str) {
     .await;
     let login = format!("/onlineagent/{agent}");
     request(h, |r| r.method == "PUT" && r.path.ends_with(&login)).await;
+}
+
+/// From now on `agent`'s polls hang (so no poll answer settles a Guid refusal, and no newer Guid
+/// comes) and its next `plays` plays (`None`: all) are refused `100-006`. The fault goes in
+/// before the log is cleared, so the hanging poll awaited here is caught by it.
+async fn refusals_never_settle(h: &Harness, agent: &str, plays: Option<u32>) {
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::Latency(Duration::from_secs(3600)),
+        count: None,
+    });
+    h.sim.clear_requests();
+    let poll = format!("/agentevent/{agent}");
+    request(h, |r| r.path.ends_with(&poll)).await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "100-006".into(),
+            message: String::new(),
+        },
+        count: plays,
+    });
 }
 
 /// A BeginPlay for `agent` that must be refused with `code` and `want_reason`.
