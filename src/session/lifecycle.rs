@@ -385,7 +385,7 @@ impl Sessions {
     /// it can be signed out; `None` when there is none (or another client holds the agent now,
     /// which means the bridge's is gone). Needs held credentials; without them the gateway's
     /// idle sign-out ends such a session.
-    async fn take_back_orphan(
+    pub(super) async fn take_back_orphan(
         &self,
         slot: &Arc<Slot>,
         agent_id: &str,

@@ -240,6 +240,20 @@ async fn an_ended_agent_is_forgotten_after_its_time() {
         .contains("ccgw_sessions{state=\"ended\"} 0"));
 }
 
+/// Issue 17 defect 5, at shutdown: the drain's sign-outs also reach a session the gateway still
+/// holds for the bridge under a Guid the bridge lost (taken back, then signed out), so no agent
+/// of the bridge's is left signed in.
+#[tokio::test]
+async fn the_drain_signs_out_an_orphan_of_a_lost_rotation() {
+    let mut h = Harness::with(strict_dynamic(), |_| {}).await;
+    orphan_after_a_lost_rotation(&h, "1001").await;
+    assert!(h.sim.signed_in("1001"), "the orphan");
+    h.begin_stop();
+    h.stopped().await.expect("drained");
+    assert!(!h.sim.signed_in("1001"), "{:?}", h.sim.requests());
+    assert_eq!(forcelogins(&h, "1001"), 1);
+}
+
 /// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
 #[tokio::test]
 async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
