@@ -62,6 +62,8 @@ pub enum EndReason {
     /// The answer to the bridge's own sign-in was lost: the gateway may hold a session of the
     /// bridge's whose Guid it never saw.
     SignInAnswerLost,
+    /// No session ended: a sign-in found the agent held by another client (`100-002`).
+    HeldElsewhere,
 }
 
 impl EndReason {
@@ -96,6 +98,7 @@ impl EndReason {
             EndReason::CallRefused => "call_refused",
             EndReason::SignInAgain => "sign_in_again",
             EndReason::SignInAnswerLost => "sign_in_answer_lost",
+            EndReason::HeldElsewhere => "held_elsewhere",
         }
     }
 }
@@ -110,7 +113,7 @@ mod tests {
         assert!(SignInAgain.may_take_over());
         assert!(CallRefused.may_take_over());
         assert!(SignInAnswerLost.may_take_over());
-        for kicked in [SignedOut, SignedOutByGateway, GuidRefused] {
+        for kicked in [SignedOut, SignedOutByGateway, GuidRefused, HeldElsewhere] {
             assert!(!kicked.may_take_over(), "{kicked:?}");
         }
     }

@@ -62,7 +62,10 @@ impl Sessions {
             Err(e) => {
                 // A slot that never had a session goes, unless a lost answer left it the
                 // proof that the gateway may hold the bridge's own session.
-                if inner.session.is_none() && !inner.keep_signed_in && inner.ended.is_none() {
+                if inner.session.is_none()
+                    && !inner.keep_signed_in
+                    && !inner.ended.is_some_and(|e| e.reason.may_take_over())
+                {
                     drop(inner);
                     self.slots().remove(agent_id);
                 }
@@ -126,10 +129,22 @@ impl Sessions {
             )),
         });
         if let Err(e) = result {
-            if may_have_signed_in(&e) {
+            let mut inner = slot.lock();
+            if e.retcode() == Some("100-002") {
+                // Another client holds the agent: remembered, so that a lost answer to a later
+                // sign-in is not taken for a session of the bridge's own.
+                inner.ended = Some(Ended {
+                    reason: EndReason::HeldElsewhere,
+                    last_used: sent_at,
+                });
+            } else if may_have_signed_in(&e)
+                && inner.ended.is_none_or(|ended| ended.reason.may_take_over())
+            {
                 // The gateway may now hold the agent under a Guid the bridge never saw: its
-                // own session, which a later sign-in may take back within the idle limit.
-                slot.lock().ended = Some(Ended {
+                // own session, which a later sign-in may take back within the idle limit
+                // (unless the bridge knows another client held the agent, or had kicked it:
+                // then the lost answer may as well have been that client's `100-002`).
+                inner.ended = Some(Ended {
                     reason: EndReason::SignInAnswerLost,
                     last_used: sent_at,
                 });
@@ -322,17 +337,14 @@ impl Sessions {
         let mut creds = creds.ok_or_else(|| not_signed_in(agent_id))?;
         // The gate before anything changes: a refusal leaves the running session as it is.
         self.check_gate(agent_id)?;
-        let ended = {
-            let mut inner = slot.lock();
-            if let Some((stale, why)) =
-                stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live()))
-            {
-                inner.ended = Some(Ended {
-                    reason: why,
-                    last_used: stale.guid_use.last(),
-                });
-            }
-            inner.ended
+        // Why a still running session is given up decides this sign-in only; the slot keeps
+        // what its poll loop records (the session may yet run on if the sign-in fails).
+        let ended = match stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live())) {
+            Some((stale, why)) => Some(Ended {
+                reason: why,
+                last_used: stale.guid_use.last(),
+            }),
+            None => slot.lock().ended,
         };
         // The current session is not retired here: `login` replaces it only once the new one is
         // signed in, so a failed sign-in leaves it running and polled (and, should the gateway
@@ -364,13 +376,12 @@ impl Sessions {
         };
         let session = slot.lock().session.clone();
         if let Some(session) = session.filter(|s| s.is_live()) {
+            // What its poll loop records meanwhile decides what follows: `AnswerLost` when the
+            // poll was refused after a lost answer ("not signed in" for a Guid whose successor
+            // may have been lost does not show the agent out). A refusal the poll loop did not
+            // confirm is taken as out: a lost answer alone is no proof (a person may have
+            // kicked the bridge meanwhile).
             self.logout(&session, deadline).await?;
-            // "Not signed in" for a Guid whose successor may have been lost with an answer
-            // does not show the agent out: the gateway may still hold the session.
-            slot.lock().ended = session.guid_use.answer_lost().then(|| Ended {
-                reason: EndReason::AnswerLost,
-                last_used: session.guid_use.last(),
-            });
         }
         if let Some(orphan) = self.take_back_orphan(&slot, agent_id, deadline).await? {
             self.logout(&orphan, deadline).await?;

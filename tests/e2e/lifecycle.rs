@@ -254,6 +254,43 @@ async fn the_drain_signs_out_an_orphan_of_a_lost_rotation() {
     assert_eq!(forcelogins(&h, "1001"), 1);
 }
 
+/// Issue 17 defect 3, the other side: a lost sign-in answer while the bridge knows another
+/// client holds the agent (its last login got `100-002`) may just as well have been that
+/// client's `100-002`, so it is no take-over proof: keep-signed-in goes on with plain logins
+/// and the person's session is never kicked.
+#[tokio::test]
+async fn a_lost_sign_in_answer_while_a_person_holds_the_agent_is_no_proof() {
+    let sim = Simulator::start(fast_sim(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    sim.sign_in_elsewhere("1005", false)
+        .expect("the person signs in");
+    let mut config = config_for(&sim);
+    config.agents.push(pinned_agent("1005"));
+    config.sessions.resign_backoff_max = Duration::from_millis(200);
+    let h = Harness::bridge(sim, config).await;
+    let login = |r: &ccgw_bridge::sim::RecordedRequest| {
+        r.method == "PUT" && r.path.ends_with("/onlineagent/1005")
+    };
+    // Keep-signed-in's attempts are sequential: once the second is seen, the first was
+    // answered `100-002`; the next one loses its answer.
+    for _ in 0..2 {
+        request(&h, login).await;
+        h.sim.clear_requests();
+    }
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::DropAfterEffect,
+        count: Some(1),
+    });
+    for _ in 0..3 {
+        request(&h, login).await;
+        h.sim.clear_requests();
+    }
+    assert_eq!(h.sim.stats().other_clients_kicked, 0);
+    assert!(h.sim.held_by_other_client("1005"));
+}
+
 /// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
 #[tokio::test]
 async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
