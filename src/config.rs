@@ -114,6 +114,10 @@ pub struct BridgeArgs {
     /// after the gateway ended sessions) that may be in progress at once.
     #[arg(long, env = "CCGW_SIGN_IN_CONCURRENCY", default_value_t = 16)]
     pub sign_in_concurrency: usize,
+    /// The gateway's idle sign-out (vendor `MAXTIME`): after a lost answer the bridge takes
+    /// its own session back (`forcelogin`) only this long after it last used that session.
+    #[arg(long, env = "CCGW_GATEWAY_IDLE_TIMEOUT", default_value = "120s", value_parser = duration)]
+    pub gateway_idle_timeout: Duration,
     /// Leave agents signed in at the gateway when the bridge stops.
     #[arg(long, env = "CCGW_NO_SIGN_OUT_ON_SHUTDOWN")]
     pub no_sign_out_on_shutdown: bool,
@@ -374,6 +378,9 @@ impl BridgeArgs {
                 "--event-budget must be at least twice --max-response-bytes (one event can be that large)",
             ));
         }
+        if self.gateway_idle_timeout.is_zero() {
+            return Err(invalid("--gateway-idle-timeout must be above zero"));
+        }
         if self.event_max_age.is_zero() {
             return Err(invalid("--event-max-age must be above zero"));
         }
@@ -404,6 +411,7 @@ impl BridgeArgs {
             event_budget: EventBudget::new(self.event_budget, self.event_max_age),
             hold_credentials: !self.no_resign_in,
             sign_in_concurrency: self.sign_in_concurrency,
+            gateway_idle_timeout: self.gateway_idle_timeout,
             ..SessionSettings::default()
         };
         sessions.poll.gap = self.poll_gap;
@@ -799,6 +807,10 @@ mod tests {
             (&["--event-budget", "1MiB"][..], "--event-budget"),
             (&["--event-budget", "16MB"][..], "event-budget"),
             (&["--event-max-age", "0s"][..], "--event-max-age"),
+            (
+                &["--gateway-idle-timeout", "0s"][..],
+                "--gateway-idle-timeout",
+            ),
             (&["--request-timeout", "soon"][..], "request-timeout"),
             (&["--request-timeout", "5ms"][..], "request-timeout"),
         ] {

@@ -83,6 +83,13 @@ fn no_password_copy_is_left_in_freed_memory() {
     });
     assert_eq!(body, 0, "building the sign-in body left copies");
 
+    let hashing = freed_copies(|| {
+        let salt = ccgw_bridge::crypto::random_salt();
+        let password = loaded[0].params.password.expose().as_bytes();
+        drop(ccgw_bridge::crypto::salted_sha256(&salt, &[password]));
+    });
+    assert_eq!(hashing, 0, "hashing the credentials left copies");
+
     let dropping = freed_copies(|| drop(std::mem::take(&mut loaded)));
     assert_eq!(dropping, 0, "the held password was not wiped");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -7,14 +7,24 @@
 //! (or its oldest entry exceeds the age) the oldest events — whichever session holds them — are
 //! dropped from their windows. The per-session window stays a cap on top.
 //!
-//! The ledger counts an event until *it* evicts it, even when the session's own cap or the end of
-//! the session released the event earlier; so the count can only overstate what is held, and the
-//! memory held by retained events never exceeds the budget.
+//! An event the session released by itself (its window cap dropped it, or the session ended) is
+//! released in the ledger at once: from then on only its ledger entry is charged, until the
+//! ledger drops the entry too (entries of released events are compacted away when they are at
+//! least half of the ledger and the budget is full). So a busy session's released events never
+//! push out a quiet session's real ones.
+//!
+//! The budget never evicts a session's newest event, nor one at or after the cursor of any of its
+//! watchers still in the window (a watcher waiting for the next event, or reading what came): it
+//! evicts the next-oldest unprotected event instead. Those protected events may exceed the budget;
+//! a watcher stops protecting once it has fallen out of its window (`--event-window`), so they are
+//! bounded by the window of each session with a lagging watcher. The age bound drops events
+//! whatever protects them.
 
 use super::hub::Hub;
 use crate::telemetry::{EvictionCause, Metrics};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
+
 use std::time::{Duration, Instant};
 
 /// Default bridge-wide budget of retained events.
@@ -41,6 +51,8 @@ struct Ledger {
 struct State {
     used: usize,
     entries: VecDeque<Entry>,
+    /// Entries whose event its session released already (charged `ENTRY_BYTES` only).
+    released: usize,
 }
 
 /// One retained event as the ledger sees it: where it lives and what it costs.
@@ -52,20 +64,46 @@ struct Entry {
 }
 
 /// Events to drop, collected under the ledger lock and dropped after it is released (a hub's
-/// window lock is never taken while the ledger lock is held, and vice versa).
-pub(super) struct Evictions(Vec<(Weak<Hub>, u64, EvictionCause)>);
+/// window lock is never taken while the ledger lock is held, and vice versa). It also holds the
+/// hubs the ledger looked at, so none is dropped (which takes the ledger lock) under that lock.
+pub(super) struct Evictions {
+    evict: Vec<(Arc<Hub>, u64, EvictionCause)>,
+    _seen: Vec<Arc<Hub>>,
+}
 
 impl Evictions {
     /// Drops every listed event (and anything older in the same window), counting in
-    /// `metrics` the events actually dropped (not those the session's own window or its end
-    /// had released already).
+    /// `metrics` the events actually dropped.
     pub(super) fn apply(self, metrics: &Metrics) {
-        for (hub, sequence, cause) in self.0 {
-            if let Some(hub) = hub.upgrade() {
-                metrics.events_evicted(cause, hub.evict_through(sequence));
-            }
+        for (hub, sequence, cause) in &self.evict {
+            metrics.events_evicted(*cause, hub.evict_through(*sequence));
         }
     }
+}
+
+/// Where a ledger entry's event stands.
+enum Standing {
+    /// Released by its session (window cap, end): only the entry is left.
+    Released,
+    /// Its session's newest, or not yet read by a watcher in the window: only age evicts it.
+    Protected(Arc<Hub>),
+    /// Held and evictable.
+    Held(Arc<Hub>),
+}
+
+fn standing(entry: &Entry, seen: &mut Vec<Arc<Hub>>) -> Standing {
+    let Some(hub) = entry.hub.upgrade() else {
+        return Standing::Released;
+    };
+    let standing = if entry.sequence <= hub.released_through() {
+        Standing::Released
+    } else if entry.sequence >= hub.protected_from() {
+        Standing::Protected(hub.clone())
+    } else {
+        Standing::Held(hub.clone())
+    };
+    seen.push(hub);
+    standing
 }
 
 impl std::fmt::Debug for EventBudget {
@@ -131,42 +169,92 @@ impl EventBudget {
         self.collect(&mut s, now, 1, metrics)
     }
 
+    /// The session released `events` (sequence, charge) by itself: its window cap dropped
+    /// them, or (`ended`) the session is gone. Their charges are released, but for their ledger
+    /// entries; each at most once, whoever releases it first.
+    pub(super) fn release(
+        &self,
+        hub: &Hub,
+        events: impl Iterator<Item = (u64, usize)>,
+        ended: bool,
+        metrics: &Metrics,
+    ) {
+        let mut s = self.lock();
+        let through = hub.released_through();
+        let mut newest = through;
+        for (sequence, bytes) in events.filter(|(sequence, _)| *sequence > through) {
+            s.used -= bytes - ENTRY_BYTES;
+            s.released += 1;
+            newest = newest.max(sequence);
+        }
+        hub.set_released_through(if ended { u64::MAX } else { newest });
+        metrics.set_retained_event_bytes(s.used);
+    }
+
     /// Drops events older than the age bound (a resume must not reach them).
     pub(super) fn expire(&self, metrics: &Metrics) -> Evictions {
         let mut s = self.lock();
         self.collect(&mut s, Instant::now(), 0, metrics)
     }
 
-    /// Pops what exceeds the bounds; sets the bytes-in-use gauge under the lock, so the last
-    /// value set is the current one.
+    /// Pops what exceeds the bounds: past the age bound from the oldest on (but the newest
+    /// `keep`), then over the budget the oldest unprotected events. Sets the bytes-in-use gauge
+    /// under the lock, so the last value set is the current one.
     fn collect(&self, s: &mut State, now: Instant, keep: usize, metrics: &Metrics) -> Evictions {
-        let mut out: Vec<(Weak<Hub>, u64, EvictionCause)> = Vec::new();
-        while s.entries.len() > keep {
-            let front = &s.entries[0];
-            let over = s.used > self.inner.max_bytes;
-            let stale = now.saturating_duration_since(front.at) >= self.inner.max_age;
-            if !over && !stale {
-                break;
-            }
-            let Some(e) = s.entries.pop_front() else {
-                break;
-            };
-            s.used -= e.bytes;
-            // An event past the age bound would go anyway: age, even when the budget is over too.
-            let cause = if stale {
-                EvictionCause::Age
+        let mut out = Evictions {
+            evict: Vec::new(),
+            _seen: Vec::new(),
+        };
+        while s.entries.len() > keep
+            && now.saturating_duration_since(s.entries[0].at) >= self.inner.max_age
+        {
+            self.drop_entry(s, 0, EvictionCause::Age, &mut out);
+        }
+        if s.used > self.inner.max_bytes && s.released * 2 > s.entries.len() {
+            self.compact(s, &mut out._seen);
+        }
+        let mut i = 0;
+        while s.used > self.inner.max_bytes && i < s.entries.len() {
+            if matches!(
+                standing(&s.entries[i], &mut out._seen),
+                Standing::Protected(_)
+            ) {
+                i += 1;
             } else {
-                EvictionCause::Budget
-            };
-            // Consecutive entries of one hub and cause collapse into one eviction up to the newest.
-            match out.last_mut() {
-                Some((hub, seq, c)) if Weak::ptr_eq(hub, &e.hub) && *c == cause => {
-                    *seq = e.sequence
-                }
-                _ => out.push((e.hub, e.sequence, cause)),
+                self.drop_entry(s, i, EvictionCause::Budget, &mut out);
             }
         }
         metrics.set_retained_event_bytes(s.used);
-        Evictions(out)
+        out
+    }
+
+    /// Removes entry `i`, releasing what it is charged, and lists its event for eviction if
+    /// its session still holds it.
+    fn drop_entry(&self, s: &mut State, i: usize, cause: EvictionCause, out: &mut Evictions) {
+        let standing = standing(&s.entries[i], &mut out._seen);
+        let Some(e) = s.entries.remove(i) else {
+            return;
+        };
+        let (Standing::Held(hub) | Standing::Protected(hub)) = standing else {
+            s.used -= ENTRY_BYTES;
+            s.released = s.released.saturating_sub(1);
+            return;
+        };
+        s.used -= e.bytes;
+        hub.set_released_through(e.sequence);
+        // Consecutive entries of one hub and cause collapse into one eviction up to the newest.
+        match out.evict.last_mut() {
+            Some((h, seq, c)) if Arc::ptr_eq(h, &hub) && *c == cause => *seq = e.sequence,
+            _ => out.evict.push((hub, e.sequence, cause)),
+        }
+    }
+
+    /// Drops the entries of released events.
+    fn compact(&self, s: &mut State, seen: &mut Vec<Arc<Hub>>) {
+        let before = s.entries.len();
+        s.entries
+            .retain(|e| !matches!(standing(e, seen), Standing::Released));
+        s.used -= (before - s.entries.len()) * ENTRY_BYTES;
+        s.released = 0;
     }
 }

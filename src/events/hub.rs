@@ -12,8 +12,8 @@ use super::event::Event;
 use crate::gateway::RawEvent;
 use crate::telemetry::Metrics;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::watch;
 
 /// Why a session's event stream ended.
@@ -80,6 +80,14 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     agent_id: Arc<str>,
     session_id: Arc<str>,
+    /// Newest sequence published (0 before the first), readable without the window lock.
+    newest: AtomicU64,
+    /// Newest sequence whose budget charge is released (by the window cap, the budget, or
+    /// `u64::MAX` once the hub is dropped); written under the budget's lock only.
+    released_through: AtomicU64,
+    /// Each watcher's next sequence: the budget does not evict from the oldest one that is
+    /// still in the window.
+    cursors: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 impl Hub {
@@ -105,13 +113,39 @@ impl Hub {
             metrics,
             agent_id,
             session_id,
+            newest: AtomicU64::new(0),
+            released_through: AtomicU64::new(0),
+            cursors: Mutex::new(Vec::new()),
         }
+    }
+
+    /// See the field; for the budget.
+    pub(super) fn released_through(&self) -> u64 {
+        self.released_through.load(Ordering::Acquire)
+    }
+
+    /// Raises [`Hub::released_through`] (under the budget's lock).
+    pub(super) fn set_released_through(&self, sequence: u64) {
+        self.released_through.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// The oldest sequence the budget must not evict: the session's newest event, or the next
+    /// event of its oldest watcher still in the window, whichever is older.
+    pub(super) fn protected_from(&self) -> u64 {
+        let released = self.released_through();
+        let cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        cursors
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|c| c.load(Ordering::Acquire))
+            .filter(|&next| next > released)
+            .fold(self.newest.load(Ordering::Acquire), u64::min)
     }
 
     /// Numbers and stores an event, wakes every watcher, then lets the budget drop the oldest
     /// retained events bridge-wide if it is exceeded. Events after the end are dropped.
     pub fn publish(self: &Arc<Self>, raw: RawEvent) -> Option<Arc<Event>> {
-        let event = {
+        let (event, dropped) = {
             let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
             if w.end.is_some() {
                 return None;
@@ -123,12 +157,20 @@ impl Hub {
                 &self.session_id,
             ));
             w.next_seq += 1;
-            if w.events.len() == self.capacity {
-                w.events.pop_front();
-            }
+            let dropped = if w.events.len() == self.capacity {
+                w.events.pop_front()
+            } else {
+                None
+            };
             w.events.push_back(event.clone());
-            event
+            self.newest.store(event.sequence, Ordering::Release);
+            (event, dropped)
         };
+        if let Some(dropped) = dropped {
+            let released = (dropped.sequence, dropped.retained_bytes());
+            self.budget
+                .release(self, std::iter::once(released), false, &self.metrics);
+        }
         self.metrics.event_received();
         self.tick.send_replace(());
         self.budget
@@ -202,12 +244,19 @@ impl Hub {
                 }
             }
         };
+        let cursor = Arc::new(AtomicU64::new(next));
+        {
+            let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            cursors.retain(|c| c.strong_count() > 0);
+            cursors.push(Arc::downgrade(&cursor));
+        }
         self.watchers.fetch_add(1, Ordering::Relaxed);
         self.metrics.watchers_add(1);
         Ok(Subscription {
             hub: self.clone(),
             rx,
             next,
+            cursor,
         })
     }
 }
@@ -217,6 +266,8 @@ pub struct Subscription {
     hub: Arc<Hub>,
     rx: watch::Receiver<()>,
     next: u64,
+    /// `next` as the budget sees it (registered in the hub's cursors).
+    cursor: Arc<AtomicU64>,
 }
 
 impl Subscription {
@@ -239,6 +290,7 @@ impl Subscription {
                 if self.next < w.next_seq {
                     let event = w.events[(self.next - first) as usize].clone();
                     self.next += 1;
+                    self.cursor.store(self.next, Ordering::Release);
                     return Next::Event(event);
                 }
                 if let Some(end) = w.end {
@@ -252,6 +304,20 @@ impl Subscription {
     }
 }
 
+impl Drop for Hub {
+    /// The session is gone: its retained events no longer count against the budget.
+    fn drop(&mut self) {
+        let window = self.window.get_mut().unwrap_or_else(|p| p.into_inner());
+        let held: Vec<(u64, usize)> = window
+            .events
+            .iter()
+            .map(|e| (e.sequence, e.retained_bytes()))
+            .collect();
+        self.budget
+            .release(self, held.into_iter(), true, &self.metrics);
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
@@ -261,6 +327,7 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::ENTRY_BYTES;
     use super::*;
     use serde_json::Value;
     use std::time::Duration;
@@ -301,7 +368,6 @@ mod tests {
         let one = charge_of_one();
         let budget = EventBudget::new(4 * one, Duration::from_secs(3600));
         let (a, b) = (hub_in(100, &budget), hub_in(100, &budget));
-        let mut slow = a.subscribe(None).unwrap();
         for _ in 0..3 {
             a.publish(raw("X"));
         }
@@ -320,15 +386,11 @@ mod tests {
                 newest: 3
             })
         );
-        match slow.next().await {
-            Next::Overrun { last_sent, oldest } => assert_eq!((last_sent, oldest), (0, 3)),
-            other => panic!("{other:?}"),
-        }
         for _ in 0..4 {
             b.publish(raw("X"));
         }
-        assert_eq!(a.window.read().unwrap().events.len(), 0);
-        assert_eq!(oldest_held(&b), 4, "b keeps its newest four");
+        assert_eq!(oldest_held(&a), 3, "a's newest event is never evicted");
+        assert_eq!(oldest_held(&b), 5, "b keeps its newest three");
         assert_eq!(budget.used(), 4 * one);
     }
 
@@ -434,6 +496,60 @@ mod tests {
         }
         assert_eq!(budget.used(), 2 * one);
         assert_eq!(oldest_held(&b), 2);
+    }
+
+    /// Issue 17 defect 12: an event the session's own window cap dropped no longer counts
+    /// against the budget (only its ledger entry does, until the ledger drops that too), so a
+    /// busy session's released events do not push out a quiet session's real ones.
+    #[tokio::test]
+    async fn events_the_window_cap_dropped_are_no_longer_charged() {
+        let one = charge_of_one();
+        assert!(2 * ENTRY_BYTES <= one, "{one}");
+        let budget = EventBudget::new(3 * one, Duration::from_secs(3600));
+        let quiet = hub_in(100, &budget);
+        quiet.publish(raw("X"));
+        let busy = hub_in(1, &budget);
+        for _ in 0..3 {
+            busy.publish(raw("X"));
+        }
+        assert_eq!(budget.used(), 2 * one + 2 * ENTRY_BYTES);
+        assert_eq!(oldest_held(&quiet), 1, "the quiet session keeps its event");
+    }
+
+    /// Issue 17 defect 12: a dropped session's events no longer count against the budget.
+    #[tokio::test]
+    async fn a_dropped_session_releases_its_charge() {
+        let one = charge_of_one();
+        let budget = EventBudget::new(100 * one, Duration::from_secs(3600));
+        let a = hub_in(100, &budget);
+        for _ in 0..3 {
+            a.publish(raw("X"));
+        }
+        drop(a);
+        assert_eq!(budget.used(), 3 * ENTRY_BYTES);
+    }
+
+    /// Issue 17 defect 13: another session's publish never evicts a session's newest event, nor
+    /// one its waiting watcher has not read: the next-oldest unprotected event goes instead.
+    #[tokio::test]
+    async fn a_waiting_watchers_events_are_never_evicted_by_another_session() {
+        let one = charge_of_one();
+        let budget = EventBudget::new(3 * one, Duration::from_secs(3600));
+        let (a, b) = (hub_in(100, &budget), hub_in(100, &budget));
+        let mut waiting = a.subscribe(None).unwrap();
+        let reader = tokio::spawn(async move {
+            let first = seq(&mut waiting).await;
+            (first, seq(&mut waiting).await)
+        });
+        // The watcher runs until it waits (one runtime thread: the spawned task goes first).
+        tokio::task::yield_now().await;
+        a.publish(raw("X"));
+        a.publish(raw("X"));
+        b.publish(raw("X"));
+        b.publish(raw("X"));
+        assert_eq!(oldest_held(&a), 1, "a's unread events are kept");
+        assert_eq!(oldest_held(&b), 2, "b's older event went instead");
+        assert_eq!(reader.await.unwrap(), (1, 2));
     }
 
     async fn seq(sub: &mut Subscription) -> u64 {

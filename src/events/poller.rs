@@ -6,12 +6,13 @@
 //! and never end the session; only the gateway saying the agent is gone does.
 
 use super::event::SHUTDOWN_SERVICE;
+use super::guid_use::GuidUse;
 use super::hub::Hub;
 use crate::gateway::{AgentAuth, GatewayClient, GatewayError, Interface};
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// Pacing of the loop (api-notes §3.1: re-poll 200–500 ms after an answer).
@@ -68,10 +69,12 @@ pub struct Poller {
     pub hub: Arc<Hub>,
     /// Unix ms of the last answered poll, for `Session.last_poll_at`.
     pub last_poll_at: Arc<AtomicU64>,
-    /// Counts polls the gateway answered (not transport failures, not Guid refusals, which end
-    /// the loop), so a call refused for its Guid can wait for the poll that would carry a newer
-    /// one.
+    /// Counts polls the gateway answered and after which the loop goes on (not transport
+    /// failures, not the answers that end it), so a call refused for its Guid can wait for the
+    /// poll that would carry a newer one.
     pub polls: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Send time of the last poll the gateway may have counted (its idle sign-out clock).
+    pub guid_use: Arc<GuidUse>,
     /// Stops the loop.
     pub cancel: CancellationToken,
     /// Pacing.
@@ -87,17 +90,18 @@ impl Poller {
         let mut lost_answer = false;
         loop {
             let sent = self.auth.current();
+            let sent_at = Instant::now();
             let answer = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return PollEnd::Cancelled,
                 a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
             };
-            // Only answers count; a Guid refusal ends the loop (which ends the session) instead.
-            if answer.is_ok()
-                || matches!(&answer, Err(e @ GatewayError::Retcode { .. }) if !e.is_auth_rejection())
-            {
-                self.polls.send_modify(|n| *n += 1);
-            }
+            self.guid_use.record(sent_at, &answer);
+            // Only answers count, and only once the loop knows it goes on: the farewell
+            // (`AgentOther_ShutdownService`), a Guid refusal and a "sign in again" end it, and
+            // none of them shows the gateway still accepting the session's Guid.
+            let answered = answer.is_ok()
+                || matches!(&answer, Err(e @ GatewayError::Retcode { .. }) if !e.is_auth_rejection());
             let pause = match answer {
                 Ok(envelope) => {
                     failures = 0;
@@ -145,6 +149,9 @@ impl Poller {
                     backoff(&self.settings, failures)
                 }
             };
+            if answered {
+                self.polls.send_modify(|n| *n += 1);
+            }
             if !pause.is_zero() {
                 tokio::select! {
                     biased;

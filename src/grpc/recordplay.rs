@@ -93,7 +93,13 @@ impl RecordPlayApi {
                         Next::Ended(End::Shutdown) => return Err(status::outcome_unknown(
                             "the gateway accepted the play, but the bridge is shutting down and will not observe its outcome; do not send it again",
                         )),
-                        Next::Ended(end) => return Err(watch::ended_status(session, end)),
+                        // Nor ABORTED when the session ends: the play was accepted, and
+                        // ABORTED invites a blind retry that plays it twice.
+                        Next::Ended(end) => return Err(outcome_not_observed(&format_args!(
+                            "the session of agent {} ended ({}) after the gateway accepted the play; do not send it again blindly",
+                            session.agent_id,
+                            if end == End::SignedOut { "signed out" } else { "ended by the gateway" },
+                        ))),
                         Next::Overrun { .. } => return Err(with_info(
                             Code::Unknown,
                             "events arrived faster than the retained window; outcome not observed",

@@ -1,6 +1,6 @@
 //! The session layer's part of a drain: end streams, sign out (or stop polling), stop tasks.
 
-use super::{Session, Sessions, Slot};
+use super::{lock_owned, Session, Sessions, Slot};
 use crate::events::End;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +17,9 @@ impl Sessions {
         }
     }
 
-    /// Signs out every live session (in parallel) and stops all poll loops.
+    /// Signs out every live session (in parallel), and every session the gateway may still hold
+    /// for the bridge under a Guid the bridge lost (taken back first, see `take_back_orphan`);
+    /// then stops all poll loops.
     pub async fn sign_out_all(&self, deadline: Option<Instant>) {
         let sessions = self.live_sessions();
         let logouts = sessions.iter().map(|s| async move {
@@ -25,7 +27,27 @@ impl Sessions {
                 tracing::warn!(agent_id = %s.agent_id, error = %e, "sign-out at shutdown failed");
             }
         });
-        futures::future::join_all(logouts).await;
+        let ended: Vec<(Arc<str>, Arc<Slot>)> = self
+            .slots()
+            .iter()
+            .filter(|(_, slot)| slot.running().is_none() && slot.lock().ended.is_some())
+            .map(|(id, slot)| (id.clone(), slot.clone()))
+            .collect();
+        let orphans = ended.iter().map(|(agent_id, slot)| async move {
+            let _guard = lock_owned(slot).await;
+            let result = match self.take_back_orphan(slot, agent_id, deadline).await {
+                Ok(Some(orphan)) => self.logout(&orphan, deadline).await,
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(agent_id = %agent_id, error = %e, "sign-out at shutdown failed");
+            }
+        });
+        futures::future::join(
+            futures::future::join_all(logouts),
+            futures::future::join_all(orphans),
+        )
+        .await;
         self.stop_polling();
     }
 

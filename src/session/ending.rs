@@ -6,10 +6,37 @@
 //! back, and so on. So the bridge answers `100-002` with `forcelogin` only when it knows the
 //! session it replaces is its own: the gateway refused a Guid the bridge may never have seen
 //! (a poll answer carrying a new Guid was lost), refused a call's Guid while still answering
-//! polls with it, or told it to sign in again (DR retcodes).
+//! polls with it, told it to sign in again (DR retcodes), or never answered the bridge's own
+//! sign-in (which may have signed the agent in under a Guid the bridge never saw).
 //! After any other ending — above all after being kicked — signing in again is a plain
 //! `login`, retried with back-off by keep-signed-in. A coordinator (the agent pool) may add
 //! proof that a previous holder's ownership ended; it decides that outside this rule.
+//!
+//! The right expires: the gateway signs out a session it has not heard from for its idle limit
+//! (`--gateway-idle-timeout`), and a person may sign the agent in after that. So an ending is
+//! recorded with the send time of the last request the gateway may have counted for the
+//! session ([`Ended`]), and `forcelogin` is allowed only within the idle limit of it.
+
+use std::time::{Duration, Instant};
+
+/// How the bridge's last session of an agent ended, and when the gateway last heard of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// Why it ended.
+    pub reason: EndReason,
+    /// Send time of the last request with its Guid the gateway may have counted.
+    pub last_used: Instant,
+}
+
+impl Ended {
+    /// Until when a `100-002` may be answered with `forcelogin` (`None`: never): within
+    /// `idle_timeout` of the session's last use, if it may still be the bridge's own.
+    pub fn take_over_until(self, idle_timeout: Duration) -> Option<Instant> {
+        self.reason
+            .may_take_over()
+            .then(|| self.last_used + idle_timeout)
+    }
+}
 
 /// Why the bridge's session of an agent ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +59,11 @@ pub enum EndReason {
     CallRefused,
     /// The gateway answered `105-005`/`105-006`/`105-007` (disaster recovery): sign in again.
     SignInAgain,
-    /// Replaced by the bridge's own new sign-in.
-    Replaced,
+    /// The answer to the bridge's own sign-in was lost: the gateway may hold a session of the
+    /// bridge's whose Guid it never saw.
+    SignInAnswerLost,
+    /// No session ended: a sign-in found the agent held by another client (`100-002`).
+    HeldElsewhere,
 }
 
 impl EndReason {
@@ -42,7 +72,10 @@ impl EndReason {
     pub fn may_take_over(self) -> bool {
         matches!(
             self,
-            EndReason::AnswerLost | EndReason::SignInAgain | EndReason::CallRefused
+            EndReason::AnswerLost
+                | EndReason::SignInAgain
+                | EndReason::CallRefused
+                | EndReason::SignInAnswerLost
         )
     }
 
@@ -64,7 +97,8 @@ impl EndReason {
             EndReason::AnswerLost => "answer_lost",
             EndReason::CallRefused => "call_refused",
             EndReason::SignInAgain => "sign_in_again",
-            EndReason::Replaced => "replaced",
+            EndReason::SignInAnswerLost => "sign_in_answer_lost",
+            EndReason::HeldElsewhere => "held_elsewhere",
         }
     }
 }
@@ -78,8 +112,21 @@ mod tests {
         assert!(AnswerLost.may_take_over());
         assert!(SignInAgain.may_take_over());
         assert!(CallRefused.may_take_over());
-        for kicked in [SignedOut, SignedOutByGateway, GuidRefused, Replaced] {
+        assert!(SignInAnswerLost.may_take_over());
+        for kicked in [SignedOut, SignedOutByGateway, GuidRefused, HeldElsewhere] {
             assert!(!kicked.may_take_over(), "{kicked:?}");
         }
+    }
+
+    #[test]
+    fn the_right_to_take_over_ends_with_the_gateways_idle_limit() {
+        let last_used = std::time::Instant::now();
+        let idle = std::time::Duration::from_secs(120);
+        let ended = |reason| super::Ended { reason, last_used };
+        assert_eq!(
+            ended(AnswerLost).take_over_until(idle),
+            Some(last_used + idle)
+        );
+        assert_eq!(ended(GuidRefused).take_over_until(idle), None);
     }
 }

@@ -2,7 +2,8 @@
 //! how long one call may take in all.
 
 use super::{slot_has_creds, EndReason, Session, SessionError, Sessions};
-use crate::gateway::{Envelope, Interface};
+use crate::gateway::{Envelope, GatewayError, Interface};
+use crate::secret::Guid;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,6 @@ impl Sessions {
         body: Option<Bytes>,
         deadline: Option<Instant>,
     ) -> Result<(Arc<Session>, Envelope), SessionError> {
-        let gw = &self.shared.gateway;
         // Without a client deadline the budget bounds the whole call (all Guid retries and a
         // re-sign-in), so a gateway that keeps refusing cannot hold a caller for minutes.
         let budget = deadline
@@ -41,15 +41,8 @@ impl Sessions {
         let mut signed_in_again = false;
         loop {
             let sent = session.auth.current();
-            let refusal = match gw
-                .call(
-                    iface,
-                    agent_id,
-                    &session.auth,
-                    sent.guid.as_ref(),
-                    body.clone(),
-                    deadline,
-                )
+            let refusal = match self
+                .send(&session, iface, sent.guid.as_ref(), body.clone(), deadline)
                 .await
             {
                 Ok(envelope) => return Ok((session, envelope)),
@@ -80,6 +73,35 @@ impl Sessions {
                 .await?;
             signed_in_again = true;
         }
+    }
+}
+
+impl Sessions {
+    /// One request of `session` with `guid`, its use recorded for the take-over window (see
+    /// [`crate::events::GuidUse`]).
+    pub(super) async fn send(
+        &self,
+        session: &Session,
+        iface: Interface,
+        guid: Option<&Guid>,
+        body: Option<Bytes>,
+        deadline: Option<Instant>,
+    ) -> Result<Envelope, GatewayError> {
+        let sent_at = Instant::now();
+        let result = self
+            .shared
+            .gateway
+            .call(
+                iface,
+                &session.agent_id,
+                &session.auth,
+                guid,
+                body,
+                deadline,
+            )
+            .await;
+        session.guid_use.record(sent_at, &result);
+        result
     }
 }
 

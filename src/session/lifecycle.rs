@@ -5,10 +5,10 @@
 
 use super::guid_retry::{remaining, settle_refusal, Settled};
 use super::{
-    lock_owned, new_session_id, not_signed_in, EndReason, Session, SessionError, Sessions,
-    SignInParams, Slot,
+    lock_owned, new_session_id, not_signed_in, params::CredentialsHash, EndReason, Ended, Session,
+    SessionError, Sessions, SignInParams, Slot,
 };
-use crate::events::{End, Hub, PollEnd, Poller};
+use crate::events::{End, GuidUse, Hub, PollEnd, Poller};
 use crate::gateway::{AgentAuth, GatewayError, Interface};
 use crate::readiness::Pinned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,9 +31,9 @@ impl Sessions {
         if let Some(current) = slot.running() {
             let inner = slot.lock();
             if inner
-                .creds
+                .creds_hash
                 .as_ref()
-                .is_some_and(|held| !held.same_credentials(&params))
+                .is_some_and(|held| !held.matches(&params))
             {
                 return Err(SessionError::CredentialsMismatch {
                     agent_id: agent_id.to_owned(),
@@ -44,7 +44,7 @@ impl Sessions {
         let take_over = {
             let mut inner = slot.lock();
             inner.signing_in = true;
-            inner.ended.is_some_and(EndReason::may_take_over)
+            self.take_over_until(inner.ended)
         };
         let result = self
             .login(&slot, agent_id, &params, take_over, deadline)
@@ -53,13 +53,19 @@ impl Sessions {
         inner.signing_in = false;
         match result {
             Ok(session) => {
+                inner.creds_hash = Some(CredentialsHash::of(&params));
                 if self.shared.settings.hold_credentials {
                     inner.creds = Some(params);
                 }
                 Ok(session)
             }
             Err(e) => {
-                if inner.session.is_none() && !inner.keep_signed_in {
+                // A slot that never had a session goes, unless a lost answer left it the
+                // proof that the gateway may hold the bridge's own session.
+                if inner.session.is_none()
+                    && !inner.keep_signed_in
+                    && !inner.ended.is_some_and(|e| e.reason.may_take_over())
+                {
                     drop(inner);
                     self.slots().remove(agent_id);
                 }
@@ -68,14 +74,20 @@ impl Sessions {
         }
     }
 
-    /// Signs in with `params`, installs the new session and starts its poll loop.
+    /// Until when signing in again after `ended` may answer `100-002` with `forcelogin`.
+    fn take_over_until(&self, ended: Option<Ended>) -> Option<Instant> {
+        ended.and_then(|e| e.take_over_until(self.shared.settings.gateway_idle_timeout))
+    }
+
+    /// Signs in with `params`, installs the new session and starts its poll loop; a `100-002`
+    /// is answered with `forcelogin` before `take_over` (see [`Ended::take_over_until`]).
     /// Caller holds the slot's lifecycle lock.
     async fn login(
         &self,
         slot: &Arc<Slot>,
         agent_id: &str,
         params: &SignInParams,
-        take_over: bool,
+        take_over: Option<Instant>,
         deadline: Option<Instant>,
     ) -> Result<Arc<Session>, SessionError> {
         // A forced sign-in must land while the coordinator's lease surely lasts: one landing
@@ -93,6 +105,7 @@ impl Sessions {
         } else {
             (Interface::Login, deadline)
         };
+        let mut sent_at = Instant::now();
         let mut result = gw
             .call(
                 iface,
@@ -103,10 +116,14 @@ impl Sessions {
                 first_deadline,
             )
             .await;
-        if take_over && !params.force && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
+        if take_over.is_some_and(|until| Instant::now() < until)
+            && !params.force
+            && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
         {
-            // The gateway still counts the agent as signed in under the Guid the bridge lost:
-            // it is the bridge's own session, so taking it over is safe.
+            // The gateway still counts the agent as signed in under the Guid the bridge lost,
+            // and within its idle limit that is the bridge's own session: taking it over is
+            // safe.
+            sent_at = Instant::now();
             result = gw
                 .call(
                     Interface::ForceLogin,
@@ -118,12 +135,34 @@ impl Sessions {
                 )
                 .await;
         }
-        result?;
-        if auth.current().guid.is_none() {
-            return Err(GatewayError::OutcomeUnknown(
+        let result = result.and_then(|_| match auth.current().guid {
+            Some(_) => Ok(()),
+            None => Err(GatewayError::OutcomeUnknown(
                 "sign-in answer carried no Set-GUID header".into(),
-            )
-            .into());
+            )),
+        });
+        if let Err(e) = result {
+            let mut inner = slot.lock();
+            if e.retcode() == Some("100-002") {
+                // Another client holds the agent: remembered, so that a lost answer to a later
+                // sign-in is not taken for a session of the bridge's own.
+                inner.ended = Some(Ended {
+                    reason: EndReason::HeldElsewhere,
+                    last_used: sent_at,
+                });
+            } else if may_have_signed_in(&e)
+                && inner.ended.is_none_or(|ended| ended.reason.may_take_over())
+            {
+                // The gateway may now hold the agent under a Guid the bridge never saw: its
+                // own session, which a later sign-in may take back within the idle limit
+                // (unless the bridge knows another client held the agent, or had kicked it:
+                // then the lost answer may as well have been that client's `100-002`).
+                inner.ended = Some(Ended {
+                    reason: EndReason::SignInAnswerLost,
+                    last_used: sent_at,
+                });
+            }
+            return Err(e.into());
         }
         let agent: Arc<str> = Arc::from(agent_id);
         let session_id: Arc<str> = Arc::from(new_session_id().as_str());
@@ -141,6 +180,7 @@ impl Sessions {
             signed_in_at: SystemTime::now(),
             last_poll_at: Arc::new(AtomicU64::new(0)),
             polls: Arc::new(tokio::sync::watch::Sender::new(0)),
+            guid_use: Arc::new(GuidUse::new(sent_at)),
             cancel: self.shared.shutdown.child_token(),
             signing_out: AtomicBool::new(false),
         });
@@ -165,6 +205,7 @@ impl Sessions {
             hub: session.hub.clone(),
             last_poll_at: session.last_poll_at.clone(),
             polls: session.polls.clone(),
+            guid_use: session.guid_use.clone(),
             cancel: session.cancel.clone(),
             settings: self.shared.settings.poll.clone(),
             metrics: self.shared.metrics.clone(),
@@ -181,12 +222,14 @@ impl Sessions {
     async fn on_poll_end(&self, slot: Arc<Slot>, session: Arc<Session>, end: PollEnd) {
         let reason = match end {
             PollEnd::Cancelled => return,
-            // The gateway confirms the sign-out in progress (its answer may yet be lost).
-            _ if session.signing_out.load(Ordering::Acquire) => EndReason::SignedOut,
-            PollEnd::SignedOutByGateway => EndReason::SignedOutByGateway,
+            // Even while signing out: the gateway may still hold the session under a Guid the
+            // bridge never saw, which the sign-out then takes back to sign it out.
             PollEnd::GuidRefused {
                 after_lost_answer: true,
             } => EndReason::AnswerLost,
+            // The gateway confirms the sign-out in progress (its answer may yet be lost).
+            _ if session.signing_out.load(Ordering::Acquire) => EndReason::SignedOut,
+            PollEnd::SignedOutByGateway => EndReason::SignedOutByGateway,
             PollEnd::GuidRefused {
                 after_lost_answer: false,
             } => EndReason::GuidRefused,
@@ -199,12 +242,16 @@ impl Sessions {
                 .as_ref()
                 .is_some_and(|s| Arc::ptr_eq(s, &session));
             if is_current {
-                inner.ended = Some(reason);
+                inner.ended = Some(Ended {
+                    reason,
+                    last_used: session.guid_use.last(),
+                });
             }
             is_current
         };
-        if reason == EndReason::SignedOut {
-            tracing::info!(agent_id = %session.agent_id, "the gateway confirmed the sign-out");
+        if session.signing_out.load(Ordering::Acquire) {
+            // The sign-out in progress decides what follows (see `sign_out`).
+            tracing::info!(agent_id = %session.agent_id, reason = reason.label(), "the poll loop ended during the sign-out");
             self.retire(&session, End::SignedOut);
             return;
         }
@@ -279,7 +326,8 @@ impl Sessions {
 
     /// Signs the agent in again with held credentials, replacing `stale` (unless another task
     /// already replaced it, in which case that session is returned). `stale` comes with why it
-    /// is given up while its poll loop still runs.
+    /// is given up while its poll loop still runs; it keeps running until the new sign-in
+    /// succeeded (draining and the gate are checked first).
     pub(super) async fn resign_in(
         &self,
         agent_id: &str,
@@ -300,20 +348,23 @@ impl Sessions {
             }
         }
         let mut creds = creds.ok_or_else(|| not_signed_in(agent_id))?;
-        let ended = {
-            let mut inner = slot.lock();
-            if let Some((_, why)) = stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live()))
-            {
-                inner.ended = Some(why);
-            }
-            inner.ended
+        // The gate before anything changes: a refusal leaves the running session as it is.
+        self.check_gate(agent_id)?;
+        // Why a still running session is given up decides this sign-in only; the slot keeps
+        // what its poll loop records (the session may yet run on if the sign-in fails).
+        let ended = match stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live())) {
+            Some((stale, why)) => Some(Ended {
+                reason: why,
+                last_used: stale.guid_use.last(),
+            }),
+            None => slot.lock().ended,
         };
-        if let Some(current) = &current {
-            self.retire(current, End::SessionEnded);
-        }
+        // The current session is not retired here: `login` replaces it only once the new one is
+        // signed in, so a failed sign-in leaves it running and polled (and, should the gateway
+        // have ended it meanwhile, its poll loop's end hands the agent to keep-signed-in).
         // `force` is for the first sign-in only: signing in again never kicks another client.
         creds.force &= current.is_none() && ended.is_none();
-        let take_over = ended.is_some_and(EndReason::may_take_over);
+        let take_over = self.take_over_until(ended);
         let session = self
             .login(&slot, agent_id, &creds, take_over, deadline)
             .await?;
@@ -330,14 +381,59 @@ impl Sessions {
         agent_id: &str,
         deadline: Option<Instant>,
     ) -> Result<(), SessionError> {
-        let (slot, _guard) = self.lock_slot(agent_id, false).await?;
+        let (slot, _guard) = match self.lock_slot(agent_id, false).await {
+            // No slot here (another instance owns the agent, or the pool cannot tell now): this
+            // instance holds nothing, so the goal of a sign-out is reached here (SignOut is
+            // idempotent), nothing is sent.
+            Err(SessionError::NotOwned { .. } | SessionError::PoolUnsure { .. }) => {
+                return Err(not_signed_in(agent_id))
+            }
+            locked => locked?,
+        };
         let session = slot.lock().session.clone();
         if let Some(session) = session.filter(|s| s.is_live()) {
+            // What its poll loop records meanwhile decides what follows: `AnswerLost` when the
+            // poll was refused after a lost answer ("not signed in" for a Guid whose successor
+            // may have been lost does not show the agent out). A refusal the poll loop did not
+            // confirm is taken as out: a lost answer alone is no proof (a person may have
+            // kicked the bridge meanwhile).
             self.logout(&session, deadline).await?;
+        }
+        if let Some(orphan) = self.take_back_orphan(&slot, agent_id, deadline).await? {
+            self.logout(&orphan, deadline).await?;
         }
         self.remove_if_same(agent_id, &slot);
         self.shared.pinned.remove(agent_id);
         Ok(())
+    }
+
+    /// For a sign-out: the bridge's own session the gateway may still hold under a Guid the
+    /// bridge lost (a lost answer within the idle limit), signed in again with `forcelogin` so
+    /// it can be signed out; `None` when there is none (or another client holds the agent now,
+    /// which means the bridge's is gone). Needs held credentials; without them the gateway's
+    /// idle sign-out ends such a session.
+    pub(super) async fn take_back_orphan(
+        &self,
+        slot: &Arc<Slot>,
+        agent_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Arc<Session>>, SessionError> {
+        let (ended, creds) = {
+            let inner = slot.lock();
+            (inner.ended, inner.creds.clone())
+        };
+        let (Some(take_over), Some(mut creds)) = (self.take_over_until(ended), creds) else {
+            return Ok(None);
+        };
+        creds.force = false;
+        match self
+            .login(slot, agent_id, &creds, Some(take_over), deadline)
+            .await
+        {
+            Ok(session) => Ok(Some(session)),
+            Err(SessionError::Gateway(e)) if e.retcode() == Some("100-002") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `logout` for a live session; on success its streams end with `End::SignedOut`.
@@ -379,14 +475,11 @@ impl Sessions {
         session: &Arc<Session>,
         deadline: Option<Instant>,
     ) -> Result<(), GatewayError> {
-        let gw = &self.shared.gateway;
-        let agent_id = &session.agent_id;
         let sent = session.auth.current();
-        let mut result = gw
-            .call(
+        let mut result = self
+            .send(
+                session,
                 Interface::Logout,
-                agent_id,
-                &session.auth,
                 sent.guid.as_ref(),
                 None,
                 deadline,
@@ -402,17 +495,51 @@ impl Sessions {
                 == Settled::NewerGuid
         {
             let guid = session.auth.current().guid;
-            result = gw
-                .call(
-                    Interface::Logout,
-                    agent_id,
-                    &session.auth,
-                    guid.as_ref(),
-                    None,
-                    deadline,
-                )
+            result = self
+                .send(session, Interface::Logout, guid.as_ref(), None, deadline)
                 .await;
         }
         result.map(|_| ())
+    }
+}
+
+/// Whether a failed sign-in may have signed the agent in at the gateway: the answer was lost,
+/// late or unreadable, or a proxy's 5xx may have followed the gateway's work (429 and 503 say
+/// the request was not processed).
+fn may_have_signed_in(e: &GatewayError) -> bool {
+    match e {
+        GatewayError::Timeout(_) | GatewayError::OutcomeUnknown(_) => true,
+        GatewayError::HttpStatus(status) => (500..=599).contains(status) && *status != 503,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::keeper::tests::unreachable_gateway;
+    use super::*;
+    use crate::session::{GateRefusal, SignInGate};
+
+    /// A coordinator that gives every agent to another instance.
+    struct OwnedElsewhere;
+
+    impl SignInGate for OwnedElsewhere {
+        fn may_sign_in(&self, _agent_id: &str) -> Result<Option<Instant>, GateRefusal> {
+            Err(GateRefusal::Owner("bridge-b".into()))
+        }
+    }
+
+    /// Issue 17 defect 9: signing out an agent another pool instance owns reaches the goal
+    /// (this instance holds no session for it), so it is "not signed in here" (answered OK
+    /// by SignOut), never `NotOwned`.
+    #[tokio::test]
+    async fn signing_out_an_agent_another_instance_owns_is_not_signed_in_here() {
+        let sessions = unreachable_gateway();
+        sessions.set_gate(Arc::new(OwnedElsewhere));
+        let out = sessions.sign_out("1001", None).await;
+        assert!(
+            matches!(out, Err(SessionError::NotSignedIn { .. })),
+            "{out:?}"
+        );
     }
 }

@@ -12,7 +12,8 @@
 //! - `guid_retry.rs`: the Guid retry policy of operation calls;
 //! - `keeper.rs`: keep-signed-in for the agents file;
 //! - `views.rs`: what `GetSession`, `ListSessions`, readiness and metrics see;
-//! - `drain.rs`: the session layer's part of a drain.
+//! - `drain.rs`: the session layer's part of a drain;
+//! - `reaper.rs`: forgetting agents whose session ended and that nothing needs any more.
 
 mod drain;
 mod ending;
@@ -21,11 +22,12 @@ mod guid_retry;
 mod keeper;
 mod lifecycle;
 mod params;
+mod reaper;
 #[allow(clippy::module_inception)]
 mod session;
 mod views;
 
-pub use ending::EndReason;
+pub use ending::{EndReason, Ended};
 pub use gate::{GateRefusal, SignInGate};
 pub use guid_retry::GUID_RETRIES;
 pub use params::SignInParams;
@@ -66,6 +68,14 @@ pub struct SessionSettings {
     /// The longest one call may take, Guid retries and a re-sign-in included, when the client
     /// set no deadline.
     pub call_budget: Duration,
+    /// The gateway's idle sign-out (vendor `MAXTIME`): a session the bridge lost track of is
+    /// surely gone this long after the last request sent with its Guid, so a `100-002` after
+    /// that is another client's session, never the bridge's own (see [`EndReason`]).
+    pub gateway_idle_timeout: Duration,
+    /// How long an agent whose session ended (and that no keep-signed-in needs) is kept for an
+    /// automatic re-sign-in by its next call, counted from its session's last request; at
+    /// least `gateway_idle_timeout`, so a take-over proof is never forgotten while it is valid.
+    pub dead_slot_ttl: Duration,
 }
 
 impl Default for SessionSettings {
@@ -79,6 +89,8 @@ impl Default for SessionSettings {
             resign_backoff_max: Duration::from_secs(30),
             sign_in_concurrency: 16,
             call_budget: Duration::from_secs(60),
+            gateway_idle_timeout: Duration::from_secs(120),
+            dead_slot_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -137,11 +149,15 @@ pub enum SessionError {
 struct SlotInner {
     session: Option<Arc<Session>>,
     creds: Option<SignInParams>,
+    /// What a SignIn must match to get the held session (kept without `creds` too).
+    creds_hash: Option<params::CredentialsHash>,
     keep_signed_in: bool,
+    /// A keep-signed-in loop runs for the slot (at most one; see `keeper.rs`).
+    keeper: bool,
     signing_in: bool,
-    /// Why the last session ended (`None` while one runs or before the first): decides whether
-    /// signing in again may take the agent over (see [`EndReason::may_take_over`]).
-    ended: Option<EndReason>,
+    /// How the last session ended (`None` while one runs or before the first): decides whether
+    /// signing in again may take the agent over (see [`Ended::take_over_until`]).
+    ended: Option<Ended>,
 }
 
 /// Everything the bridge knows about one agent; lives from its first sign-in to its sign-out.
@@ -185,10 +201,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// An empty registry.
+    /// An empty registry, with its reaper running (see `reaper.rs`; needs a Tokio runtime).
     pub fn new(gateway: GatewayClient, settings: SessionSettings, metrics: Arc<Metrics>) -> Self {
         metrics.set_retained_event_budget(settings.event_budget.max_bytes());
-        Self {
+        let sessions = Self {
             shared: Arc::new(Shared {
                 gateway,
                 metrics,
@@ -201,7 +217,9 @@ impl Sessions {
                 background_sign_ins: Semaphore::new(settings.sign_in_concurrency),
                 settings,
             }),
-        }
+        };
+        sessions.spawn_reaper();
+        sessions
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {
@@ -247,6 +265,7 @@ impl Sessions {
     /// coordinator gave it to another instance, whose sign-in replaces (or replaced) this one.
     pub async fn forget(&self, agent_id: &str) {
         let Ok((slot, _guard)) = self.lock_slot(agent_id, false).await else {
+            self.shared.pinned.remove(agent_id);
             return;
         };
         let session = slot.lock().session.clone();
@@ -263,11 +282,10 @@ impl Sessions {
         slot.is_some_and(|s| s.running().is_some())
     }
 
-    /// Whether keep-signed-in is in charge of the agent (its slot is marked to be kept signed
-    /// in): a session that ended is being signed in again by it.
+    /// Whether a keep-signed-in loop is at work on the agent (signing it in again).
     pub fn is_kept(&self, agent_id: &str) -> bool {
         let slot = self.slots().get(agent_id).cloned();
-        slot.is_some_and(|s| s.lock().keep_signed_in)
+        slot.is_some_and(|s| s.lock().keeper)
     }
 
     /// Forgets the agent if it has no running session (keep-signed-in giving up on an agent the
@@ -275,6 +293,7 @@ impl Sessions {
     /// meanwhile by the agent's owner is left alone.
     pub(super) async fn forget_idle(&self, agent_id: &str) {
         let Ok((slot, _guard)) = self.lock_slot(agent_id, false).await else {
+            self.shared.pinned.remove(agent_id);
             return;
         };
         if slot.running().is_none() {

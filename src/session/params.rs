@@ -26,6 +26,20 @@ pub struct SignInParams {
 }
 
 impl SignInParams {
+    /// A plain sign-in (no `force`) with the gateway's defaults for every option.
+    pub fn new(password: Password, phone_number: String) -> Self {
+        Self {
+            password,
+            phone_number,
+            force: false,
+            auto_answer: None,
+            auto_enter_idle: None,
+            release_phone: None,
+            agent_type: None,
+            status: None,
+        }
+    }
+
     /// The JSON body for `login`/`forcelogin`. It holds the password in clear, so its buffer
     /// is wiped when the last reference to it (the HTTP client's, after sending) is dropped.
     pub fn body(&self) -> Bytes {
@@ -40,17 +54,43 @@ impl SignInParams {
         };
         to_secret_bytes(&body)
     }
+}
 
-    /// Whether another sign-in request is for the same agent identity and settings, so that
-    /// returning the held session does not hand it to a caller with other credentials.
-    pub fn same_credentials(&self, other: &SignInParams) -> bool {
-        let (a, b) = (
-            self.password.expose().as_bytes(),
-            other.password.expose().as_bytes(),
-        );
-        // Length is not secret here; compare the bytes without an early exit.
-        a.len() == b.len()
-            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-            && self.phone_number == other.phone_number
+/// A salted hash of the credentials a session was signed in with (password and phone number):
+/// what a later SignIn is compared with before it gets the held session, kept also when the
+/// password itself is not (`--no-resign-in`).
+#[derive(Clone)]
+pub(crate) struct CredentialsHash {
+    salt: [u8; 16],
+    digest: Vec<u8>,
+}
+
+impl CredentialsHash {
+    /// The hash of `params`' credentials under a fresh salt.
+    pub(crate) fn of(params: &SignInParams) -> Self {
+        let salt = crate::crypto::random_salt();
+        let digest = Self::digest(&salt, params);
+        Self { salt, digest }
+    }
+
+    /// Whether `params` carries the same credentials (compared without an early exit).
+    pub(crate) fn matches(&self, params: &SignInParams) -> bool {
+        let other = Self::digest(&self.salt, params);
+        other.len() == self.digest.len()
+            && other
+                .iter()
+                .zip(&self.digest)
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
+
+    fn digest(salt: &[u8], params: &SignInParams) -> Vec<u8> {
+        crate::crypto::salted_sha256(
+            salt,
+            &[
+                params.password.expose().as_bytes(),
+                params.phone_number.as_bytes(),
+            ],
+        )
     }
 }

@@ -116,6 +116,11 @@ impl FaultTable {
         }
     }
 
+    /// Removes every fault.
+    pub fn clear(&self) {
+        lock(&self.faults).clear()
+    }
+
     /// The first fault matching the request consumes one use and is returned.
     pub fn take(&self, path: &str, interface: Interface) -> Option<FaultKind> {
         let mut faults = lock(&self.faults);

@@ -205,6 +205,11 @@ impl Simulator {
         self.shared.faults.add(fault)
     }
 
+    /// Removes every fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.shared.faults.clear()
+    }
+
     /// As if an inspector forced the agent out: `AgentOther_ShutdownService` is delivered by the
     /// next (or the currently held) poll, and the session is gone (later calls answer `100-006`).
     pub fn force_sign_out(&self, agent_id: &str) {
@@ -243,7 +248,13 @@ impl Simulator {
     /// agent's desktop would; not recorded among [`Simulator::requests`]. Returns the retcode
     /// of a refusal (`100-002` when the agent is signed in and `force` is false).
     pub fn sign_in_elsewhere(&self, agent_id: &str, force: bool) -> Result<(), &'static str> {
-        signin::sign_in(&self.shared, agent_id, None, force).map(|_| ())
+        signin::sign_in(&self.shared, agent_id, None, force, true).map(|_| ())
+    }
+
+    /// Whether the agent's session was signed in by another client
+    /// ([`Simulator::sign_in_elsewhere`]) rather than over the gateway interface.
+    pub fn held_by_other_client(&self, agent_id: &str) -> bool {
+        self.shared.agents.held_by_other_client(agent_id)
     }
 
     /// Queues a raw `event` object, delivered as-is by a poll (a held poll is woken). Ignored if

@@ -28,6 +28,10 @@ pub struct SimStats {
     /// The most sign-in requests (login and forcelogin) ever in progress at once, from the
     /// request's arrival until its answer is handed to the connection.
     pub max_concurrent_sign_ins: u64,
+    /// Sessions of another client ([`super::Simulator::sign_in_elsewhere`], e.g. a person's
+    /// softphone) that a `forcelogin` over the gateway interface replaced: the bridge kicking
+    /// someone.
+    pub other_clients_kicked: u64,
 }
 
 /// Everything a request handler or a timer needs.
@@ -46,6 +50,8 @@ pub(crate) struct Shared {
     pub sign_ins_in_progress: AtomicU64,
     /// The most sign-in requests ever in progress at once.
     pub max_concurrent_sign_ins: AtomicU64,
+    /// See [`SimStats::other_clients_kicked`].
+    pub other_clients_kicked: AtomicU64,
     empty_polls: AtomicU64,
 }
 
@@ -65,6 +71,7 @@ impl Shared {
             active_connections: AtomicU64::new(0),
             sign_ins_in_progress: AtomicU64::new(0),
             max_concurrent_sign_ins: AtomicU64::new(0),
+            other_clients_kicked: AtomicU64::new(0),
             empty_polls: AtomicU64::new(0),
         }
     }
@@ -78,6 +85,7 @@ impl Shared {
             tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
             active_connections: self.active_connections.load(Ordering::Relaxed),
             max_concurrent_sign_ins: self.max_concurrent_sign_ins.load(Ordering::Relaxed),
+            other_clients_kicked: self.other_clients_kicked.load(Ordering::Relaxed),
         }
     }
 

@@ -28,7 +28,7 @@ pub(crate) fn login(shared: &Shared, agent_id: &str, body: &[u8], force: bool) -
     {
         return Reply::retcode("100-004");
     }
-    let (guid, login_time) = match sign_in(shared, agent_id, request.status, force) {
+    let (guid, login_time) = match sign_in(shared, agent_id, request.status, force, false) {
         Ok(signed_in) => signed_in,
         Err(retcode) => return Reply::retcode(retcode),
     };
@@ -55,12 +55,14 @@ pub(crate) fn login(shared: &Shared, agent_id: &str, body: &[u8], force: bool) -
 }
 
 /// The effect of a sign-in: a new session (ending the current one when `force`), or
-/// `100-002` when the agent has one. Returns the new Guid and the sign-in time.
+/// `100-002` when the agent has one. `other_client`: signed in by another client than the
+/// gateway interface's. Returns the new Guid and the sign-in time.
 pub(crate) fn sign_in(
     shared: &Shared,
     agent_id: &str,
     status: Option<i64>,
     force: bool,
+    other_client: bool,
 ) -> Result<(String, u64), &'static str> {
     let agent = shared.agents.get_or_create(agent_id);
     let signed_in = {
@@ -69,10 +71,14 @@ pub(crate) fn sign_in(
             if !force {
                 return Err("100-002");
             }
+            if !other_client && state.session.as_ref().is_some_and(|s| s.other_client) {
+                shared.other_clients_kicked.fetch_add(1, Ordering::Relaxed);
+            }
             // The old session's poller learns it was replaced.
             state.end_with_shutdown();
         }
         let session = state.start_session(agent_id, shared.agents.rotation_period());
+        session.other_client = other_client;
         session.push_event("AgentOther_InService", Value::Null);
         session.push_event("AgentState_Ready", Value::Null);
         match status {

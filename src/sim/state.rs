@@ -137,6 +137,17 @@ impl Agents {
             .unwrap_or(0)
     }
 
+    /// Whether another client (not the gateway interface) signed in the agent's session.
+    pub fn held_by_other_client(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|agent| {
+            agent
+                .lock()
+                .session
+                .as_ref()
+                .is_some_and(|s| s.other_client)
+        })
+    }
+
     /// Whether the agent has a session.
     pub fn signed_in(&self, id: &str) -> bool {
         self.get(id)
@@ -244,6 +255,7 @@ impl AgentState {
             lose_rotation_answer: false,
             sign_in_again: None,
             play: Play::default(),
+            other_client: false,
         })
     }
 
@@ -364,6 +376,8 @@ pub(crate) struct Session {
     /// A DR retcode (`105-005/006/007`) every request with this session's Guids gets.
     pub sign_in_again: Option<&'static str>,
     pub play: Play,
+    /// Signed in by another client (not over the gateway interface), e.g. a person's softphone.
+    pub other_client: bool,
 }
 
 impl Session {

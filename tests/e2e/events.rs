@@ -343,15 +343,19 @@ async fn a_busy_agent_pushes_a_quiet_agents_events_out_of_the_shared_budget() {
         .queue_event("1001", raw_event("1001", "Q2", json!(null)));
     let first = next_event(&mut w1).await.sequence;
     assert_eq!(next_event(&mut w1).await.event_type, "Q2");
+    // Resuming from before Q1: Q2, the quiet agent's newest, is never evicted (nor anything
+    // its watcher w1 has not read), but Q1 is fair game.
     let resume_1001 = WatchAgentEventsRequest {
         agent_id: "1001".into(),
-        resume_after: Some(first),
+        resume_after: Some(first - 1),
         session_id: quiet.session_id.clone(),
     };
     assert!(
         client.watch_agent_events(resume_1001.clone()).await.is_ok(),
         "held while the budget has room"
     );
+    // That resumed watcher would protect Q1 while it lives: wait until it is gone.
+    until_watchers(&h, "1001", 1).await;
 
     let mut w2 = client
         .watch_agent_events(all_req("1002"))
@@ -382,7 +386,7 @@ async fn a_busy_agent_pushes_a_quiet_agents_events_out_of_the_shared_budget() {
     };
     assert!(
         value("ccgw_events_evicted_total{cause=\"budget\"}") >= 2,
-        "1001's two events and more of 1002's were evicted: {metrics}"
+        "1001's older events and more of 1002's were evicted: {metrics}"
     );
     assert_eq!(value("ccgw_events_evicted_total{cause=\"age\"}"), 0);
     assert_eq!(value("ccgw_retained_event_budget_bytes"), 4096);
@@ -463,23 +467,30 @@ async fn a_cancelled_watcher_is_released() {
         before + 1
     );
     drop(w);
-    // The release happens when the server sees the stream reset; nothing to await from here.
-    let mut released = false;
-    for _ in 0..200 {
-        if watchers(
-            sessions
-                .get_session(get.clone())
-                .await
-                .unwrap()
-                .into_inner(),
-        ) == before
+    until_watchers(&h, "1001", before).await;
+}
+
+/// Waits (bounded) until the bridge counts `n` watchers of `agent`. A cancelled stream is
+/// released when the server sees its reset, which the client cannot await.
+async fn until_watchers(h: &Harness, agent: &str, n: u32) {
+    let mut sessions = h.sessions().await;
+    let get = GetSessionRequest {
+        agent_id: agent.into(),
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while sessions
+            .get_session(get.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .watchers
+            != n
         {
-            released = true;
-            break;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(released, "watcher count returns to {before}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("watcher count of {agent} returns to {n}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,24 +512,30 @@ async fn a_stalled_watcher_slows_nobody_and_is_told_where_it_stopped() {
         .unwrap()
         .into_inner();
     let mut live = h.watch_all("1001").await;
+    // Published in steps of half the window, each awaited at the live watcher before the next,
+    // so the live watcher can never fall out of the window however slow the machine is; the
+    // stalled one reads nothing and falls out all the same.
     const N: usize = 3000;
-    for i in 0..N {
-        h.sim.queue_event(
-            "1001",
-            raw_event("1001", "Bulk", json!({"i": i, "pad": "x".repeat(1000)})),
-        );
-    }
-    // The live watcher gets every event in order while the stalled one reads nothing.
+    const STEP: usize = 32;
     let mut expected = None;
-    let mut bulk = 0;
-    while bulk < N {
-        let e = next_event(&mut live).await;
-        if let Some(exp) = expected {
-            assert_eq!(e.sequence, exp, "no gap for the live watcher");
+    for step in 0..N / STEP {
+        for i in step * STEP..(step + 1) * STEP {
+            h.sim.queue_event(
+                "1001",
+                raw_event("1001", "Bulk", json!({"i": i, "pad": "x".repeat(1000)})),
+            );
         }
-        expected = Some(e.sequence + 1);
-        if e.event_type == "Bulk" {
-            bulk += 1;
+        // The live watcher gets every event in order while the stalled one reads nothing.
+        let mut bulk = 0;
+        while bulk < STEP {
+            let e = next_event(&mut live).await;
+            if let Some(exp) = expected {
+                assert_eq!(e.sequence, exp, "no gap for the live watcher");
+            }
+            expected = Some(e.sequence + 1);
+            if e.event_type == "Bulk" {
+                bulk += 1;
+            }
         }
     }
     // Now read the stalled one: contiguous events (what was already in flight), then a status.

@@ -291,15 +291,6 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 pub fn pinned_agent(agent: &str) -> PinnedAgent {
     PinnedAgent {
         agent_id: agent.into(),
-        params: SignInParams {
-            password: Password::new("pw".into()),
-            phone_number: "88005".into(),
-            force: false,
-            auto_answer: None,
-            auto_enter_idle: None,
-            release_phone: None,
-            agent_type: None,
-            status: None,
-        },
+        params: SignInParams::new(Password::new("pw".into()), "88005".into()),
     }
 }

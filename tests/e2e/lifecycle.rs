@@ -67,7 +67,15 @@ async fn request(
     h: &Harness,
     pred: impl Fn(&ccgw_bridge::sim::RecordedRequest) -> bool,
 ) -> ccgw_bridge::sim::RecordedRequest {
-    tokio::time::timeout(SETTLE, h.sim.wait_for_request(pred))
+    request_of(&h.sim, pred).await
+}
+
+/// [`request`] for a simulator without a bridge harness.
+async fn request_of(
+    sim: &Simulator,
+    pred: impl Fn(&ccgw_bridge::sim::RecordedRequest) -> bool,
+) -> ccgw_bridge::sim::RecordedRequest {
+    tokio::time::timeout(SETTLE, sim.wait_for_request(pred))
         .await
         .expect("the request arrives within the settle bound")
 }
@@ -95,6 +103,192 @@ async fn a_lost_guid_rotation_is_recovered_with_one_forcelogin() {
     assert_eq!(s.state, SessionState::SignedIn as i32);
     assert_ne!(s.session_id, first.session_id);
     assert!(h.sim.signed_in("1001"));
+}
+
+/// Issue 17 defect 1 (the reproduction): a lost rotation leaves the bridge a take-over right,
+/// but only within the gateway's idle sign-out of the last request sent with that session's
+/// Guid. The immediate re-sign-in meets a 503; once the idle limit has passed the gateway
+/// signs the orphan out and a person signs the agent in from a softphone. The next BeginPlay
+/// must not kick the person: plain `login`, `100-002`, ALREADY_EXISTS.
+///
+/// Time passing past the idle limit is the scenario itself, so the test waits that long after
+/// the last request with the lost session's Guid (a slower machine only lets more pass); the
+/// idle sign-out is then the simulator's control, not its timer, so nothing races it.
+#[tokio::test]
+async fn a_stale_take_over_right_never_kicks_a_person() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let h = Harness::with(strict_dynamic(), |c| {
+        c.sessions.gateway_idle_timeout = IDLE;
+    })
+    .await;
+    orphan_after_a_lost_rotation(&h, "1001").await;
+    tokio::time::sleep(IDLE).await;
+    // The gateway's idle sign-out ends the orphan; a person signs in from a softphone.
+    h.sim.force_sign_out("1001");
+    h.sim
+        .sign_in_elsewhere("1001", false)
+        .expect("the person signs in");
+    let person = h.sim.current_guid("1001");
+    h.sim.clear_requests();
+    begin_play_refused(&h, "1001", Code::AlreadyExists, "AGENT_ALREADY_SIGNED_IN").await;
+    assert_eq!(forcelogins(&h, "1001"), 0, "{:?}", h.sim.requests());
+    assert_eq!(
+        h.sim.current_guid("1001"),
+        person,
+        "the person's session is kept"
+    );
+    assert_eq!(h.sim.stats().other_clients_kicked, 0);
+    assert_eq!(plays(&h, "1001"), 0);
+}
+
+/// Issue 17 defect 2: a call refused for its Guid while polls are still answered signs in
+/// again; when that sign-in fails (a 503), the running session must still be there: polled,
+/// SIGNED_IN, and the next call uses it without any sign-in. The old code retired it before
+/// the login, so it was gone with nothing to replace it.
+#[tokio::test]
+async fn a_failed_re_sign_in_keeps_the_running_session() {
+    let h = Harness::start().await;
+    let first = h.sign_in("1001").await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "000-003".into(),
+            message: String::new(),
+        },
+        count: Some(1),
+    });
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::HttpStatus(503),
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    expect_code(
+        h.play().await.begin_play(play_request("1001")).await,
+        Code::Unavailable,
+    );
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+    let s = h.session("1001").await;
+    assert_eq!(
+        (s.state, s.session_id.as_str()),
+        (SessionState::SignedIn as i32, first.session_id.as_str()),
+        "the running session is kept"
+    );
+    h.play()
+        .await
+        .begin_play(play_request("1001"))
+        .await
+        .expect("the kept session works");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+}
+
+/// Issue 17 defect 5: after a lost rotation the gateway still holds the bridge's session under
+/// a Guid the bridge never saw, so "not signed in" for the old Guid does not mean out. A
+/// SignOut then takes its own session back (one `forcelogin`, within the idle limit) and signs
+/// that out: the agent is really out, and a hand-over leaves the next owner a free agent.
+#[tokio::test]
+async fn a_sign_out_after_a_lost_rotation_really_signs_the_agent_out() {
+    let h = Harness::with(strict_dynamic(), |_| {}).await;
+    orphan_after_a_lost_rotation(&h, "1001").await;
+    assert!(h.sim.signed_in("1001"), "the orphan");
+    h.sessions()
+        .await
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .expect("signed out");
+    assert!(!h.sim.signed_in("1001"), "{:?}", h.sim.requests());
+    assert_eq!(forcelogins(&h, "1001"), 1);
+}
+
+/// Issue 17 defect 7: an agent whose session the gateway ended, and that no keep-signed-in
+/// needs, is forgotten (session, events, password) once its time is up, instead of being kept
+/// for ever. The reaper runs on its own clock, so the test asks until it has run (bounded).
+#[tokio::test]
+async fn an_ended_agent_is_forgotten_after_its_time() {
+    let h = Harness::with(fast_sim(), |c| {
+        c.sessions.gateway_idle_timeout = Duration::from_millis(100);
+        c.sessions.dead_slot_ttl = Duration::from_millis(100);
+    })
+    .await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    h.sim.kill_session("1001");
+    let _ = stream_end(&mut w).await;
+    tokio::time::timeout(SETTLE, async {
+        let mut sessions = h.sessions().await;
+        loop {
+            let view = sessions
+                .get_session(GetSessionRequest {
+                    agent_id: "1001".into(),
+                })
+                .await;
+            match view {
+                Err(s) if s.code() == Code::NotFound => return,
+                Ok(v) => assert_eq!(v.into_inner().state, SessionState::Ended as i32),
+                Err(s) => panic!("{s:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the ended agent is forgotten within the settle bound");
+    assert!(h
+        .metrics()
+        .await
+        .contains("ccgw_sessions{state=\"ended\"} 0"));
+}
+
+/// Issue 17 defect 5, at shutdown: the drain's sign-outs also reach a session the gateway still
+/// holds for the bridge under a Guid the bridge lost (taken back, then signed out), so no agent
+/// of the bridge's is left signed in.
+#[tokio::test]
+async fn the_drain_signs_out_an_orphan_of_a_lost_rotation() {
+    let mut h = Harness::with(strict_dynamic(), |_| {}).await;
+    orphan_after_a_lost_rotation(&h, "1001").await;
+    assert!(h.sim.signed_in("1001"), "the orphan");
+    h.begin_stop();
+    h.stopped().await.expect("drained");
+    assert!(!h.sim.signed_in("1001"), "{:?}", h.sim.requests());
+    assert_eq!(forcelogins(&h, "1001"), 1);
+}
+
+/// Issue 17 defect 3, the other side: a lost sign-in answer while the bridge knows another
+/// client holds the agent (its last login got `100-002`) may just as well have been that
+/// client's `100-002`, so it is no take-over proof: keep-signed-in goes on with plain logins
+/// and the person's session is never kicked.
+#[tokio::test]
+async fn a_lost_sign_in_answer_while_a_person_holds_the_agent_is_no_proof() {
+    let sim = Simulator::start(fast_sim(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    sim.sign_in_elsewhere("1005", false)
+        .expect("the person signs in");
+    let mut config = config_for(&sim);
+    config.agents.push(pinned_agent("1005"));
+    config.sessions.resign_backoff_max = Duration::from_millis(200);
+    let h = Harness::bridge(sim, config).await;
+    let login = |r: &ccgw_bridge::sim::RecordedRequest| {
+        r.method == "PUT" && r.path.ends_with("/onlineagent/1005")
+    };
+    // Keep-signed-in's attempts are sequential: once the second is seen, the first was
+    // answered `100-002`; the next one loses its answer.
+    for _ in 0..2 {
+        request(&h, login).await;
+        h.sim.clear_requests();
+    }
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::DropAfterEffect,
+        count: Some(1),
+    });
+    for _ in 0..3 {
+        request(&h, login).await;
+        h.sim.clear_requests();
+    }
+    assert_eq!(h.sim.stats().other_clients_kicked, 0);
+    assert!(h.sim.held_by_other_client("1005"));
 }
 
 /// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
@@ -422,22 +616,7 @@ async fn a_call_without_deadline_ends_at_the_call_budget() {
     })
     .await;
     h.sign_in("1001").await;
-    // Polls hang from the next one on (fault first, then the log cleared, as above).
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Poll),
-        kind: FaultKind::Latency(Duration::from_secs(3600)),
-        count: None,
-    });
-    h.sim.clear_requests();
-    request(&h, |r| r.path.ends_with("/agentevent/1001")).await;
-    h.sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Play),
-        kind: FaultKind::Retcode {
-            retcode: "100-006".into(),
-            message: String::new(),
-        },
-        count: None,
-    });
+    refusals_never_settle(&h, "1001", None).await;
     let status = expect_code(
         h.play().await.begin_play(play_request("1001")).await,
         Code::DeadlineExceeded,
@@ -447,6 +626,33 @@ async fn a_call_without_deadline_ends_at_the_call_budget() {
     assert_eq!(plays(&h, "1001"), 1, "one attempt, refused");
     assert_eq!(logins(&h, "1001") + forcelogins(&h, "1001"), 0);
     assert!(h.sim.signed_in("1001"));
+}
+
+/// Issue 17 point 11: a call *with* a client deadline that runs out while its Guid refusal is
+/// unsettled (no poll is answered, no newer Guid comes) no longer ends its session: the
+/// re-sign-in it would need cannot be sent in time, and the running session is kept until a
+/// new one is signed in (the call answers DEADLINE_EXCEEDED, nothing else sent).
+#[tokio::test]
+async fn a_call_whose_deadline_runs_out_unsettled_keeps_the_session() {
+    let h = Harness::start().await;
+    let first = h.sign_in("1001").await;
+    refusals_never_settle(&h, "1001", Some(1)).await;
+    expect_code(
+        h.play()
+            .await
+            .begin_play(with_deadline(
+                play_request("1001"),
+                Duration::from_millis(500),
+            ))
+            .await,
+        Code::DeadlineExceeded,
+    );
+    assert_eq!(logins(&h, "1001") + forcelogins(&h, "1001"), 0);
+    let s = h.session("1001").await;
+    assert_eq!(
+        (s.state, s.session_id.as_str()),
+        (SessionState::SignedIn as i32, first.session_id.as_str())
+    );
 }
 
 /// Issue 12 goal 7: agents-file agents are signed in at start at most `--sign-in-concurrency`
@@ -481,8 +687,114 @@ async fn pinned_agents_sign_in_at_most_the_concurrency_at_once() {
     );
 }
 
+/// Signs `agent` in (strict dynamic auth), then loses the poll answer carrying its next Guid;
+/// the bridge's immediate re-sign-in meets a 503. Returns once the poll refused for the lost
+/// Guid (the session's last request with it) and the failed sign-in were sent: the gateway
+/// still holds the bridge's session under a Guid the bridge never saw.
+async fn orphan_after_a_lost_rotation(h: &Harness, agent: &str) {
+    h.sign_in(agent).await;
+    let mut w = h.watch_all(agent).await;
+    let lost_guid = h.sim.current_guid(agent).expect("signed in");
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::HttpStatus(503),
+        count: Some(1),
+    });
+    h.sim.clear_requests();
+    h.sim.rotate_guid_lost(agent);
+    let _ = stream_end(&mut w).await;
+    let poll = format!("/agentevent/{agent}");
+    request(h, |r| {
+        r.path.ends_with(&poll) && r.header("guid") == Some(lost_guid.as_str())
+    })
+    .await;
+    let login = format!("/onlineagent/{agent}");
+    request(h, |r| r.method == "PUT" && r.path.ends_with(&login)).await;
+}
+
+/// From now on `agent`'s polls hang (so no poll answer settles a Guid refusal, and no newer Guid
+/// comes) and its next `plays` plays (`None`: all) are refused `100-006`. The fault goes in
+/// before the log is cleared, so the hanging poll awaited here is caught by it.
+async fn refusals_never_settle(h: &Harness, agent: &str, plays: Option<u32>) {
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Poll),
+        kind: FaultKind::Latency(Duration::from_secs(3600)),
+        count: None,
+    });
+    h.sim.clear_requests();
+    let poll = format!("/agentevent/{agent}");
+    request(h, |r| r.path.ends_with(&poll)).await;
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Play),
+        kind: FaultKind::Retcode {
+            retcode: "100-006".into(),
+            message: String::new(),
+        },
+        count: plays,
+    });
+}
+
 /// A BeginPlay for `agent` that must be refused with `code` and `want_reason`.
 async fn begin_play_refused(h: &Harness, agent: &str, code: Code, want_reason: &str) {
     let status = expect_code(h.play().await.begin_play(play_request(agent)).await, code);
     assert_eq!(reason(&status), want_reason, "{status:?}");
+}
+
+/// Issue 17 defect 4: the poll answer carrying `AgentOther_ShutdownService` is the gateway's
+/// farewell, not a sign that it still accepts the session's Guid. Counted as an answered poll,
+/// it settles a call's Guid refusal as "still accepted", and with more than one worker thread
+/// that call can then take the agent over (`forcelogin`) from the client that just kicked the
+/// bridge. The poll loop is driven directly against the simulator, so the check does not
+/// depend on how threads interleave: every answer but the farewell is counted.
+#[tokio::test]
+async fn the_farewell_poll_answer_is_not_counted_as_accepted() {
+    use ccgw_bridge::events::{EventBudget, GuidUse, Hub, PollEnd, PollSettings, Poller};
+    use ccgw_bridge::gateway::{AgentAuth, GatewayClient, Interface as Gw};
+    use ccgw_bridge::telemetry::Metrics;
+    use std::sync::Arc;
+
+    let sim = Simulator::start(fast_sim(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    let metrics = Arc::new(Metrics::default());
+    let gateway = GatewayClient::new(config_for(&sim).gateway, metrics.clone()).unwrap();
+    let auth = Arc::new(AgentAuth::default());
+    let body = pinned_agent("1001").params.body();
+    gateway
+        .call(Gw::Login, "1001", &auth, None, Some(body), None)
+        .await
+        .expect("signed in");
+    let polls = Arc::new(tokio::sync::watch::Sender::new(0u64));
+    let poller = Poller {
+        gateway,
+        agent_id: Arc::from("1001"),
+        auth,
+        hub: Arc::new(Hub::new(
+            64,
+            &EventBudget::default(),
+            metrics.clone(),
+            Arc::from("1001"),
+            Arc::from("s"),
+        )),
+        last_poll_at: Arc::default(),
+        polls: polls.clone(),
+        guid_use: Arc::new(GuidUse::new(std::time::Instant::now())),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        settings: PollSettings::default(),
+        metrics,
+    };
+    let run = tokio::spawn(poller.run());
+    request_of(&sim, |r| r.path.ends_with("/agentevent/1001")).await;
+    sim.force_sign_out("1001");
+    assert_eq!(run.await.unwrap(), PollEnd::SignedOutByGateway);
+    let answered = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/agentevent/1001"))
+        .count() as u64;
+    assert_eq!(
+        *polls.borrow(),
+        answered - 1,
+        "every answer but the farewell"
+    );
 }

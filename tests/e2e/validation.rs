@@ -704,3 +704,22 @@ async fn sign_in_with_other_credentials_is_refused_without_a_gateway_call() {
     let again = h.sign_in("1004").await;
     assert_eq!(again.session_id, held.session_id);
 }
+
+/// Issue 17 defect 8: with `--no-resign-in` the bridge keeps no password, yet another SignIn
+/// with other credentials must not get the held session either (it is compared with a salted
+/// hash of the credentials the session was signed in with).
+#[tokio::test]
+async fn without_held_credentials_other_credentials_are_still_refused() {
+    let h = Harness::with(fast_sim(), |c| c.sessions.hold_credentials = false).await;
+    let held = h.sign_in("1004").await;
+    let mut sessions = h.sessions().await;
+    let mut other = sign_in_request("1004");
+    other.password = "someone-else".into();
+    let status = expect_code(sessions.sign_in(other).await, Code::AlreadyExists);
+    assert_eq!(reason(&status), "AGENT_HELD_WITH_OTHER_CREDENTIALS");
+    let mut other_phone = sign_in_request("1004");
+    other_phone.phone_number = "88002".into();
+    expect_code(sessions.sign_in(other_phone).await, Code::AlreadyExists);
+    let again = h.sign_in("1004").await;
+    assert_eq!(again.session_id, held.session_id);
+}
