@@ -33,6 +33,15 @@ struct Monitor {
 }
 
 impl Monitor {
+    /// A fault in force until `until`: it bounds the gaps that begin meanwhile, and extends
+    /// those already open (an etcd outage during a hand-over holds the agent out as long).
+    fn fault(&mut self, until: Instant) {
+        self.fault_until = until;
+        for (_, fault_end) in self.gap_since.values_mut() {
+            *fault_end = (*fault_end).max(until);
+        }
+    }
+
     fn note(&mut self, what: String) {
         let at = self.started.elapsed();
         eprintln!("chaos {:>6.2}s {what}", at.as_secs_f64());
@@ -121,7 +130,7 @@ async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
             0 => {
                 may_be_forced.extend(bridges[i].held().await);
                 m.note(format!("SIGKILL {}", names[i]));
-                m.fault_until = Instant::now() + fault_len;
+                m.fault(Instant::now() + fault_len);
                 bridges[i].sigkill();
                 pause(&mut m, &p, &agents, fault_len).await;
                 m.note(format!("restart {}", names[i]));
@@ -131,7 +140,7 @@ async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
                 may_be_forced.extend(bridges[i].held().await);
                 let frozen = TTL + fault_len;
                 m.note(format!("SIGSTOP {} for {frozen:?}", names[i]));
-                m.fault_until = Instant::now() + frozen;
+                m.fault(Instant::now() + frozen);
                 bridges[i].sigstop();
                 pause(&mut m, &p, &agents, frozen).await;
                 m.note(format!("SIGCONT {}", names[i]));
@@ -139,7 +148,7 @@ async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
             }
             2 => {
                 m.note(format!("SIGTERM {}", names[i]));
-                m.fault_until = Instant::now() + fault_len;
+                m.fault(Instant::now() + fault_len);
                 bridges[i].sigterm_and_wait().await;
                 pause(&mut m, &p, &agents, fault_len).await;
                 m.note(format!("restart {}", names[i]));
@@ -147,7 +156,7 @@ async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
             }
             3 => {
                 m.note("etcd killed".into());
-                m.fault_until = Instant::now() + fault_len;
+                m.fault(Instant::now() + fault_len);
                 p.etcd[0].kill();
                 pause(&mut m, &p, &agents, fault_len).await;
                 m.note("etcd restarted on its data".into());
@@ -155,7 +164,7 @@ async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
             }
             4 => {
                 m.note("gateway slow on logins and logouts (1.5 s, 6 each)".into());
-                m.fault_until = Instant::now() + fault_len + Duration::from_secs(3);
+                m.fault(Instant::now() + fault_len + Duration::from_secs(3));
                 for iface in [Interface::Login, Interface::Logout] {
                     p.sim.add_fault(Fault {
                         matcher: FaultMatch::Interface(iface),
@@ -166,7 +175,7 @@ async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
             }
             5 => {
                 m.note("a replica with a bad CA joins".into());
-                m.fault_until = Instant::now() + fault_len;
+                m.fault(Instant::now() + fault_len);
                 let mut bad = Bridge::start(&broken, "chaos-bad");
                 pause(&mut m, &p, &agents, fault_len).await;
                 m.note("the bad replica leaves".into());
@@ -207,7 +216,7 @@ async fn a_seeded_schedule_of_faults_keeps_every_pool_promise() {
         pause(&mut m, &p, &agents, calm).await;
     }
     m.note("faults over; converging".into());
-    m.fault_until = Instant::now();
+    m.fault(Instant::now());
     // After the faults: every agent signed in, each held by exactly the instance etcd names.
     let limit = Duration::from_secs(30);
     let until = Instant::now() + limit;
