@@ -225,6 +225,7 @@ impl EtcdBackend {
         mut client: Client,
         lease: i64,
         agent: &str,
+        keep_proof: bool,
     ) -> Result<bool, PoolError> {
         let owner = self.key("owners", agent);
         let holder = self.key("holders", agent);
@@ -238,9 +239,13 @@ impl EtcdBackend {
                 self.instance.as_bytes(),
             )])
             .and_then([TxnOp::delete(holder, None)]);
+        let mut ops = vec![TxnOp::delete(owner.clone(), None)];
+        if !keep_proof {
+            ops.push(TxnOp::txn(forget_holder));
+        }
         let txn = Txn::new()
-            .when([Compare::lease(owner.clone(), CompareOp::Equal, lease)])
-            .and_then([TxnOp::delete(owner, None), TxnOp::txn(forget_holder)]);
+            .when([Compare::lease(owner, CompareOp::Equal, lease)])
+            .and_then(ops);
         Ok(bounded(self.bound(), client.txn(txn)).await?.succeeded())
     }
 
@@ -453,13 +458,17 @@ impl Backend for EtcdBackend {
         }
     }
 
-    async fn release(&mut self, agents: &[String]) -> Vec<Result<bool, PoolError>> {
+    async fn release(
+        &mut self,
+        agents: &[String],
+        keep_proof: bool,
+    ) -> Vec<Result<bool, PoolError>> {
         match self.for_agents().await {
             Ok((client, lease)) => {
                 let this = &*self;
                 let requests = agents
                     .iter()
-                    .map(|a| this.release_one(client.clone(), lease, a));
+                    .map(|a| this.release_one(client.clone(), lease, a, keep_proof));
                 futures::future::join_all(requests).await
             }
             Err(e) => agents.iter().map(|_| Err(coordinator(&e))).collect(),

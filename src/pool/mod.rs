@@ -168,12 +168,15 @@ pub trait Backend: Send + 'static {
         &mut self,
         agents: &[String],
     ) -> impl Future<Output = Vec<Result<Acquired, PoolError>>> + Send;
-    /// Gives each of `agents` up after signing it out, so its next owner signs in without
-    /// forcing (requests sent concurrently); `Ok(false)` when the record was not this lease's
-    /// any more (nothing was released).
+    /// Gives each of `agents` up (requests sent concurrently); `Ok(false)` when the record was
+    /// not this lease's any more (nothing was released). Normally after signing the agents
+    /// out, so their next owner signs in without forcing. With `keep_proof` (the sign-out could
+    /// not reach the gateway) the holder record naming this instance stays, so the next owner
+    /// may take over the session this instance can no longer use.
     fn release(
         &mut self,
         agents: &[String],
+        keep_proof: bool,
     ) -> impl Future<Output = Vec<Result<bool, PoolError>>> + Send;
     /// Ends the lease (every ownership not released stays marked as crashed).
     fn leave(&mut self) -> impl Future<Output = Result<(), PoolError>> + Send;

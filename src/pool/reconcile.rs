@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Reconciles in a row that found an owned agent without a running session before the
-/// instance checks whether it can still reach the gateway (and steps out if not).
+/// Failed gateway probes in a row (one per reconcile) after which an assignable instance steps
+/// out of the members, so its agents move to members that can serve them.
 const STEP_OUT_AFTER: u32 = 3;
 
 pub(super) struct Reconciler<B> {
@@ -26,8 +26,8 @@ pub(super) struct Reconciler<B> {
     stop: CancellationToken,
     /// The current lease's keep-alive task (it ends when the lease is lost) and its stop.
     keep_alive: Option<(JoinHandle<()>, CancellationToken)>,
-    /// Reconciles in a row that found an owned agent without a running session.
-    unserved: u32,
+    /// Gateway probes in a row that failed while this instance was assignable.
+    failed_probes: u32,
 }
 
 /// What the loop hands back at shutdown: the backend, to release and leave with, and the
@@ -43,7 +43,7 @@ impl<B: Backend> Leave for Leaving<B> {
         released: Vec<String>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            let results = self.backend.release(&released).await;
+            let results = self.backend.release(&released, false).await;
             for (agent, result) in released.iter().zip(results) {
                 if let Err(e) = result {
                     tracing::warn!(agent_id = %agent, error = %e, "pool: release at shutdown failed");
@@ -76,7 +76,7 @@ impl<B: Backend> Reconciler<B> {
             tick,
             stop,
             keep_alive: None,
-            unserved: 0,
+            failed_probes: 0,
         }
     }
 
@@ -195,26 +195,29 @@ impl<B: Backend> Reconciler<B> {
 
     /// An observer becomes assignable once the gateway answers it (a replica with a wrong CA
     /// or address then never takes an agent away from one that serves it); an assignable
-    /// instance whose owned agents stay unserved and that cannot reach the gateway steps out,
-    /// so rendezvous moves its agents to members that can.
+    /// instance that fails [`STEP_OUT_AFTER`] probes in a row (one per reconcile: a GET that any
+    /// answer satisfies) steps out, so rendezvous moves its agents to members that can serve
+    /// them. In an outage of the gateway itself every instance steps out and nothing moves
+    /// (rendezvous has no member to move to); each steps in again once the gateway answers.
     async fn update_assignable(&mut self) {
         let assignable = self.ownership.lock().assignable;
-        if !assignable {
-            match self.sessions.probe_gateway().await {
-                Ok(()) => {
-                    if self.set_assignable(true).await {
-                        tracing::info!("pool: the gateway answers; taking agents");
-                    }
-                }
-                Err(cause) => {
-                    tracing::debug!(%cause, "pool: the gateway does not answer; staying an observer")
+        match (assignable, self.sessions.probe_gateway().await) {
+            (false, Ok(())) => {
+                self.failed_probes = 0;
+                if self.set_assignable(true).await {
+                    tracing::info!("pool: the gateway answers; taking agents");
                 }
             }
-        } else if self.unserved >= STEP_OUT_AFTER {
-            self.unserved = 0;
-            if let Err(cause) = self.sessions.probe_gateway().await {
-                tracing::warn!(%cause, "pool: owned agents stay unserved and the gateway does not answer; stepping out so other instances take them");
-                self.set_assignable(false).await;
+            (false, Err(cause)) => {
+                tracing::debug!(%cause, "pool: the gateway does not answer; staying an observer")
+            }
+            (true, Ok(())) => self.failed_probes = 0,
+            (true, Err(cause)) => {
+                self.failed_probes += 1;
+                if self.failed_probes >= STEP_OUT_AFTER {
+                    tracing::warn!(%cause, probes = self.failed_probes, "pool: the gateway does not answer this instance; stepping out so other instances take its agents");
+                    self.set_assignable(false).await;
+                }
             }
         }
     }
@@ -259,7 +262,6 @@ impl<B: Backend> Reconciler<B> {
         self.ownership.lock().owners = view.owners.clone();
         let (mut hand_over, mut take, mut reclaim, mut sign_in, mut mark) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut unserved = false;
         let agents = self.agents.clone();
         for (agent, params) in agents.iter() {
             // Only members whose agents file lists the agent can hold it (this instance's
@@ -299,14 +301,11 @@ impl<B: Backend> Reconciler<B> {
                         if view.holders.get(agent) != Some(&me) {
                             mark.push(agent.clone());
                         }
-                    } else {
-                        unserved = true;
-                        if !signing_in && !self.sessions.is_kept(agent) {
-                            // Owned, without a session, and keep-signed-in is not on it (it
-                            // gave up while sign-ins were refused, a caller signed it out, a
-                            // stale keeper stepped aside): sign it in again, plainly.
-                            sign_in.push((agent, params));
-                        }
+                    } else if !signing_in && !self.sessions.is_kept(agent) {
+                        // Owned, without a session, and keep-signed-in is not on it (it
+                        // gave up while sign-ins were refused, a caller signed it out, a
+                        // stale keeper stepped aside): sign it in again, plainly.
+                        sign_in.push((agent, params));
                     }
                 }
                 Some(owner) if owned_here || moving => {
@@ -327,7 +326,6 @@ impl<B: Backend> Reconciler<B> {
             }
             self.converge(agent);
         }
-        self.unserved = if unserved { self.unserved + 1 } else { 0 };
         if !sign_in.is_empty() {
             self.ownership.changed();
         }
@@ -472,19 +470,31 @@ impl<B: Backend> Reconciler<B> {
             }
         });
         let done = futures::future::join_all(sign_outs).await;
-        let mut signed_out = Vec::new();
+        // An instance that stepped out because the gateway does not answer it cannot sign its
+        // agents out: it gives them up with their holder record, so the next owner may take
+        // over the sessions this instance can no longer use, and ends them here.
+        let unreachable = !self.ownership.lock().assignable;
+        let (mut signed_out, mut given_up) = (Vec::new(), Vec::new());
         {
             let mut s = self.ownership.lock();
             for (agent, out) in agents.into_iter().zip(done) {
                 if out {
                     signed_out.push(agent);
+                } else if unreachable {
+                    given_up.push(agent);
                 } else {
                     s.handing_over.remove(&agent);
                     s.owned.insert(agent);
                 }
             }
         }
-        let results = self.backend.release(&signed_out).await;
+        for agent in &given_up {
+            tracing::warn!(agent_id = %agent, "pool: the gateway does not answer this instance; releasing the agent with its holder record for a take-over");
+            self.forget(agent.clone());
+        }
+        let mut results = self.backend.release(&signed_out, false).await;
+        results.extend(self.backend.release(&given_up, true).await);
+        signed_out.extend(given_up);
         for (agent, result) in signed_out.iter().zip(results) {
             self.ownership.lock().handing_over.remove(agent);
             match result {

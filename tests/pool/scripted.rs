@@ -31,6 +31,9 @@ struct Coordinator {
     release_batches: Vec<usize>,
     /// Whether this instance was still a member at each release batch.
     member_at_release: Vec<bool>,
+    /// Agents released with their holder record kept (the sign-out could not reach the
+    /// gateway).
+    released_with_proof: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -110,9 +113,16 @@ impl Backend for Scripted {
         })
     }
 
-    async fn release(&mut self, agents: &[String]) -> Vec<Result<bool, PoolError>> {
+    async fn release(
+        &mut self,
+        agents: &[String],
+        keep_proof: bool,
+    ) -> Vec<Result<bool, PoolError>> {
         let me = self.me.clone();
         self.script.with(|c| {
+            if keep_proof {
+                c.released_with_proof.extend(agents.iter().cloned());
+            }
             c.release_batches.push(agents.len());
             let member = c.members.contains(&me);
             c.member_at_release.push(member);
@@ -415,4 +425,50 @@ async fn a_drain_steps_out_of_the_members_first_and_releases_in_one_batch() {
             "{agent} signed out before its release"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_the_gateway_stops_answering_steps_out_and_gives_its_agents_up_with_their_proof(
+) {
+    let agents: Vec<String> = (2601..2607).map(|a| a.to_string()).collect();
+    let t = in_process(&agents).await;
+    wait_until(SETTLE, "every agent signed in", || async {
+        agents.iter().all(|a| t.sessions.has_running_session(a))
+    })
+    .await;
+    // A peer that serves joins; "a" keeps its rendezvous share.
+    let peer = "peer-ok".to_string();
+    let members = vec!["a".to_string(), peer.clone()];
+    let mine: BTreeSet<String> = agents
+        .iter()
+        .filter(|x| choose(&members, x) == Some("a"))
+        .cloned()
+        .collect();
+    assert!(!mine.is_empty() && mine.len() < agents.len(), "{mine:?}");
+    t.script.with(|c| c.members.push(peer.clone()));
+    let owned = || {
+        t.pool
+            .ownership()
+            .status()
+            .owned
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    };
+    wait_until(SETTLE, "a hands the peer its share", || async {
+        owned() == mine
+    })
+    .await;
+    // The gateway stops answering "a" (its TLS trust rotated wrongly, a network policy…).
+    t.sim.shutdown();
+    wait_until(SETTLE, "a stepped out and gave its agents up", || async {
+        t.script
+            .with(|c| !c.members.contains(&"a".to_string()) && c.owners.is_empty())
+    })
+    .await;
+    let with_proof: BTreeSet<String> = t
+        .script
+        .with(|c| c.released_with_proof.iter().cloned().collect());
+    assert_eq!(with_proof, mine, "given up with their holder records");
+    assert!(owned().is_empty());
+    assert!(mine.iter().all(|x| !t.sessions.has_running_session(x)));
 }
