@@ -102,7 +102,9 @@ impl Hub {
     ) -> Self {
         Self {
             window: RwLock::new(Window {
-                events: VecDeque::with_capacity(capacity.clamp(1, 64)),
+                // Grown on the first event: most signed-in agents are idle, and 1,000 idle
+                // agents would otherwise hold 0.5 MiB of empty windows.
+                events: VecDeque::new(),
                 next_seq: 1,
                 end: None,
             }),

@@ -11,7 +11,7 @@ use super::hub::Hub;
 use crate::gateway::{AgentAuth, GatewayClient, GatewayError, Interface};
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
@@ -88,12 +88,15 @@ impl Poller {
     pub async fn run(self) -> PollEnd {
         let mut failures: u32 = 0;
         let mut lost_answer = false;
+        // One registration with the token for the loop's life, not one per poll and per pause.
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let sent = self.auth.current();
             let sent_at = Instant::now();
             let answer = tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => return PollEnd::Cancelled,
+                () = &mut cancelled => return PollEnd::Cancelled,
                 a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
             };
             self.guid_use.record(sent_at, &answer);
@@ -116,7 +119,7 @@ impl Poller {
                             }
                             Duration::ZERO
                         }
-                        None => self.settings.gap,
+                        None => idle_pause(self.settings.gap, Instant::now()),
                     }
                 }
                 Err(e) if e.is_auth_rejection() => {
@@ -155,12 +158,30 @@ impl Poller {
             if !pause.is_zero() {
                 tokio::select! {
                     biased;
-                    () = self.cancel.cancelled() => return PollEnd::Cancelled,
+                    () = &mut cancelled => return PollEnd::Cancelled,
                     () = tokio::time::sleep(pause) => {}
                 }
             }
         }
     }
+}
+
+/// Where every loop's idle pauses are aligned from.
+static GRID_EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The pause after an empty answer: `gap`, stretched so it ends on a process-wide grid of
+/// `gap / 2` steps, i.e. between `gap` and 1.5 × `gap` (200–300 ms by default, inside the
+/// vendor's 200–500 ms). Idle agents then re-poll in batches: one timer wake-up sends many polls,
+/// and since the gateway holds each poll equally long, their empty answers come back together
+/// too, instead of two wake-ups of the process per idle poll.
+fn idle_pause(gap: Duration, now: Instant) -> Duration {
+    let step = gap.as_nanos() / 2;
+    if step == 0 {
+        return gap;
+    }
+    let earliest = now.saturating_duration_since(*GRID_EPOCH).as_nanos() + gap.as_nanos();
+    let aligned = earliest.div_ceil(step) * step;
+    gap + Duration::from_nanos((aligned - earliest) as u64)
 }
 
 fn error_kind(e: &GatewayError) -> &'static str {
@@ -194,6 +215,23 @@ pub fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_pauses_end_on_a_shared_grid_within_one_and_a_half_gaps() {
+        let gap = Duration::from_millis(200);
+        let base = *GRID_EPOCH + Duration::from_secs(7);
+        let ends: Vec<Instant> = [1, 37, 99, 100]
+            .iter()
+            .map(|ms| {
+                let now = base + Duration::from_millis(*ms);
+                let pause = idle_pause(gap, now);
+                assert!(pause >= gap && pause <= gap * 3 / 2, "{ms} ms: {pause:?}");
+                now + pause
+            })
+            .collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{ends:?}");
+        assert_eq!(idle_pause(Duration::ZERO, base), Duration::ZERO);
+    }
 
     #[test]
     fn backoff_grows_and_stays_bounded() {

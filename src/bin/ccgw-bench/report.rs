@@ -40,6 +40,8 @@ pub struct Row {
     pub target: String,
     /// `None`: informational, no target.
     pub pass: Option<bool>,
+    /// The figure has a target but the run could not measure it (the reason is in `measured`).
+    pub not_measured: bool,
 }
 
 /// A scenario's results: table rows and JSON fields.
@@ -72,6 +74,24 @@ impl Report {
             measured: measured.into(),
             target: String::new(),
             pass: None,
+            not_measured: false,
+        });
+    }
+
+    /// A row with a target that this run could not measure: printed as such, never as a pass,
+    /// and counted in the JSON line's `targets_not_measured`.
+    pub fn not_measured(
+        &mut self,
+        figure: impl Into<String>,
+        why: impl std::fmt::Display,
+        target: impl Into<String>,
+    ) {
+        self.rows.push(Row {
+            figure: figure.into(),
+            measured: format!("not measured: {why}"),
+            target: target.into(),
+            pass: None,
+            not_measured: true,
         });
     }
 
@@ -95,6 +115,7 @@ impl Report {
             measured: measured.into(),
             target: target.into(),
             pass: Some(pass),
+            not_measured: false,
         });
     }
 
@@ -102,8 +123,11 @@ impl Report {
         self.json.insert(key.to_owned(), value.into());
     }
 
+    /// Every target row passed; a target the run could not measure is not met.
     pub fn targets_met(&self) -> bool {
-        self.rows.iter().all(|r| r.pass != Some(false))
+        self.rows
+            .iter()
+            .all(|r| r.pass != Some(false) && !r.not_measured)
     }
 
     /// Prints the table, then the JSON line.
@@ -137,10 +161,11 @@ impl Report {
         );
         println!("{}", "-".repeat(w0 + w1 + w2 + 12));
         for r in &self.rows {
-            let verdict = match r.pass {
-                Some(true) => "pass",
-                Some(false) => "FAIL",
-                None => "",
+            let verdict = match (r.pass, r.not_measured) {
+                (_, true) => "NOT MEASURED",
+                (Some(true), _) => "pass",
+                (Some(false), _) => "FAIL",
+                (None, _) => "",
             };
             println!(
                 "{:<w0$}  {:>w1$}  {:<w2$}  {verdict}",
@@ -160,6 +185,8 @@ impl Report {
         line.insert("scenario".into(), self.scenario.into());
         line.insert("failures".into(), self.failures.into());
         line.insert("targets_met".into(), self.targets_met().into());
+        let not_measured = self.rows.iter().filter(|r| r.not_measured).count();
+        line.insert("targets_not_measured".into(), not_measured.into());
         line.append(&mut self.json.clone());
         println!("{}", Value::Object(line));
     }

@@ -8,9 +8,11 @@
 //! come one `play_step` = 20 ms later, so an immediate stop cancels them); `stopplay` from
 //! Starting moves it to Stopping and queues three events over 3 × 20 ms, then Idle. A second
 //! `play` before Idle is refused (500-007). Each pair therefore takes one agent from a FIFO pool
-//! and returns it with a 150 ms cool-down (2.5× the 60 ms the simulator needs); the pool is sized
-//! so the cool-down is normally over when the agent comes round again. Waits are counted and
-//! reported: if they are not ~0, the pool (not the path) limited throughput.
+//! and returns it with a 150 ms cool-down (2.5× the 60 ms the simulator needs). Every path (direct,
+//! bridge, relay) draws from a pool of the same size, large enough that the cool-down is over when
+//! an agent comes round again even on the fastest path. Waits are counted: while a path waited for
+//! more than [`MAX_WAITS_PER_PAIR`] of its pairs, the pool (not the path) limited its rate, and no
+//! throughput ratio involving it is reported.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::{BeginPlayRequest, StopPlayRequest};
 use futures::StreamExt;
+use serde_json::Value;
 use tonic::transport::Channel;
 
 use crate::clients::{self, Control, Direct, DirectAgent, SimStats, VOICE_PATH};
@@ -45,17 +48,75 @@ pub struct Opts {
 /// How long an agent rests after its StopPlay answer before it plays again.
 const COOL_DOWN: Duration = Duration::from_millis(150);
 
+/// Agents per path. A pool of `n` sustains `n / COOL_DOWN` pairs per second without waits:
+/// 4,096 allow ≈ 27,000 pairs/s (54,000 calls/s), above what any path reaches at c=64 on two
+/// cores (direct: ≈ 10,000 calls/s).
+pub const DEFAULT_AGENTS: usize = 4096;
+
+/// Pool waits per measured pair above which a path's rate is the pool's, not the path's: 0.1 %.
+const MAX_WAITS_PER_PAIR: f64 = 0.001;
+
+/// One path's rate over its measured slices.
+#[derive(Clone, Copy)]
+struct Rate {
+    name: &'static str,
+    calls: u64,
+    waits: u64,
+    secs: f64,
+}
+
+impl Rate {
+    fn of(name: &'static str, t: &Tally) -> Rate {
+        Rate {
+            name,
+            calls: t.calls,
+            waits: t.waits,
+            secs: t.cpu.wall.as_secs_f64(),
+        }
+    }
+
+    fn per_s(&self) -> f64 {
+        self.calls as f64 / self.secs.max(1e-9)
+    }
+
+    /// Why this rate is not the path's own, if it is not: too many pool waits.
+    fn limited_by_pool(&self) -> Option<String> {
+        let pairs = (self.calls / 2).max(1);
+        let allowed = MAX_WAITS_PER_PAIR * pairs as f64;
+        (self.waits as f64 > allowed).then(|| {
+            format!(
+                "{} waited for a cooled-down agent {} times in {pairs} pairs (> {:.1} %); raise --agents",
+                self.name,
+                self.waits,
+                MAX_WAITS_PER_PAIR * 100.0
+            )
+        })
+    }
+}
+
+/// `a ÷ b` in calls per second, or why it would measure the agent pool instead of the paths.
+fn throughput_ratio(a: Rate, b: Rate) -> Result<f64, String> {
+    match (a.limited_by_pool(), b.limited_by_pool()) {
+        (None, None) => Ok(a.per_s() / b.per_s().max(1e-9)),
+        (Some(w), None) | (None, Some(w)) => Err(w),
+        (Some(wa), Some(wb)) => Err(format!("{wa}; {wb}")),
+    }
+}
+
 struct Pool {
     queue: Mutex<VecDeque<(usize, Instant)>>,
     waits: AtomicU64,
+    cool_down: Duration,
 }
 
 impl Pool {
-    fn new(n: usize) -> Pool {
+    /// `n` agents, each resting `cool_down` after its pair.
+    fn new(n: usize, cool_down: Duration) -> Pool {
         let now = Instant::now();
         Pool {
             queue: Mutex::new((0..n).map(|i| (i, now)).collect()),
             waits: AtomicU64::new(0),
+            cool_down,
         }
     }
 
@@ -73,7 +134,7 @@ impl Pool {
 
     fn put(&self, i: usize) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.push_back((i, Instant::now() + COOL_DOWN));
+        q.push_back((i, Instant::now() + self.cool_down));
     }
 }
 
@@ -234,19 +295,15 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     // itself. The measured path is then the two calls (plus the events they cause).
     let sim = procs::start_sim(bin, "60s", "600s")?;
     let bridge = procs::start_bridge(bin, &sim, &["--poll-timeout", "90s"]).await?;
-    let n_relay = 4 * opts.agents;
-    let relay = procs::start_baseline("relay", &sim, 700_000, n_relay)?;
+    let n = opts.agents;
+    let relay = procs::start_baseline("relay", &sim, 700_000, n)?;
     let echo = procs::start_baseline("echo", &sim, 0, 0)?;
     let control = Control::new(&sim)?;
     control.stats().await?;
     let admin = reqwest::Client::builder().build()?;
 
-    let n = opts.agents;
     let bridge_ids: Vec<String> = (0..n).map(|i| (200_000 + i).to_string()).collect();
-    // The direct path is much faster, so its pool is four times as large (direct agents are not
-    // polled and cost the bridge nothing); pool waits are reported either way.
-    let n_direct = 4 * n;
-    let direct_ids: Vec<String> = (0..n_direct).map(|i| (300_000 + i).to_string()).collect();
+    let direct_ids: Vec<String> = (0..n).map(|i| (300_000 + i).to_string()).collect();
     let max_c = opts.concurrencies.iter().copied().max().unwrap_or(1);
     let n_channels = max_c.div_ceil(opts.workers_per_channel).max(1);
     let mut channels = Vec::new();
@@ -257,13 +314,13 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         relay_channels.push(clients::channel(&relay.url).await?);
         echo_channels.push(clients::channel(&echo.url).await?);
     }
-    let relay_ids: Vec<String> = (0..n_relay).map(|i| (700_000 + i).to_string()).collect();
+    let relay_ids: Vec<String> = (0..n).map(|i| (700_000 + i).to_string()).collect();
     let t = Instant::now();
     clients::sign_in_via_bridge(&channels[0], &bridge_ids, 64).await?;
     let direct = Direct::new(&sim)?;
     let direct_agents = clients::sign_in_direct(&direct, &direct_ids, 64).await?;
     eprintln!(
-        "unary: {n} + {n_direct} agents signed in in {:.1} s",
+        "unary: {n} + {n} agents signed in in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     // Let every bridge poller drain the sign-in events and settle into a held poll.
@@ -274,7 +331,7 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
             client: direct,
             agents: direct_agents,
         },
-        pool: Pool::new(n_direct),
+        pool: Pool::new(n, COOL_DOWN),
     });
     let failures = Arc::new(Failures::default());
 
@@ -326,7 +383,7 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     let mut discarded = 0;
     for &c in &opts.concurrencies {
         let nch = c.div_ceil(opts.workers_per_channel).clamp(1, n_channels);
-        let grpc_path = |chs: &[Channel], agents: &[String]| {
+        let grpc_path = |chs: &[Channel], agents: &[String], cool_down| {
             Arc::new(PathCtx {
                 way: Way::Bridge {
                     clients: chs[..nch]
@@ -335,14 +392,15 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
                         .collect(),
                     agents: agents.to_vec(),
                 },
-                pool: Pool::new(agents.len()),
+                pool: Pool::new(agents.len(), cool_down),
             })
         };
         let paths = [
             direct_path.clone(),
-            grpc_path(&channels, &bridge_ids),
-            grpc_path(&relay_channels, &relay_ids),
-            grpc_path(&echo_channels, &relay_ids),
+            grpc_path(&channels, &bridge_ids, COOL_DOWN),
+            grpc_path(&relay_channels, &relay_ids, COOL_DOWN),
+            // The echo answers without the gateway: its agents need no rest.
+            grpc_path(&echo_channels, &relay_ids, Duration::ZERO),
         ];
         // Whose CPU a path's slices are charged to: the process serving it.
         let servers = [&bridge.proc, &bridge.proc, &relay.proc, &echo.proc];
@@ -402,16 +460,15 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     }
     failures.add_to(&mut report);
     report.info(
-        "agents (bridge / direct pool; cool-down after stop)",
-        format!("{n} / {n_direct}; {} ms", COOL_DOWN.as_millis()),
+        "agents per path (direct, bridge, relay); cool-down after stop",
+        format!("{n}; {} ms", COOL_DOWN.as_millis()),
     );
     report.info(
         "slice pairs discarded for load from other processes",
         format!("{discarded} (limit {:.0}% of a core)", procs::FOREIGN_LIMIT),
     );
     report.set("discarded_slice_pairs", discarded);
-    report.set("agents_bridge", n);
-    report.set("agents_direct", n_direct);
+    report.set("agents_per_path", n);
     report.set("sim_poll_hold_s", 60);
     report.notes.push(
         "each pair makes the simulator emit 3 events (PhoneRelease, Ready, StopPlayDone) that the bridge polls; 'the call itself' subtracts them at the calibrated cost per polled event".into(),
@@ -436,10 +493,8 @@ fn summarize(
     let (dn, bn) = ("direct", "bridge");
     let ds = Samples::new(d.lat.clone());
     let bs = Samples::new(b.lat.clone());
-    let tput = |t: &CpuUse, calls: u64| calls as f64 / t.wall.as_secs_f64().max(1e-9);
-    let d_tput = tput(&d.cpu, d.calls);
-    let b_tput = tput(&b.cpu, b.calls);
-    let ratio = b_tput / d_tput.max(1e-9);
+    let (d_rate, b_rate) = (Rate::of(dn, d), Rate::of(bn, b));
+    let (d_tput, b_tput) = (d_rate.per_s(), b_rate.per_s());
     let per_call = |cpu: Duration, calls: u64| cpu.as_nanos() as f64 / 1000.0 / calls.max(1) as f64;
     let b_cpu_call = per_call(b.cpu.bridge, b.calls);
     let hs_per_1000 = b.sim.tls_handshakes as f64 * 1000.0 / b.calls.max(1) as f64;
@@ -469,10 +524,23 @@ fn summarize(
         format!("{p} bridge CPU per call, the call itself"),
         format!("{call_only:.1} µs"),
     );
-    report.info(
-        format!("{p} throughput {bn}÷{dn}"),
-        format!("{ratio:.2} ({bn} {b_tput:.0}/s ÷ {dn} {d_tput:.0}/s)"),
-    );
+    match throughput_ratio(b_rate, d_rate) {
+        Ok(ratio) => {
+            report.info(
+                format!("{p} throughput {bn}÷{dn}"),
+                format!("{ratio:.2} ({bn} {b_tput:.0}/s ÷ {dn} {d_tput:.0}/s)"),
+            );
+            report.set(&format!("c{c}_throughput_ratio"), round(ratio, 3));
+        }
+        Err(why) => {
+            eprintln!("unary c={c}: throughput {bn}÷{dn} not measured: {why}");
+            report.info(
+                format!("{p} throughput {bn}÷{dn}"),
+                format!("not measured: {why}"),
+            );
+            report.set(&format!("c{c}_throughput_ratio"), Value::Null);
+        }
+    }
     report.target(
         format!("{p} new gateway TLS handshakes /1000 calls"),
         format!(
@@ -544,7 +612,6 @@ fn summarize(
     );
     report.set(&format!("c{c}_direct_calls_per_s"), round(d_tput, 0));
     report.set(&format!("c{c}_bridge_calls_per_s"), round(b_tput, 0));
-    report.set(&format!("c{c}_throughput_ratio"), round(ratio, 3));
     report.set(
         &format!("c{c}_bridge_cpu_per_call_us"),
         round(b_cpu_call, 1),
@@ -665,29 +732,41 @@ fn against_baselines(
             measured,
         );
     }
-    let tput = |t: &Tally| t.calls as f64 / t.cpu.wall.as_secs_f64().max(1e-9);
-    let (dt, bt, rt, et) = (tput(d), tput(b), tput(r), tput(e));
+    let (dr, br, rr, er) = (
+        Rate::of("direct", d),
+        Rate::of("bridge", b),
+        Rate::of("relay", r),
+        Rate::of("echo", e),
+    );
+    let (bt, rt, et) = (br.per_s(), rr.per_s(), er.per_s());
+    let shown = |x: Result<f64, String>| x.map_or_else(|_| "n/m".to_owned(), |x| format!("{x:.2}"));
     report.info(
         format!("{p} throughput ÷ direct: relay / echo"),
         format!(
-            "{:.2} / {:.2} ({rt:.0}/s, {et:.0}/s)",
-            rt / dt.max(1e-9),
-            et / dt.max(1e-9)
+            "{} / {} ({rt:.0}/s, {et:.0}/s)",
+            shown(throughput_ratio(rr, dr)),
+            shown(throughput_ratio(er, dr))
         ),
     );
-    let ratio = bt / rt.max(1e-9);
-    let measured = format!("{ratio:.2} (bridge {bt:.0}/s ÷ relay {rt:.0}/s)");
-    if c >= 64 {
-        report.target(
-            format!("{p} throughput bridge ÷ relay"),
-            measured,
-            ratio,
-            0.6,
-            true,
-            "≥ 0.6",
-        );
-    } else {
-        report.info(format!("{p} throughput bridge ÷ relay"), measured);
+    let figure = format!("{p} throughput bridge ÷ relay");
+    let ratio = throughput_ratio(br, rr);
+    match &ratio {
+        Ok(ratio) => {
+            let measured = format!("{ratio:.2} (bridge {bt:.0}/s ÷ relay {rt:.0}/s)");
+            if c >= 64 {
+                report.target(figure, measured, *ratio, 0.6, true, "≥ 0.6");
+            } else {
+                report.info(figure, measured);
+            }
+        }
+        Err(why) => {
+            eprintln!("unary c={c}: throughput bridge÷relay not measured: {why}");
+            if c >= 64 {
+                report.not_measured(figure, why, "≥ 0.6");
+            } else {
+                report.info(figure, format!("not measured: {why}"));
+            }
+        }
     }
     report.set(&format!("c{c}_relay_cpu_per_call_us"), round(r_cpu, 1));
     report.set(&format!("c{c}_echo_cpu_per_call_us"), round(e_cpu, 1));
@@ -696,7 +775,50 @@ fn against_baselines(
     report.set(&format!("c{c}_echo_calls_per_s"), round(et, 0));
     report.set(
         &format!("c{c}_throughput_bridge_over_relay"),
-        round(ratio, 3),
+        ratio.map_or(Value::Null, |x| round(x, 3).into()),
     );
     report.set(&format!("c{c}_pool_waits_relay"), r.waits);
+    report.set(&format!("c{c}_pool_waits_echo"), e.waits);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(name: &'static str, calls: u64, waits: u64) -> Rate {
+        Rate {
+            name,
+            calls,
+            waits,
+            secs: 2.0,
+        }
+    }
+
+    #[test]
+    fn a_ratio_is_given_when_neither_path_waited_beyond_the_threshold() {
+        // 10,000 pairs each: 10 waits is exactly 0.1 %, still the path's own rate.
+        let r = throughput_ratio(rate("bridge", 20_000, 10), rate("relay", 40_000, 0));
+        assert_eq!(r, Ok(0.5));
+    }
+
+    #[test]
+    fn a_ratio_is_refused_while_either_path_waited_for_agents() {
+        let why = throughput_ratio(rate("bridge", 20_000, 11), rate("relay", 40_000, 0))
+            .expect_err("bridge waited for 0.11 % of its pairs");
+        assert!(
+            why.contains("bridge waited") && why.contains("11 times in 10000 pairs"),
+            "{why}"
+        );
+        let why = throughput_ratio(rate("bridge", 20_000, 0), rate("relay", 40_000, 5_000))
+            .expect_err("relay waited");
+        assert!(why.starts_with("relay waited"), "{why}");
+        let why = throughput_ratio(rate("bridge", 2, 1), rate("relay", 2, 1)).unwrap_err();
+        assert!(why.contains("bridge") && why.contains("relay"), "{why}");
+    }
+
+    #[test]
+    fn a_path_without_calls_but_with_waits_is_refused() {
+        assert!(rate("bridge", 0, 1).limited_by_pool().is_some());
+        assert!(rate("bridge", 0, 0).limited_by_pool().is_none());
+    }
 }
