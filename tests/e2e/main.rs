@@ -13,6 +13,7 @@ mod ops;
 mod python;
 mod readiness;
 mod recordplay;
+mod reflection;
 mod reliability;
 mod retcodes;
 mod statuses;
