@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
+mod pem;
+
 /// Settings of the standalone simulator.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -297,6 +299,11 @@ impl BridgeArgs {
         &self,
         gateway_override: Option<(String, Vec<u8>)>,
     ) -> Result<Config, ConfigError> {
+        if self.simulate && !self.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "--simulate starts a gateway of this process's own, so with --etcd-endpoints every replica would get its own gateway and the pool would share nothing; run one simulator for all replicas instead: `ccgw-bridge simulate` prints url=… and ca=…, give them to each replica as --gateway-url and --ca-cert",
+            ));
+        }
         if self.simulate && (self.gateway_url.is_some() || self.ca_cert.is_some()) {
             return Err(invalid(
                 "--simulate runs its own gateway: it cannot be combined with --gateway-url or --ca-cert (CCGW_GATEWAY_URL, CCGW_CA_CERT); drop one or the other",
@@ -311,7 +318,7 @@ impl BridgeArgs {
                 let ca = self
                     .ca_cert
                     .as_deref()
-                    .map(|p| read(p, "--ca-cert"))
+                    .map(|p| pem::ca_bundle(p, "--ca-cert"))
                     .transpose()?;
                 (url, ca)
             }
@@ -319,9 +326,9 @@ impl BridgeArgs {
         validate_gateway_url(&base_url)?;
         let client_identity_pem = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
-                let mut pem = read(cert, "--client-cert")?;
+                let (mut pem, key) = pem::identity((cert, "--client-cert"), (key, "--client-key"))?;
                 pem.push(b'\n');
-                pem.extend(read(key, "--client-key")?);
+                pem.extend(key);
                 Some(pem)
             }
             _ => None,
@@ -464,15 +471,18 @@ impl BridgeArgs {
             ));
         }
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(ServerTls {
-                cert: read(cert, "--tls-cert")?,
-                key: read(key, "--tls-key")?,
-                client_ca: self
-                    .tls_client_ca
-                    .as_deref()
-                    .map(|p| read(p, "--tls-client-ca"))
-                    .transpose()?,
-            }),
+            (Some(cert), Some(key)) => {
+                let (cert, key) = pem::identity((cert, "--tls-cert"), (key, "--tls-key"))?;
+                Some(ServerTls {
+                    cert,
+                    key,
+                    client_ca: self
+                        .tls_client_ca
+                        .as_deref()
+                        .map(|p| pem::ca_bundle(p, "--tls-client-ca"))
+                        .transpose()?,
+                })
+            }
             _ => None,
         };
         let auth_token = match &self.auth_token_file {
