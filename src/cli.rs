@@ -70,7 +70,7 @@ impl From<Status> for Failure {
 pub async fn run(args: CallArgs) -> ExitCode {
     match ops::call(&args)
         .await
-        .map_err(|f| explain_transport(f, &args.addr))
+        .map_err(|f| with_hint(explain_transport(f, &args.addr), &args))
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) if args.json => {
@@ -94,6 +94,42 @@ pub async fn run(args: CallArgs) -> ExitCode {
             eprintln!("error: writing to stdout: {e}");
             ExitCode::from(EXIT_CALL_FAILED)
         }
+    }
+}
+
+/// Adds a hint to a failed call whose status points at a likely mistake: TLS towards a
+/// plaintext bridge, or `--addr` at the admin port instead of the API's.
+fn with_hint(failure: Failure, args: &CallArgs) -> Failure {
+    let Failure::Call(status) = failure else {
+        return failure;
+    };
+    let text = status.message().to_ascii_lowercase();
+    let tls = args.ca_cert.is_some()
+        || args.client_cert.is_some()
+        || args.addr.trim().starts_with("https://");
+    let hint = if tls
+        && (text.contains("invalidcontenttype")
+            || text.contains("corrupt message")
+            || text.contains("wrong version number"))
+    {
+        Some(format!(
+            "the bridge at {} answered without TLS: it serves plaintext; drop --ca-cert (and --client-cert/--client-key), or start the bridge with --tls-cert",
+            args.addr
+        ))
+    } else if status.code() == tonic::Code::Unimplemented && text.contains("http status code 404") {
+        Some(format!(
+            "{} answers HTTP 404 to the API: is it the admin port (--admin-listen, default :9090: probes, /metrics and gRPC health only)? The API listens on --listen (default 127.0.0.1:50051)",
+            args.addr
+        ))
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => Failure::Call(Status::new(
+            status.code(),
+            format!("{} (hint: {hint})", status.message()),
+        )),
+        None => Failure::Call(status),
     }
 }
 

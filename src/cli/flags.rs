@@ -151,6 +151,14 @@ pub enum CallOp {
         #[arg(long)]
         agent: String,
     },
+    /// This instance's place in the agent pool (WatchOwnership): its name, lease state and the
+    /// agents it owns, then again at every change, until the stream ends or Ctrl-C. Without a
+    /// pool the bridge answers FAILED_PRECONDITION (POOL_DISABLED).
+    Ownership {
+        /// Print the current snapshot only, then exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the agent's play events as they arrive, until the stream ends or Ctrl-C
     /// (WatchPlayEvents; WatchAgentEvents with --all).
     Watch {

@@ -8,7 +8,7 @@ use crate::proto::record_play_service_client::RecordPlayServiceClient;
 use crate::proto::{
     BeginPlayRequest, FastForwardRequest, GetSessionRequest, ListSessionsRequest, PausePlayRequest,
     ResumePlayRequest, RewindRequest, SignInRequest, SignOutRequest, StopPlayRequest,
-    WatchAgentEventsRequest, WatchPlayEventsRequest,
+    WatchAgentEventsRequest, WatchOwnershipRequest, WatchPlayEventsRequest,
 };
 use serde_json::{json, Value};
 
@@ -53,7 +53,22 @@ pub(super) async fn call(args: &CallArgs) -> Result<(), Failure> {
                 ))
                 .await?
                 .into_inner();
-            out.message(&r.message)?;
+            // An empty message: this bridge held the agent and signed it out. Otherwise the
+            // bridge says why nothing was sent (e.g. the agent was not signed in here).
+            let signed_out = r.message.is_empty();
+            let text = if signed_out {
+                format!("agent {agent} signed out")
+            } else {
+                r.message
+            };
+            if out.json {
+                emit!(
+                    "{}",
+                    json!({"agent_id": agent, "signed_out": signed_out, "message": text})
+                )?;
+            } else {
+                emit!("{text}")?;
+            }
         }
         CallOp::Play {
             agent,
@@ -178,6 +193,19 @@ pub(super) async fn call(args: &CallArgs) -> Result<(), Failure> {
                 .await?
                 .into_inner();
             out.session(&s)?;
+        }
+        CallOp::Ownership { once } => {
+            let mut stream = sessions()
+                .watch_ownership(WatchOwnershipRequest {})
+                .await?
+                .into_inner();
+            if *once {
+                if let Some(o) = stream.message().await? {
+                    out.ownership(&o)?;
+                }
+            } else {
+                watch(stream, |o| out.ownership(&o)).await?;
+            }
         }
         CallOp::Watch {
             agent,

@@ -2,7 +2,7 @@
 //! (field names as in the proto, enums by name, timestamps as RFC 3339), failures as
 //! `error: CODE REASON: message` or one `{"error": {…}}` object.
 
-use crate::proto::{AgentEvent, PlayEvent, PlayEventType, Session, SessionState};
+use crate::proto::{AgentEvent, Ownership, PlayEvent, PlayEventType, Session, SessionState};
 use serde_json::{json, Map, Value};
 use tonic::Status;
 use tonic_types::StatusExt;
@@ -67,8 +67,30 @@ impl Output {
     pub(super) fn message(&self, message: &str) -> std::io::Result<()> {
         if self.json {
             emit!("{}", json!({ "message": message }))
+        } else if message.is_empty() {
+            emit!("ok")
         } else {
-            emit!("ok {message:?}")
+            emit!("ok: {message}")
+        }
+    }
+
+    pub(super) fn ownership(&self, o: &Ownership) -> std::io::Result<()> {
+        if self.json {
+            emit!(
+                "{}",
+                json!({"instance": o.instance, "lease_state": o.lease_state, "agent_ids": o.agent_ids})
+            )
+        } else {
+            let agents = if o.agent_ids.is_empty() {
+                "-".to_owned()
+            } else {
+                o.agent_ids.join(",")
+            };
+            emit!(
+                "instance={} lease={} agents={agents}",
+                o.instance,
+                o.lease_state
+            )
         }
     }
 
