@@ -25,5 +25,6 @@ pub enum Command {
     /// Run only the CC-Gateway simulator, printing its URL and CA path.
     Simulate(SimulateArgs),
     /// Call a running bridge's gRPC API (operators and scripts; no grpcurl needed in the pod).
+    #[command(version)]
     Call(CallArgs),
 }

@@ -125,7 +125,7 @@ async fn bridge(cli: Cli) -> ExitCode {
                 status: None,
             },
         });
-        tracing::info!(gateway = %sim.url(), ca = %sim.ca_path().display(), agent = DEMO_AGENT, "simulator started; demo agent will be signed in");
+        tracing::info!(gateway = %sim.url(), agent = DEMO_AGENT, "simulator started; demo agent will be signed in");
     }
     let listeners = Listeners {
         grpc,
@@ -195,8 +195,18 @@ async fn simulate_only(args: SimulateArgs) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let ca = match sim.ca_file() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!(
+                "ccgw-bridge simulate: cannot write the CA file to {} ({e}); set TMPDIR to a writable directory",
+                std::env::temp_dir().display()
+            );
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
     println!("url={}", sim.url());
-    println!("ca={}", sim.ca_path().display());
+    println!("ca={}", ca.display());
     wait_signal().await;
     sim.shutdown();
     if let Ok(guard) = telemetry {

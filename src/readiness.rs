@@ -245,8 +245,20 @@ impl std::fmt::Display for Verdict {
 /// A hint for a gateway transport error, when its text points at a known mistake.
 pub fn hint_for(cause: &str) -> Option<&'static str> {
     let c = cause.to_ascii_lowercase();
-    if c.contains("unknownissuer") || c.contains("self-signed") || c.contains("self signed") {
-        Some("the gateway's certificate is signed by a CA this bridge does not trust: pass that CA's PEM with --ca-cert")
+    // BadSignature: a CA of the same name as the issuer, but not the issuer (another
+    // installation's CA, a re-generated one).
+    if c.contains("unknownissuer")
+        || c.contains("badsignature")
+        || c.contains("self-signed")
+        || c.contains("self signed")
+    {
+        Some("the gateway's certificate is signed by a CA this bridge does not trust: --ca-cert must hold the PEM of the CA that issued it (without --ca-cert, the system roots are used)")
+    } else if c.contains("invalidcontenttype")
+        || c.contains("corrupt message")
+        || c.contains("http/1")
+        || c.contains("wrong version number")
+    {
+        Some("the port of --gateway-url answered without TLS, like a plain HTTP port: the gateway's agent API is HTTPS (often port 8043); check the port")
     } else if c.contains("notvalidforname") || c.contains("not valid for name") {
         Some("the gateway's certificate does not name the --gateway-url host: use the name (or IP) the certificate was issued for")
     } else if c.contains("expired") {

@@ -133,14 +133,17 @@ pub async fn run(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
+    let error_types = error_detail_descriptors()?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(error_types.clone())
         .build_v1()
         .map_err(|e| RunError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(error_types)
         .build_v1alpha()
         .map_err(|e| RunError::Reflection(e.to_string()))?;
 
@@ -307,16 +310,44 @@ pub async fn run(
         tracing::warn!("sign-outs still running at the drain deadline");
     }
     sessions.stop_polling();
-    // Poll loops and the admin listener stop at once once cancelled; the floor only covers
-    // their wake-up when the budget is already spent.
+    // Poll loops stop at once once cancelled; the floor only covers their wake-up when the
+    // budget is already spent.
     let rest = || deadline.max(Instant::now() + Duration::from_millis(100));
     let _ = tokio::time::timeout_at(rest().into(), sessions.wait_stopped()).await;
     stop_admin.cancel();
-    if let Some(admin) = admin {
-        let _ = tokio::time::timeout_at(rest().into(), admin).await;
+    if let Some(mut admin) = admin {
+        // The admin port has nothing in flight worth the drain budget (probes, scrapes), but a
+        // client's gRPC health `Watch` stays open until the client goes: a short grace, then
+        // its connections are cut (it held the drain for the whole --drain-timeout).
+        let grace = Instant::now() + Duration::from_millis(200);
+        if tokio::time::timeout_at(grace.min(rest()).into(), &mut admin)
+            .await
+            .is_err()
+        {
+            admin.abort();
+        }
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     Ok(())
+}
+
+/// `google.rpc.Status` and the error details (`ErrorInfo`, `BadRequest`, `RetryInfo`,
+/// `RequestInfo`, …) with their imports (`any.proto`, `duration.proto`), for reflection: a
+/// client that knows no .proto file (grpcurl, grpcui, Postman) can then decode the details of
+/// a refused call. tonic-types ships them under bare file names; they are served under their
+/// canonical paths (`google/rpc/status.proto`, `google/rpc/error_details.proto`).
+fn error_detail_descriptors() -> Result<prost_types::FileDescriptorSet, RunError> {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .map_err(|e| RunError::Reflection(format!("google.rpc descriptors: {e}")))?;
+    for file in &mut set.file {
+        if let Some(name) = file.name.as_mut() {
+            if matches!(name.as_str(), "status.proto" | "error_details.proto") {
+                *name = format!("google/rpc/{name}");
+            }
+        }
+    }
+    Ok(set)
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

@@ -4,13 +4,15 @@
 //! are interned through the retcode table (unknown ones become `other`), and no label ever holds
 //! an agent password or Guid.
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+
+mod process;
 
 type Labels2 = [(&'static str, &'static str); 2];
 type Labels1 = [(&'static str, &'static str); 1];
@@ -49,6 +51,49 @@ const RPC_METHODS: [&str; 13] = [
     "WatchAgentEvents",
     "WatchPlayEvents",
     "WatchOwnership",
+];
+
+/// Every kind of failed event poll (`ccgw_poll_errors_total{kind}`), created at 0 at start so
+/// that `increase()` sees the first burst (a series born at its first error hides it).
+pub const POLL_ERROR_KINDS: [&str; 7] = [
+    "not_signed_in",
+    "sign_in_again",
+    "retcode",
+    "unreachable",
+    "http_status",
+    "timeout",
+    "bad_answer",
+];
+
+/// The gateway transport outcomes of `ccgw_gateway_requests_total{retcode}`, created at 0 for
+/// every interface at start (retcodes are the gateway's answers, created when seen).
+pub const GATEWAY_TRANSPORT_OUTCOMES: [&str; 5] = [
+    "unreachable",
+    "http_status",
+    "timeout",
+    "outcome_unknown",
+    "not_sent",
+];
+
+/// Every gRPC status code's label (`grpc_code`), created at 0 for every method at start.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
 ];
 
 /// The series one call or poll updates in the common case (a success), resolved once so the
@@ -90,6 +135,8 @@ pub struct Metrics {
     /// Parts built later (the agent pool) register their own metrics here
     /// ([`Metrics::register`]); a scrape locks it briefly.
     registry: std::sync::Mutex<Registry>,
+    /// `process_*`, named as Prometheus' client libraries name them (no `ccgw_` prefix).
+    process: Registry,
     rpc_total: Family<Labels2, Counter>,
     rpc_seconds: Family<Labels1, Histogram>,
     gateway_total: Family<Labels2, Counter>,
@@ -153,7 +200,7 @@ impl Default for Metrics {
         );
         registry.register(
             "grpc_server_handling_seconds",
-            "gRPC unary call latency, by method",
+            "gRPC call latency, by method (for Watch* streams: the time to open the stream)",
             rpc_seconds.clone(),
         );
         registry.register(
@@ -222,6 +269,35 @@ impl Default for Metrics {
             "1 while the bridge is ready (the gateway answers and no pinned agent is down), else 0",
             ready.clone(),
         );
+        let build_info = Family::<Labels2, Gauge>::default();
+        build_info
+            .get_or_create(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("features", if cfg!(feature = "pool") { "pool" } else { "" }),
+            ])
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1: the bridge's version and cargo features, as labels",
+            build_info,
+        );
+        // Every bounded label combination of the alert signals exists from the start, at 0.
+        for kind in POLL_ERROR_KINDS {
+            let _ = poll_errors.get_or_create(&[("kind", kind)]);
+        }
+        for method in RPC_METHODS {
+            for code in GRPC_CODES {
+                let _ = rpc_total.get_or_create(&[("grpc_method", method), ("grpc_code", code)]);
+            }
+        }
+        for interface in crate::gateway::Interface::ALL.map(crate::gateway::Interface::name) {
+            for outcome in GATEWAY_TRANSPORT_OUTCOMES {
+                let _ =
+                    gateway_total.get_or_create(&[("interface", interface), ("retcode", outcome)]);
+            }
+        }
+        let mut process = Registry::default();
+        process::register(&mut process);
         let rpc_resolved = Resolved::table(
             &RPC_METHODS,
             "grpc_method",
@@ -240,6 +316,7 @@ impl Default for Metrics {
             rpc_resolved,
             gateway_resolved,
             registry: std::sync::Mutex::new(registry),
+            process,
             rpc_total,
             rpc_seconds,
             gateway_total,
@@ -333,6 +410,10 @@ impl Metrics {
 
     /// A poll failed (`kind` is a static outcome label).
     pub fn poll_error(&self, kind: &'static str) {
+        debug_assert!(
+            POLL_ERROR_KINDS.contains(&kind),
+            "poll error kind {kind:?} missing from POLL_ERROR_KINDS (created at start)"
+        );
         self.poll_errors.get_or_create(&[("kind", kind)]).inc();
     }
 
@@ -391,12 +472,14 @@ impl Metrics {
 
     /// The OpenMetrics 1.0 text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
+        let mut out = String::with_capacity(32 * 1024);
         // Writing to a String cannot fail.
-        let _ = encode(
+        let _ = encode_registry(
             &mut out,
             &self.registry.lock().unwrap_or_else(|p| p.into_inner()),
         );
+        let _ = encode_registry(&mut out, &self.process);
+        let _ = encode_eof(&mut out);
         out
     }
 

@@ -528,6 +528,91 @@ async fn simulate_then_one_command_plays_and_watch_shows_it() {
     bridge.kill().await.unwrap();
 }
 
+/// A failed call that has a likely cause says so: TLS towards a plaintext bridge, and the admin
+/// port instead of the API's.
+#[tokio::test]
+async fn call_hints_at_a_tls_mismatch_and_at_the_admin_port() {
+    let h = Harness::start().await;
+    let dir = std::env::temp_dir().join(format!("ccgw-cli-hints-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, h.sim.ca_pem()).unwrap();
+    let r = run(&h, &["--ca-cert", ca.to_str().unwrap(), "sessions"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("hint:")
+            && r.stderr.contains("plaintext")
+            && r.stderr.contains("--ca-cert"),
+        "says the bridge serves plaintext and what to drop: {}",
+        r.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = timeout(
+        LIMIT,
+        bare_cli()
+            .args(["call", "--addr", &h.admin.to_string(), "sessions"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hint:") && err.contains("admin") && err.contains("--listen"),
+        "says this is the admin port and where the API is: {err}"
+    );
+}
+
+/// `sign-out` says what happened instead of `ok ""`.
+#[tokio::test]
+async fn sign_out_says_what_happened() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let r = run(&h, &["sign-out", "--agent", "1001"]).await;
+    ok(&r);
+    assert_eq!(r.stdout.trim(), "agent 1001 signed out", "{}", r.stdout);
+    let r = run(&h, &["sign-out", "--agent", "1001"]).await;
+    ok(&r);
+    assert!(
+        r.stdout.contains("1001 was not signed in") && !r.stdout.contains("ok \""),
+        "{}",
+        r.stdout
+    );
+    h.sign_in("1001").await;
+    let r = run(&h, &["sign-out", "--agent", "1001", "--json"]).await;
+    ok(&r);
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["agent_id"], "1001", "{v}");
+    assert_eq!(v["signed_out"], true, "{v}");
+}
+
+/// `call --version` names the binary and its version, like the bridge's `--version`.
+#[tokio::test]
+async fn call_version_prints_the_version() {
+    let out = timeout(LIMIT, bare_cli().args(["call", "--version"]).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains("ccgw-bridge"),
+        "{text}"
+    );
+}
+
+/// Without a pool, `call ownership` fails as the RPC does: FAILED_PRECONDITION POOL_DISABLED.
+#[tokio::test]
+async fn call_ownership_without_a_pool_says_so() {
+    let h = Harness::start().await;
+    let r = run(&h, &["ownership", "--json"]).await;
+    assert_eq!(r.code, Some(1), "{} {}", r.stdout, r.stderr);
+    let e: Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
+    assert_eq!(e["error"]["reason"], "POOL_DISABLED", "{e}");
+}
+
 fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

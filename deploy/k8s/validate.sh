@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Validates every manifest in deploy/k8s against the Kubernetes OpenAPI schemas, strictly
-# (unknown or misspelled fields are errors), offline.
+# (unknown or misspelled fields are errors), offline; then checks.py checks what the schemas
+# cannot (resource figures from the README's formula, a pool's disruption budget and node spread,
+# per-pod DNS for routing, native sidecars), and checks_test.py that those checks catch what they
+# are for.
 #
 # Validator: PyPI `kubernetes-validate`, which ships the JSON schemas of each Kubernetes release
 # inside the package, so no schema host is contacted. It is installed into a private virtualenv
@@ -44,31 +47,19 @@ rc=$?
 set -e
 printf '%s\n' "$out"
 
-# What the schemas cannot say (the OpenAPI type is a bare string) but the API server enforces:
-# an init container's restartPolicy may only be "Always" (a native sidecar).
+# What the schemas cannot say but the API server, the scheduler or the bridge's own sizing rule
+# need (checks.py says what): native sidecars, resource figures derived from the README's memory
+# formula (also in both READMEs), a PodDisruptionBudget and a node spread for a pool, and
+# per-pod DNS (subdomain + headless Service) for routing without a sidecar.
 set +e
-semantic="$("$venv/bin/python" - "${files[@]}" <<'PY'
-import sys, yaml
-bad = 0
-for name in sys.argv[1:]:
-    with open(name) as f:
-        for doc in yaml.safe_load_all(f):
-            if not isinstance(doc, dict):
-                continue
-            spec = doc.get("spec") or {}
-            pod = (spec.get("template") or {}).get("spec") or spec
-            for c in pod.get("initContainers") or []:
-                policy = c.get("restartPolicy")
-                if policy is not None and policy != "Always":
-                    print(f"ERROR {name}: initContainers[{c.get('name')}].restartPolicy "
-                          f"{policy!r}: only 'Always' (native sidecar) is allowed")
-                    bad = 1
-sys.exit(bad)
-PY
-)"
+semantic="$("$venv/bin/python" "$here/checks.py" "$here/../../README.md" "$here/README.md" -- "${files[@]}")"
 src=$?
 set -e
 [[ -n "$semantic" ]] && printf '%s\n' "$semantic"
+# The checks themselves: each defect they exist for, planted in a copy, must be reported.
+if [[ $# -eq 0 ]]; then
+  "$venv/bin/python" "$here/checks_test.py" || src=1
+fi
 if [[ $rc -ne 0 || $src -ne 0 ]] || grep -qv '^INFO ' <<<"$out"; then
   echo "validate.sh: FAILED against Kubernetes $k8s_version (strict)" >&2
   exit 1

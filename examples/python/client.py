@@ -41,25 +41,29 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def load_stubs():
-    """Generates the Python stubs of proto/ccgw/v1 into a temporary directory and imports them."""
-    out = tempfile.mkdtemp(prefix="ccgw-stubs-")
+    """Generates the Python stubs of proto/ccgw/v1 into a temporary directory, imports them and
+    removes the directory (the imported modules need their files no more)."""
     protos = [str(ROOT / "proto/ccgw/v1/recordplay.proto"), str(ROOT / "proto/ccgw/v1/session.proto")]
     # grpc_tools ships the well-known types (google/protobuf/*.proto) in its own package.
     well_known = pathlib.Path(protoc.__file__).parent / "_proto"
-    code = protoc.main(
-        ["protoc", f"-I{ROOT / 'proto'}", f"-I{well_known}", f"--python_out={out}",
-         f"--grpc_python_out={out}", *protos]
-    )
-    if code != 0:
-        sys.exit(f"client.py: FAILED: grpc_tools.protoc exited {code}")
-    for pkg in ("ccgw", "ccgw/v1"):
-        (pathlib.Path(out) / pkg / "__init__.py").touch()
-    sys.path.insert(0, out)
+    with tempfile.TemporaryDirectory(prefix="ccgw-stubs-") as out:
+        code = protoc.main(
+            ["protoc", f"-I{ROOT / 'proto'}", f"-I{well_known}", f"--python_out={out}",
+             f"--grpc_python_out={out}", *protos]
+        )
+        if code != 0:
+            sys.exit(f"client.py: FAILED: grpc_tools.protoc exited {code}")
+        for pkg in ("ccgw", "ccgw/v1"):
+            (pathlib.Path(out) / pkg / "__init__.py").touch()
+        sys.path.insert(0, out)
+        try:
+            from ccgw.v1 import recordplay_pb2, recordplay_pb2_grpc, session_pb2, session_pb2_grpc
+        finally:
+            sys.path.remove(out)
+    return recordplay_pb2, recordplay_pb2_grpc, session_pb2, session_pb2_grpc
 
 
-load_stubs()
-from ccgw.v1 import recordplay_pb2 as rp, recordplay_pb2_grpc as rpg  # noqa: E402
-from ccgw.v1 import session_pb2 as sp, session_pb2_grpc as spg  # noqa: E402
+rp, rpg, sp, spg = load_stubs()
 
 
 class Failed(Exception):

@@ -70,7 +70,18 @@ pub fn gateway_status(err: &GatewayError) -> Status {
                 ],
             )
         }
-        GatewayError::Unreachable(_) => b(Code::Unavailable, "GATEWAY_UNREACHABLE", &[]),
+        GatewayError::Unreachable(cause) => match crate::readiness::hint_for(cause) {
+            // A likely configuration mistake: the caller (often the operator trying the
+            // bridge out) hears the fix too, not only the readiness log.
+            Some(hint) => with_info(
+                Code::Unavailable,
+                format!("{err} (hint: {hint})"),
+                BRIDGE_DOMAIN,
+                "GATEWAY_UNREACHABLE",
+                &[],
+            ),
+            None => b(Code::Unavailable, "GATEWAY_UNREACHABLE", &[]),
+        },
         GatewayError::HttpStatus(status) => {
             // 429 and 503 say the request was not processed. A 502 or 504 from a proxy may
             // come after the gateway acted (the answer was bad or late), so it is UNKNOWN

@@ -134,19 +134,21 @@ pub struct Simulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: String,
-    ca_path: PathBuf,
+    /// The CA written to a file, on first request only: the in-process `--simulate` needs no
+    /// file, and a container's read-only root has no writable temp directory.
+    ca_path: std::sync::OnceLock<PathBuf>,
 }
 
 impl Simulator {
     /// Binds `addr` (use `127.0.0.1:0` in tests), generates a self-signed CA and a leaf
-    /// certificate for `localhost`, `127.0.0.1` and `::1`, writes the CA PEM to a temporary file
-    /// and serves HTTPS (HTTP/1.1 and h2 via ALPN) until shut down.
+    /// certificate for `localhost`, `127.0.0.1` and `::1`, and serves HTTPS (HTTP/1.1 and h2
+    /// via ALPN) until shut down. Nothing is written to disk ([`Simulator::ca_file`] writes the
+    /// CA when asked).
     pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<Simulator> {
         let certs = tls::SimCerts::generate()?;
         let acceptor = tls::acceptor(&certs)?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let ca_path = tls::write_ca_file(&certs.ca_pem, addr.port())?;
         let shared = Arc::new(Shared::new(config));
         tokio::spawn(server::serve(listener, acceptor, Arc::clone(&shared)));
         tokio::spawn(idle::reap_idle_agents(Arc::clone(&shared)));
@@ -154,7 +156,7 @@ impl Simulator {
             shared,
             addr,
             ca_pem: certs.ca_pem,
-            ca_path,
+            ca_path: std::sync::OnceLock::new(),
         })
     }
 
@@ -175,9 +177,31 @@ impl Simulator {
         &self.ca_pem
     }
 
-    /// File holding [`Simulator::ca_pem`], for clients configured by path (`--ca-cert`).
+    /// File holding [`Simulator::ca_pem`], for clients configured by path (`--ca-cert`): written
+    /// to the temp directory on the first call, removed when the simulator is dropped.
+    pub fn ca_file(&self) -> std::io::Result<&Path> {
+        if let Some(path) = self.ca_path.get() {
+            return Ok(path);
+        }
+        let path = tls::write_ca_file(&self.ca_pem, self.addr.port())?;
+        if let Err(path) = self.ca_path.set(path) {
+            // Another thread wrote one first: keep that one.
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(self.ca_path.get().expect("set above"))
+    }
+
+    /// [`Simulator::ca_file`] for tests and tools that cannot go on without it.
+    ///
+    /// # Panics
+    /// If the temp directory is not writable.
     pub fn ca_path(&self) -> &Path {
-        &self.ca_path
+        self.ca_file().unwrap_or_else(|e| {
+            panic!(
+                "cannot write the simulator's CA to {}: {e}",
+                std::env::temp_dir().display()
+            )
+        })
     }
 
     /// Every gateway request received so far (control-plane requests excluded), in arrival order.
@@ -293,6 +317,8 @@ impl Drop for Simulator {
     fn drop(&mut self) {
         self.shutdown();
         // Best effort: a leftover temp file is harmless.
-        let _ = std::fs::remove_file(&self.ca_path);
+        if let Some(path) = self.ca_path.get() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

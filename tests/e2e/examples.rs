@@ -3,7 +3,7 @@
 //! grpcio and @grpc/grpc-js accept it unchanged.
 
 use crate::helpers::*;
-use crate::venv::{self, manifest_addr};
+use crate::venv;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
@@ -58,29 +58,107 @@ fn check_summary(s: &serde_json::Value, agent: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_and_node_examples_run_against_the_manifest_address() {
-    let h = Harness::start().await;
-    let addr = manifest_addr(h.addr.port());
+/// A fresh, empty directory handed to an example as its `TMPDIR`; removed when dropped, also
+/// when the test fails.
+struct Scratch(std::path::PathBuf);
 
-    let mut python = Command::new(venv::python());
-    python
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .arg("examples/python/client.py")
-        .args(["--addr", &addr, "--agent", "1001"]);
-    let mut node = Command::new("node");
-    node.arg(venv::npm_dir("examples/node").join("client.js"))
-        .args(["--agent", "1002"])
-        // The address the app gets: $CCGW_ADDR, as the manifest sets it.
-        .env("CCGW_ADDR", &addr);
-    let (py, js) = tokio::join!(
-        run_example(python, "examples/python/client.py"),
-        run_example(node, "examples/node/client.js")
-    );
-    check_summary(&py, "1001");
-    check_summary(&js, "1002");
-    for agent in ["1001", "1002"] {
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ccgw-example-tmp-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// What a run left here (nothing, for a well-behaved example).
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// [`run_example`], keeping the run's name and `TMPDIR` with its summary.
+async fn run_in(cmd: Command, name: String, tmp: Scratch) -> (serde_json::Value, Scratch, String) {
+    (run_example(cmd, &name).await, tmp, name)
+}
+
+/// Every manifest's `CCGW_ADDR` (deploy/k8s/*.yaml), unchanged but for the port, is the target
+/// of both stock clients: Python grpcio (the address as `--addr`) and Node grpc-js (the address
+/// as `$CCGW_ADDR`, as the manifest hands it to the app). Each run leaves its `TMPDIR` empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_and_node_examples_run_against_every_manifest_address() {
+    let h = Harness::start().await;
+    let addrs = venv::manifest_addrs(h.addr.port());
+    let node_client = venv::npm_dir("examples/node").join("client.js");
+
+    let mut runs = Vec::new();
+    let mut agents = Vec::new();
+    for (i, (manifest, addr)) in addrs.iter().enumerate() {
+        let (py_agent, js_agent) = (format!("{}", 1001 + 2 * i), format!("{}", 1002 + 2 * i));
+        let py_tmp = Scratch::new("py");
+        let mut python = Command::new(venv::python());
+        python
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("TMPDIR", &py_tmp.0)
+            .arg("examples/python/client.py")
+            .args(["--addr", addr, "--agent", &py_agent]);
+        let js_tmp = Scratch::new("js");
+        let mut node = Command::new("node");
+        node.arg(&node_client)
+            .args(["--agent", &js_agent])
+            .env("TMPDIR", &js_tmp.0)
+            // The address the app gets: $CCGW_ADDR, as the manifest sets it.
+            .env("CCGW_ADDR", addr);
+        let py_name = format!("examples/python/client.py --addr {addr} ({manifest})");
+        let js_name = format!("examples/node/client.js with CCGW_ADDR={addr} ({manifest})");
+        runs.push(run_in(python, py_name, py_tmp));
+        runs.push(run_in(node, js_name, js_tmp));
+        agents.push(py_agent);
+        agents.push(js_agent);
+    }
+    let results = futures::future::join_all(runs).await;
+    for ((summary, tmp, name), agent) in results.into_iter().zip(&agents) {
+        check_summary(&summary, agent);
+        assert_eq!(
+            tmp.leftovers(),
+            Vec::<String>::new(),
+            "{name} left files in its TMPDIR"
+        );
         assert!(!h.sim.signed_in(agent), "{agent} signed out by its example");
     }
     h.stop().await.expect("bridge stops cleanly");
+}
+
+/// No manifest, comments included, writes the app's address as a URL (`http://127.0.0.1:50051`):
+/// grpcio ("Misformatted domain name") and grpc-js ("Name resolution failed") refuse that form,
+/// and a reader copies comments as readily as values.
+#[test]
+fn no_manifest_writes_the_app_address_as_a_url() {
+    let mut bad = Vec::new();
+    for (name, text) in venv::manifests() {
+        for (n, line) in text.lines().enumerate() {
+            if ["://127.0.0.1:50051", "://localhost:50051", "://[::1]:50051"]
+                .iter()
+                .any(|url| line.contains(url))
+            {
+                bad.push(format!("{name}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "write gRPC's target syntax (127.0.0.1:50051), not a URL:\n{}",
+        bad.join("\n")
+    );
 }

@@ -178,3 +178,160 @@ async fn metrics_lint_clean_in_both_formats_and_a_sign_out_is_no_error() {
         "a caller's SignOut is no poll error:\n{text}"
     );
 }
+
+/// Every bounded label combination of the alert signals exists at 0 from the start (so that
+/// `increase()` sees the first burst of errors, which a series born at its first error hides),
+/// the process and build metrics are there, and the latency HELP fits stream openings too.
+#[tokio::test]
+async fn every_bounded_series_exists_from_the_start_with_process_and_build_metrics() {
+    let h = Harness::start().await;
+    let (_, text) = scrape(&h, None).await;
+    let has = |series: &str| {
+        text.lines()
+            .any(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+    };
+    let mut missing = Vec::new();
+    for kind in [
+        "not_signed_in",
+        "sign_in_again",
+        "retcode",
+        "unreachable",
+        "http_status",
+        "timeout",
+        "bad_answer",
+    ] {
+        let series = format!(r#"ccgw_poll_errors_total{{kind="{kind}"}}"#);
+        if !has(&series) {
+            missing.push(series);
+        }
+    }
+    let codes = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    for method in ["SignIn", "BeginPlay", "WatchPlayEvents", "WatchOwnership"] {
+        for code in codes {
+            let series = format!(
+                r#"ccgw_grpc_server_handled_total{{grpc_method="{method}",grpc_code="{code}"}}"#
+            );
+            if !has(&series) {
+                missing.push(series);
+            }
+        }
+    }
+    for interface in ["login", "beginPlay", "getAgentEvent", "logout"] {
+        for outcome in [
+            "unreachable",
+            "http_status",
+            "timeout",
+            "outcome_unknown",
+            "not_sent",
+        ] {
+            let series = format!(
+                r#"ccgw_gateway_requests_total{{interface="{interface}",retcode="{outcome}"}}"#
+            );
+            if !has(&series) {
+                missing.push(series);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "missing at start: {missing:#?}\n{text}");
+    assert_eq!(
+        metric(&text, "ccgw_poll_errors_total"),
+        0.0,
+        "all at 0: {text}"
+    );
+
+    // process_* as Prometheus' own client libraries name them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = metric(&text, "process_start_time_seconds");
+    assert!(
+        start > now - 24.0 * 3600.0 && start <= now + 1.0,
+        "start time {start} (now {now})"
+    );
+    assert!(
+        metric(&text, "process_resident_memory_bytes") > 1e6,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "process_virtual_memory_bytes") > 1e6,
+        "{text}"
+    );
+    assert!(metric(&text, "process_open_fds") >= 3.0, "{text}");
+    assert!(
+        metric(&text, "process_max_fds") >= metric(&text, "process_open_fds"),
+        "{text}"
+    );
+    assert!(metric(&text, "process_cpu_seconds_total") > 0.0, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("ccgw_build_info{")
+            && l.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION")))
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    let help = text
+        .lines()
+        .find(|l| l.starts_with("# HELP ccgw_grpc_server_handling_seconds "))
+        .expect("latency HELP");
+    assert!(
+        !help.contains("unary") && help.contains("stream"),
+        "the histogram also times stream openings: {help}"
+    );
+    lint(&text, false);
+    promtool(&text);
+}
+
+/// The alerting rules (deploy/prometheus) use only metrics the bridge exports: the plain
+/// bridge's scrape, or the pool's own registrations (src/pool/metrics.rs).
+#[tokio::test]
+async fn alert_rules_name_only_exported_metrics() {
+    let h = Harness::start().await;
+    let (_, text) = scrape(&h, None).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pool = std::fs::read_to_string(root.join("src/pool/metrics.rs")).unwrap();
+    let rules =
+        std::fs::read_to_string(root.join("deploy/prometheus/ccgw-bridge.rules.yml")).unwrap();
+    let mut names = BTreeSet::new();
+    let mut rest = rules.as_str();
+    while let Some(at) = rest.find("ccgw_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        let in_scrape = text
+            .lines()
+            .any(|l| l.starts_with(&name) && l[name.len()..].starts_with([' ', '{']));
+        let bare = name
+            .strip_prefix("ccgw_")
+            .unwrap()
+            .trim_end_matches("_total");
+        let in_pool = pool.contains(&format!("\"{bare}\""));
+        assert!(
+            in_scrape || in_pool,
+            "{name} (deploy/prometheus) is exported by neither the bridge nor the pool"
+        );
+    }
+}

@@ -32,23 +32,61 @@ pub fn npm_dir(relative: &str) -> PathBuf {
     dir
 }
 
-/// The `CCGW_ADDR` value of deploy/k8s/pod-sidecar.yaml, unchanged but for its port (the tests'
-/// bridges listen on ephemeral ports): what the app of the manifest gets.
-pub fn manifest_addr(port: u16) -> String {
-    let manifest = include_str!("../../deploy/k8s/pod-sidecar.yaml");
-    let mut lines = manifest.lines();
-    lines
-        .find(|l| l.trim() == "- name: CCGW_ADDR")
-        .expect("the manifest sets CCGW_ADDR");
-    let value = lines
-        .next()
-        .and_then(|l| l.trim().strip_prefix("value: "))
-        .expect("CCGW_ADDR has a value on the next line")
-        .trim();
-    let (host, default_port) = value.rsplit_once(':').expect("HOST:PORT");
-    assert_eq!(
-        default_port, "50051",
-        "the manifest's port is the default --listen port"
+/// Every manifest of deploy/k8s (`*.yaml`, `*.yml`) as `(file name, text)`, sorted by name.
+pub fn manifests() -> Vec<(String, String)> {
+    let dir = root().join("deploy/k8s");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&f).unwrap())
+        })
+        .collect()
+}
+
+/// Every `CCGW_ADDR` the manifests of deploy/k8s give an app, as `(file name, value)`, each
+/// unchanged but for its port (the tests' bridges listen on ephemeral ports). Read from the
+/// directory at run time, so a manifest added later is covered without touching the tests.
+pub fn manifest_addrs(port: u16) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (name, text) in manifests() {
+        let mut lines = text.lines();
+        while lines.any(|l| l.trim() == "- name: CCGW_ADDR") {
+            let value = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("value: "))
+                .unwrap_or_else(|| panic!("{name}: CCGW_ADDR has a literal value on the next line"))
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'');
+            let (host, default_port) = value
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("{name}: CCGW_ADDR {value:?} is not HOST:PORT"));
+            assert_eq!(
+                default_port, "50051",
+                "{name}: the manifest's port is the default --listen port"
+            );
+            found.push((name.clone(), format!("{host}:{port}")));
+        }
+    }
+    assert!(
+        found.len() >= 2,
+        "pod-sidecar.yaml and pool-replicas.yaml both set CCGW_ADDR: {found:?}"
     );
-    format!("{host}:{port}")
+    found
+}
+
+/// The `CCGW_ADDR` of deploy/k8s/pod-sidecar.yaml, with `port` (see [`manifest_addrs`]).
+#[allow(dead_code)] // tests/cli.rs uses it
+pub fn manifest_addr(port: u16) -> String {
+    manifest_addrs(port)
+        .into_iter()
+        .find(|(file, _)| file == "pod-sidecar.yaml")
+        .expect("pod-sidecar.yaml sets CCGW_ADDR")
+        .1
 }

@@ -1,0 +1,324 @@
+"""What the Kubernetes schemas cannot say about deploy/k8s, checked by validate.sh.
+
+Usage: python3 checks.py README.md deploy/k8s/README.md -- MANIFEST...
+
+1. An init container's restartPolicy may only be "Always" (a native sidecar); the API server
+   enforces it, the OpenAPI type is a bare string.
+2. Resource figures cannot drift: the README's worst-case memory formula (section "Memory") is the
+   one source. Every ccgw-bridge container states, in a comment, the agents and watchers its
+   request and limit are sized for; the terms, the total and the figure (rounded up to 16Mi) are
+   recomputed here and must equal the container's resources. Both READMEs must quote the same
+   requests and limits wherever they give them.
+3. Availability of a pool (a Deployment of more than one replica whose bridge has
+   --etcd-endpoints): a PodDisruptionBudget that selects its pods and allows one eviction, and a
+   hard spread over nodes (topologySpreadConstraints on kubernetes.io/hostname with
+   DoNotSchedule, or required pod anti-affinity on it).
+4. Routing: a pod template with `subdomain: X` needs a headless Service X (clusterIP: None) in
+   the same file selecting it, and an instance name equal to the pod name (the DNS label); a
+   Service that reaches the bridge's API needs an API listener that is not loopback, secured by
+   TLS and a token. Every Service's and PodDisruptionBudget's selector selects some pod template of
+   its file (a typo would select nothing, which the API server accepts silently).
+"""
+
+import math
+import re
+import sys
+
+import yaml
+
+errors = []
+
+
+def error(where, msg):
+    errors.append(f"ERROR {where}: {msg}")
+
+
+# ---- the formula -------------------------------------------------------------------------------
+
+NUM = r"(\d+(?:\.\d+)?)"
+
+
+def readme_formula(readme):
+    """(base MiB, KiB per agent, KiB per watcher, budget factor, default budget MiB) from README.md."""
+    text = open(readme, encoding="utf-8").read()
+    m = re.search(
+        r"RSS ≤ " + NUM + r" MiB.*?\n\s*\+\s*" + NUM + r" KiB × signed-in agents.*?\n\s*\+\s*"
+        + NUM + r" KiB × open watchers.*?\n\s*\+\s*" + NUM + r" × --event-budget",
+        text,
+    )
+    if not m:
+        error(readme, "the memory formula (```text block starting `RSS ≤`) not found")
+        return None
+    d = re.search(r"\| `--event-budget` \| `CCGW_EVENT_BUDGET` \| `(\d+)MiB` \|", text)
+    if not d:
+        error(readme, "the default of --event-budget (configuration table, in MiB) not found")
+        return None
+    return tuple(float(x) for x in m.groups()) + (float(d.group(1)),)
+
+
+def budget_mib(args, default):
+    for a in args:
+        if a.startswith("--event-budget="):
+            v = a.split("=", 1)[1]
+            units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+            for unit, scale in units.items():
+                if v.endswith(unit):
+                    return float(v[: -len(unit)]) * scale
+            return float(v) / (1024 * 1024)
+    return default
+
+
+def mi(quantity):
+    m = re.fullmatch(r"(\d+)Mi", str(quantity))
+    return int(m.group(1)) if m else None
+
+
+def check_sizing(where, container, comment_lines, formula):
+    base, per_agent, per_watcher, factor, default_budget = formula
+    budget = budget_mib(container.get("args") or [], default_budget)
+    stated = None
+    sized = {}
+    for line in comment_lines:
+        m = re.search(
+            r"RSS <= " + NUM + r" MiB \+ " + NUM + r" KiB x agents \+ " + NUM
+            + r" KiB x watchers \+ " + NUM + r" x --event-budget \(" + NUM + r" MiB\)",
+            line,
+        )
+        if m:
+            stated = tuple(float(x) for x in m.groups())
+        m = re.search(
+            r"(request|limit): ([\d,]+) agents, ([\d,]+) watchers -> (.+?) = " + NUM
+            + r" MiB -> (\d+)Mi",
+            line,
+        )
+        if m:
+            kind, agents, watchers, terms, total, figure = m.groups()
+            sized[kind] = (int(agents.replace(",", "")), int(watchers.replace(",", "")),
+                           [float(t) for t in terms.split(" + ")], float(total), int(figure))
+    if stated is None:
+        error(where, "no comment `RSS <= … x --event-budget (… MiB)` stating the formula")
+        return
+    if stated != (base, per_agent, per_watcher, factor, budget):
+        error(where, f"the formula in the comment {stated} is not the README's "
+                     f"{(base, per_agent, per_watcher, factor)} with --event-budget {budget} MiB")
+    resources = container.get("resources") or {}
+    actual = {
+        "request": mi((resources.get("requests") or {}).get("memory")),
+        "limit": mi((resources.get("limits") or {}).get("memory")),
+    }
+    for kind in ("request", "limit"):
+        if kind not in sized:
+            error(where, f"no comment `{kind}: N agents, M watchers -> … = X MiB -> NMi`")
+            continue
+        agents, watchers, terms, total, figure = sized[kind]
+        want_terms = [base, agents * per_agent / 1024, watchers * per_watcher / 1024,
+                      factor * budget]
+        want_total = sum(want_terms)
+        want_figure = math.ceil(want_total / 16) * 16
+        if len(terms) != 4 or any(abs(a - b) > 0.05 + 1e-9 for a, b in zip(terms, want_terms)):
+            error(where, f"{kind}: terms {terms}, the formula gives "
+                         f"{[round(t, 1) for t in want_terms]}")
+        if abs(total - want_total) > 0.05 + 1e-9:
+            error(where, f"{kind}: total {total} MiB, the formula gives {want_total:.1f} MiB")
+        if figure != want_figure:
+            error(where, f"{kind}: {figure}Mi, the formula rounded up to 16Mi gives {want_figure}Mi")
+        if actual[kind] != want_figure:
+            error(where, f"resources: memory {kind} {actual[kind]}Mi, the comment derives "
+                         f"{want_figure}Mi")
+    return actual["request"], actual["limit"], (resources.get("requests") or {}).get("cpu")
+
+
+def check_readme_figures(readme, figures):
+    """Every 'requests … NMi … limit … MMi' statement in `readme` quotes the manifests' figures."""
+    text = re.sub(r"\s+", " ", open(readme, encoding="utf-8").read())
+    found = 0
+    for m in re.finditer(r"requests?\b[^.]{0,60}?(\d+)Mi\b[^.]{0,40}?limits?\b[^.]{0,30}?(\d+)Mi\b",
+                         text):
+        found += 1
+        pair = (int(m.group(1)), int(m.group(2)))
+        if pair not in {(r, l) for r, l, _ in figures}:
+            error(readme, f"quotes memory request/limit {pair[0]}Mi/{pair[1]}Mi; the manifests "
+                          f"have {sorted({(r, l) for r, l, _ in figures})}: {m.group(0)!r}")
+        cpu = re.search(r"(\d+)m\b", m.group(0))
+        if cpu and f"{cpu.group(1)}m" not in {c for _, _, c in figures}:
+            error(readme, f"quotes CPU request {cpu.group(1)}m; the manifests have "
+                          f"{sorted({c for _, _, c in figures})}")
+    if not found:
+        error(readme, "states no bridge memory request and limit (`requests … NMi, limit … NMi`)")
+
+
+# ---- manifests ---------------------------------------------------------------------------------
+
+def pod_template(doc):
+    spec = doc.get("spec") or {}
+    tmpl = spec.get("template")
+    if tmpl is not None:
+        return (tmpl.get("metadata") or {}).get("labels") or {}, tmpl.get("spec") or {}
+    if doc.get("kind") == "Pod":
+        return (doc.get("metadata") or {}).get("labels") or {}, spec
+    return None, None
+
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def flag(args, name):
+    for a in args:
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def bridge_containers(pod):
+    for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+        if "ccgw-bridge" in str(c.get("image", "")):
+            yield c
+
+
+def comments_of(raw_lines, container_name):
+    """The comment lines of the container block named `container_name`, in file order."""
+    out, inside, indent = [], False, None
+    for line in raw_lines:
+        m = re.match(r"(\s*)- name: (\S+)\s*$", line)
+        if m and (indent is None or len(m.group(1)) <= indent):
+            inside = m.group(2) == container_name
+            indent = len(m.group(1)) if inside else None
+            continue
+        if inside and line.strip().startswith("#"):
+            out.append(line.strip())
+    return out
+
+
+def check_file(name, formula, figures):
+    raw = open(name, encoding="utf-8").read()
+    docs = [d for d in yaml.safe_load_all(raw) if isinstance(d, dict)]
+    pods = []
+    for doc in docs:
+        kind = doc.get("kind")
+        where = f"{name}: {kind}/{(doc.get('metadata') or {}).get('name')}"
+        labels, pod = pod_template(doc)
+        if pod is None:
+            continue
+        pods.append((doc, labels, pod, where))
+        for c in pod.get("initContainers") or []:
+            policy = c.get("restartPolicy")
+            if policy is not None and policy != "Always":
+                error(where, f"initContainers[{c.get('name')}].restartPolicy {policy!r}: only "
+                             f"'Always' (native sidecar) is allowed")
+        for c in bridge_containers(pod):
+            if formula:
+                got = check_sizing(f"{where} container {c.get('name')}", c,
+                                   comments_of(raw.splitlines(), c.get("name")), formula)
+                if got:
+                    figures.append(got)
+
+    services = [d for d in docs if d.get("kind") == "Service"]
+    pdbs = [d for d in docs if d.get("kind") == "PodDisruptionBudget"]
+    for d in services + pdbs:
+        where = f"{name}: {d['kind']}/{d['metadata']['name']}"
+        sel = (d.get("spec") or {}).get("selector") or {}
+        sel = sel.get("matchLabels", sel) if d["kind"] == "PodDisruptionBudget" else sel
+        if not any(selects(sel, labels) for _, labels, _, _ in pods):
+            error(where, f"selector {sel} selects no pod template of {name}")
+
+    for doc, labels, pod, where in pods:
+        replicas = (doc.get("spec") or {}).get("replicas", 1)
+        for c in bridge_containers(pod):
+            args = c.get("args") or []
+            env = {e.get("name"): e for e in c.get("env") or []}
+            pooled = flag(args, "--etcd-endpoints") is not None or "CCGW_ETCD_ENDPOINTS" in env
+            if pooled and replicas >= 2:
+                check_availability(name, where, labels, pod, replicas, pdbs)
+            listen = flag(args, "--listen") or "127.0.0.1:50051"
+            api_port = int(listen.rsplit(":", 1)[1])
+            port_names = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+            for svc in services:
+                if not selects((svc.get("spec") or {}).get("selector") or {}, labels):
+                    continue
+                for p in (svc.get("spec") or {}).get("ports") or []:
+                    target = p.get("targetPort", p.get("port"))
+                    target = port_names.get(target, target)
+                    if isinstance(target, str):
+                        error(f"{name}: Service/{svc['metadata']['name']}",
+                              f"targetPort {target!r} is no port name of container {c['name']}")
+                    elif target == api_port:
+                        if listen.startswith(("127.", "localhost", "[::1]")):
+                            error(where, f"Service/{svc['metadata']['name']} reaches the API "
+                                         f"port, but --listen is loopback ({listen})")
+                        for f in ("--tls-cert", "--auth-token-file"):
+                            if flag(args, f) is None:
+                                error(where, f"the API is reachable through "
+                                             f"Service/{svc['metadata']['name']} without {f}")
+            sub = pod.get("subdomain")
+            if sub:
+                inst = env.get("CCGW_INSTANCE_NAME") or {}
+                field = ((inst.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+                if field != "metadata.name" or pod.get("hostname"):
+                    error(where, "with `subdomain`, the instance name callers are told must be "
+                                 "the pod's DNS label: CCGW_INSTANCE_NAME from metadata.name and "
+                                 "no `hostname`")
+        sub = pod.get("subdomain")
+        if sub:
+            svc = next((s for s in services if s["metadata"]["name"] == sub), None)
+            if svc is None:
+                error(where, f"subdomain {sub!r}: no Service of that name in {name}, so the pods "
+                             f"get no {{pod}}.{sub} DNS record")
+            else:
+                spec = svc.get("spec") or {}
+                if spec.get("clusterIP") != "None":
+                    error(where, f"Service/{sub} must be headless (clusterIP: None) for "
+                                 f"per-pod DNS records")
+                if not selects(spec.get("selector") or {}, labels):
+                    error(where, f"Service/{sub} does not select these pods")
+
+
+def check_availability(name, where, labels, pod, replicas, pdbs):
+    pdb = next((p for p in pdbs
+                if selects(((p.get("spec") or {}).get("selector") or {}).get("matchLabels"),
+                           labels)), None)
+    if pdb is None:
+        error(where, f"{replicas} pooled replicas without a PodDisruptionBudget in {name}")
+    else:
+        spec = pdb["spec"]
+        if "minAvailable" in spec and not (isinstance(spec["minAvailable"], int)
+                                           and spec["minAvailable"] < replicas):
+            error(where, f"PodDisruptionBudget minAvailable {spec['minAvailable']!r} allows no "
+                         f"eviction of {replicas} replicas: node drains would stall")
+        if "maxUnavailable" in spec and spec["maxUnavailable"] in (0, "0%"):
+            error(where, "PodDisruptionBudget maxUnavailable 0: node drains would stall")
+    spread = any(
+        t.get("topologyKey") == "kubernetes.io/hostname"
+        and t.get("whenUnsatisfiable") == "DoNotSchedule"
+        and selects((t.get("labelSelector") or {}).get("matchLabels"), labels)
+        for t in pod.get("topologySpreadConstraints") or []
+    )
+    anti = any(
+        t.get("topologyKey") == "kubernetes.io/hostname"
+        and selects((t.get("labelSelector") or {}).get("matchLabels"), labels)
+        for t in (((pod.get("affinity") or {}).get("podAntiAffinity") or {})
+                  .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+    )
+    if not (spread or anti):
+        error(where, f"{replicas} pooled replicas may share a node: add topologySpreadConstraints "
+                     f"on kubernetes.io/hostname (DoNotSchedule) or required pod anti-affinity "
+                     f"selecting these pods")
+
+
+def main(argv):
+    sep = argv.index("--")
+    readmes, manifests = argv[:sep], argv[sep + 1:]
+    formula = readme_formula(readmes[0]) if readmes else None
+    figures = []
+    for m in manifests:
+        check_file(m, formula, figures)
+    if figures:
+        for r in readmes:
+            check_readme_figures(r, figures)
+    for e in errors:
+        print(e)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

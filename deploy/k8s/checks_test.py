@@ -1,0 +1,90 @@
+"""Self-test of checks.py (validate.sh runs it): the real files pass, and each defect the checks
+exist for, planted in a copy, is reported.
+
+Usage: python3 checks_test.py   (from anywhere; needs PyYAML, which validate.sh's venv has)
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+MANIFESTS = sorted(p.name for p in HERE.glob("*.yaml"))
+
+# (file, text to replace, replacement, text the report must contain)
+CASES = [
+    ("pool-replicas.yaml", "              memory: 48Mi", "              memory: 32Mi",
+     "resources: memory request 32Mi, the comment derives 48Mi"),
+    ("pod-sidecar.yaml", "84.8 MiB -> 96Mi", "84.8 MiB -> 128Mi",
+     "limit: 128Mi, the formula rounded up to 16Mi gives 96Mi"),
+    ("pod-sidecar.yaml", "-> 12 + 2.6 + 7.8 + 24 = 46.4 MiB", "-> 12 + 2.6 + 7.8 + 24 = 32 MiB",
+     "request: total 32.0 MiB, the formula gives 46.4 MiB"),
+    ("pool-routed.yaml", "x watchers + 1.5 x", "x watchers + 1 x", "is not the README's"),
+    ("pool-replicas.yaml", "kind: PodDisruptionBudget", "kind: PodDisruptionBudgetX",
+     "2 pooled replicas without a PodDisruptionBudget"),
+    ("pool-replicas.yaml", "  maxUnavailable: 1\n  selector:", "  minAvailable: 2\n  selector:",
+     "allows no eviction of 2 replicas"),
+    ("pool-replicas.yaml", "whenUnsatisfiable: DoNotSchedule", "whenUnsatisfiable: ScheduleAnyway",
+     "may share a node"),
+    ("pool-routed.yaml", "  name: ccgw-pool\n  labels:\n    app.kubernetes.io/name: ccgw-pool\nspec:\n  clusterIP",
+     "  name: ccgw-pool-dns\n  labels:\n    app.kubernetes.io/name: ccgw-pool\nspec:\n  clusterIP",
+     "subdomain 'ccgw-pool': no Service of that name"),
+    ("pool-routed.yaml", "  clusterIP: None\n", "", "must be headless"),
+    ("pool-routed.yaml", "--listen=0.0.0.0:50051", "--listen=127.0.0.1:50051", "--listen is loopback"),
+    ("pool-routed.yaml", "            - --auth-token-file=/etc/ccgw/token/token\n", "",
+     "without --auth-token-file"),
+    ("pool-routed.yaml", "fieldPath: metadata.name", "fieldPath: spec.nodeName",
+     "CCGW_INSTANCE_NAME from metadata.name"),
+    ("pool-routed.yaml", "      targetPort: grpc\n      protocol: TCP\n---\n# The first",
+     "      targetPort: grcp\n      protocol: TCP\n---\n# The first", "targetPort 'grcp'"),
+    ("pool-routed.yaml", "  selector:\n    app.kubernetes.io/name: ccgw-pool\n  ports",
+     "  selector:\n    app.kubernetes.io/name: ccgw-poo\n  ports", "selects no pod template"),
+    ("pod-sidecar.yaml", "          restartPolicy: Always", "          restartPolicy: OnFailure",
+     "only 'Always' (native sidecar) is allowed"),
+    ("README.md", "requests 25m CPU / 48Mi, limit 96Mi", "requests 25m CPU / 32Mi, limit 128Mi",
+     "quotes memory request/limit 32Mi/128Mi"),
+]
+
+
+def run(dirpath):
+    files = [str(dirpath / m) for m in MANIFESTS]
+    out = subprocess.run(
+        [sys.executable, str(HERE / "checks.py"), str(ROOT / "README.md"),
+         str(dirpath / "README.md"), "--", *files],
+        capture_output=True, text=True,
+    )
+    return out.returncode, out.stdout + out.stderr
+
+
+def main():
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="ccgw-checks-") as tmp:
+        tmp = pathlib.Path(tmp)
+        originals = {n: (HERE / n).read_text() for n in MANIFESTS + ["README.md"]}
+        for n, t in originals.items():
+            (tmp / n).write_text(t)
+        rc, out = run(tmp)
+        if rc != 0:
+            print(f"checks_test: the real files fail:\n{out}")
+            return 1
+        for file, old, new, expect in CASES:
+            text = originals[file]
+            if old not in text:
+                print(f"checks_test: FAIL {file}: {old!r} not found (update the case)")
+                failures += 1
+                continue
+            (tmp / file).write_text(text.replace(old, new, 1))
+            rc, out = run(tmp)
+            (tmp / file).write_text(text)
+            if rc == 0 or expect not in out:
+                print(f"checks_test: FAIL {file}: {old!r} -> {new!r} not reported as {expect!r}:\n{out}")
+                failures += 1
+    print(f"checks_test: {len(CASES) - failures}/{len(CASES)} planted defects reported")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

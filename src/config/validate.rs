@@ -1,0 +1,373 @@
+//! [`BridgeArgs::validate`]: every flag checked and every file it names read, into a
+//! [`Config`], before any port is bound.
+
+use super::agents_file::{read_password_file, refuse_world_readable};
+use super::{
+    invalid, load_agents, pem, read, BridgeArgs, Config, ConfigError, PinnedAgent, ServerSettings,
+    ServerTls,
+};
+use crate::events::EventBudget;
+use crate::gateway::GatewayConfig;
+use crate::grpc::validate::{Limits, VoicePathPolicy};
+use crate::pool::{EtcdAuth, EtcdTls, PoolConfig};
+use crate::session::SessionSettings;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+impl BridgeArgs {
+    /// Validates everything and reads the referenced files. `gateway_override` replaces
+    /// `--gateway-url`/`--ca-cert` (used by `--simulate`).
+    pub fn validate(
+        &self,
+        gateway_override: Option<(String, Vec<u8>)>,
+    ) -> Result<Config, ConfigError> {
+        if self.simulate && !self.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "--simulate starts a gateway of this process's own, so with --etcd-endpoints every replica would get its own gateway and the pool would share nothing; run one simulator for all replicas instead: `ccgw-bridge simulate` prints url=… and ca=…, give them to each replica as --gateway-url and --ca-cert",
+            ));
+        }
+        if self.simulate && (self.gateway_url.is_some() || self.ca_cert.is_some()) {
+            return Err(invalid(
+                "--simulate runs its own gateway: it cannot be combined with --gateway-url or --ca-cert (CCGW_GATEWAY_URL, CCGW_CA_CERT); drop one or the other",
+            ));
+        }
+        let (base_url, ca_pem) = match gateway_override {
+            Some((url, ca)) => (url, Some(ca)),
+            None => {
+                let url = self.gateway_url.clone().ok_or_else(|| {
+                    invalid("--gateway-url (CCGW_GATEWAY_URL) is required, e.g. https://10.0.0.5:8043; or use --simulate")
+                })?;
+                let ca = self
+                    .ca_cert
+                    .as_deref()
+                    .map(|p| pem::ca_bundle(p, "--ca-cert"))
+                    .transpose()?;
+                (url, ca)
+            }
+        };
+        validate_gateway_url(&base_url)?;
+        let client_identity_pem = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let (mut pem, key) = pem::identity((cert, "--client-cert"), (key, "--client-key"))?;
+                pem.push(b'\n');
+                pem.extend(key);
+                Some(pem)
+            }
+            _ => None,
+        };
+        if self.poll_timeout <= Duration::from_secs(10) {
+            return Err(invalid(format!(
+                "--poll-timeout {:?} must exceed the gateway's 10 s long-poll hold",
+                self.poll_timeout
+            )));
+        }
+        if self.request_timeout < crate::gateway::MIN_REQUEST_BUDGET {
+            return Err(invalid(format!(
+                "--request-timeout {:?} must be at least {:?}, the least time a gateway request is sent with",
+                self.request_timeout,
+                crate::gateway::MIN_REQUEST_BUDGET
+            )));
+        }
+        if self.agent_id_min == 0 || self.agent_id_min > self.agent_id_max {
+            return Err(invalid(
+                "--agent-id-min must be at least 1 and not above --agent-id-max",
+            ));
+        }
+        if self.event_window == 0 || self.event_window > 1 << 20 {
+            return Err(invalid("--event-window must be between 1 and 1048576"));
+        }
+        if self.sign_in_concurrency == 0 || self.sign_in_concurrency > 1024 {
+            return Err(invalid("--sign-in-concurrency must be between 1 and 1024"));
+        }
+        if self.event_budget < self.max_response_bytes.saturating_mul(2) {
+            return Err(invalid(
+                "--event-budget must be at least twice --max-response-bytes (one event can be that large)",
+            ));
+        }
+        if self.gateway_idle_timeout.is_zero() {
+            return Err(invalid("--gateway-idle-timeout must be above zero"));
+        }
+        if self.event_max_age.is_zero() {
+            return Err(invalid("--event-max-age must be above zero"));
+        }
+        if self.max_response_bytes < 1024 {
+            return Err(invalid("--max-response-bytes must be at least 1024"));
+        }
+        let voice_paths = if self.voice_path_allow.is_empty() {
+            None
+        } else {
+            Some(
+                VoicePathPolicy::new(&self.voice_path_allow)
+                    .map_err(|e| invalid(format!("--voice-path-allow: {e}")))?,
+            )
+        };
+        let limits = Limits {
+            agent_id_min: self.agent_id_min,
+            agent_id_max: self.agent_id_max,
+            voice_paths,
+        };
+        let agents = match &self.agents_file {
+            Some(path) => load_agents(path, &limits, &|name| std::env::var(name).ok())?,
+            None => Vec::new(),
+        };
+        let server = self.server_settings()?;
+        let pool = self.pool_config(&agents)?;
+        let mut sessions = SessionSettings {
+            event_window: self.event_window,
+            event_budget: EventBudget::new(self.event_budget, self.event_max_age),
+            hold_credentials: !self.no_resign_in,
+            sign_in_concurrency: self.sign_in_concurrency,
+            gateway_idle_timeout: self.gateway_idle_timeout,
+            ..SessionSettings::default()
+        };
+        sessions.poll.gap = self.poll_gap;
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            gateway: GatewayConfig {
+                base_url,
+                ca_pem,
+                client_identity_pem,
+                insecure_skip_verify: self.insecure_skip_verify,
+                request_timeout: self.request_timeout,
+                poll_timeout: self.poll_timeout,
+                connect_timeout: self.connect_timeout,
+                max_body_bytes: self.max_response_bytes,
+            },
+            sessions,
+            limits,
+            agents,
+            sign_out_on_shutdown: !self.no_sign_out_on_shutdown,
+            drain_timeout: self.drain_timeout,
+            server,
+            pool,
+        })
+    }
+
+    fn pool_config(&self, agents: &[PinnedAgent]) -> Result<Option<PoolConfig>, ConfigError> {
+        if self.etcd_endpoints.is_empty() {
+            return Ok(None);
+        }
+        if !cfg!(feature = "pool") {
+            return Err(invalid(
+                "--etcd-endpoints needs a ccgw-bridge built with the `pool` feature (cargo build --features pool)",
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl.subsec_nanos() != 0 {
+            return Err(invalid(
+                "--lease-ttl must be a whole number of seconds, at least 2s",
+            ));
+        }
+        if let Some(a) = agents.iter().find(|a| a.params.force) {
+            return Err(invalid(format!(
+                "--agents-file: agent {} has force = true, which would make pool instances kick each other; the pool itself decides when a sign-in may be forced",
+                a.agent_id
+            )));
+        }
+        let instance = match &self.instance_name {
+            Some(name) => name.trim().to_owned(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+        };
+        if instance.is_empty() || instance.contains('/') {
+            return Err(invalid(
+                "--instance-name must be non-empty and contain no '/' (default: the hostname)",
+            ));
+        }
+        let mut prefix = self.etcd_prefix.clone();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Some(PoolConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix,
+            instance,
+            lease_ttl: self.lease_ttl,
+            tls: self.etcd_tls()?,
+            auth: self.etcd_auth()?,
+        }))
+    }
+
+    /// TLS to etcd: every endpoint `https://` with a CA, or every one plain (a mix is refused:
+    /// the client would send credentials in clear to some of them).
+    fn etcd_tls(&self) -> Result<Option<EtcdTls>, ConfigError> {
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https != 0 && https != self.etcd_endpoints.len() {
+            return Err(invalid(
+                "--etcd-endpoints: give every endpoint with https:// or none (a mix would send credentials in clear to some)",
+            ));
+        }
+        let Some(ca) = &self.etcd_ca_cert else {
+            if https != 0 {
+                return Err(invalid(
+                    "--etcd-endpoints are https:// but no --etcd-ca-cert was given: name the PEM CA bundle that signed etcd's certificate",
+                ));
+            }
+            if self.etcd_client_cert.is_some() {
+                return Err(invalid(
+                    "--etcd-client-cert needs https:// --etcd-endpoints and --etcd-ca-cert",
+                ));
+            }
+            return Ok(None);
+        };
+        if https == 0 {
+            return Err(invalid(
+                "--etcd-ca-cert is given but --etcd-endpoints are http://: write them with https:// (etcd's --cert-file port)",
+            ));
+        }
+        let ca_pem = pem::ca_bundle(ca, "--etcd-ca-cert")?;
+        let identity = match (&self.etcd_client_cert, &self.etcd_client_key) {
+            (Some(cert), Some(key)) => {
+                refuse_world_readable(key, "--etcd-client-key", "it holds a private key")?;
+                let (cert_pem, key_pem) =
+                    pem::identity((cert, "--etcd-client-cert"), (key, "--etcd-client-key"))?;
+                Some((cert_pem, Zeroizing::new(key_pem)))
+            }
+            _ => None,
+        };
+        Ok(Some(EtcdTls { ca_pem, identity }))
+    }
+
+    fn etcd_auth(&self) -> Result<Option<EtcdAuth>, ConfigError> {
+        let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) else {
+            return Ok(None);
+        };
+        if user.is_empty() {
+            return Err(invalid("--etcd-user must not be empty"));
+        }
+        refuse_world_readable(file, "--etcd-password-file", "it holds a password")?;
+        Ok(Some(EtcdAuth {
+            user: user.clone(),
+            password: read_password_file(file, "--etcd-password-file")?,
+        }))
+    }
+
+    fn server_settings(&self) -> Result<ServerSettings, ConfigError> {
+        if self.max_request_bytes < 1024 {
+            return Err(invalid("--max-request-bytes must be at least 1024"));
+        }
+        if self.max_concurrent_streams == 0 || self.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "--max-concurrent-streams and --max-concurrent-requests must be at least 1",
+            ));
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = pem::identity((cert, "--tls-cert"), (key, "--tls-key"))?;
+                Some(ServerTls {
+                    cert,
+                    key,
+                    client_ca: self
+                        .tls_client_ca
+                        .as_deref()
+                        .map(|p| pem::ca_bundle(p, "--tls-client-ca"))
+                        .transpose()?,
+                })
+            }
+            _ => None,
+        };
+        let auth_token = match &self.auth_token_file {
+            Some(path) => {
+                refuse_world_readable(path, "--auth-token-file", "it holds the API token")?;
+                let raw = read(path, "--auth-token-file")?;
+                let token = String::from_utf8(raw)
+                    .map_err(|_| invalid("--auth-token-file: not UTF-8"))?
+                    .trim()
+                    .to_owned();
+                if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        "--auth-token-file: the token must be at least 16 characters without spaces",
+                    ));
+                }
+                Some(token.into_bytes())
+            }
+            None => None,
+        };
+        Ok(ServerSettings {
+            max_request_bytes: self.max_request_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_concurrent_requests: self.max_concurrent_requests,
+            keepalive_interval: self.http2_keepalive_interval,
+            keepalive_timeout: self.http2_keepalive_timeout,
+            tls,
+            auth_token,
+        })
+    }
+}
+
+fn validate_gateway_url(url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| invalid(format!("--gateway-url {url:?}: {e}")))?;
+    if parsed.scheme() != "https" {
+        return Err(invalid(format!(
+            "--gateway-url {url:?}: the CC-Gateway is reached over https only"
+        )));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() {
+        return Err(invalid(format!(
+            "--gateway-url {url:?}: give scheme, host and port only; the bridge appends /agentgateway/resource/…"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["ccgw-bridge", "--gateway-url", "https://10.0.0.5:8043"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.bridge.validate(None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = args(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.limits.agent_id_max, 999_999);
+        assert!(c.sign_out_on_shutdown && c.sessions.hold_credentials);
+        assert_eq!(c.sessions.event_budget.max_bytes(), 16 << 20);
+        let c = args(&["--event-budget", "64KiB", "--max-response-bytes", "4096"]).unwrap();
+        assert_eq!(c.sessions.event_budget.max_bytes(), 64 << 10);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (extra, needle) in [
+            (&["--poll-timeout", "5s"][..], "--poll-timeout"),
+            (
+                &["--agent-id-min", "5000", "--agent-id-max", "10"][..],
+                "--agent-id-min",
+            ),
+            (&["--ca-cert", "/nonexistent/ca.pem"][..], "--ca-cert"),
+            (&["--event-window", "0"][..], "--event-window"),
+            (&["--sign-in-concurrency", "0"][..], "--sign-in-concurrency"),
+            (&["--event-budget", "1MiB"][..], "--event-budget"),
+            (&["--event-budget", "16MB"][..], "event-budget"),
+            (&["--event-max-age", "0s"][..], "--event-max-age"),
+            (
+                &["--gateway-idle-timeout", "0s"][..],
+                "--gateway-idle-timeout",
+            ),
+            (&["--request-timeout", "soon"][..], "request-timeout"),
+            (&["--request-timeout", "5ms"][..], "request-timeout"),
+        ] {
+            let err = args(extra).unwrap_err();
+            assert!(err.contains(needle), "{extra:?}: {err}");
+        }
+        for url in ["http://h:1", "https://h:1/agentgateway", "not a url"] {
+            let cli = Cli::try_parse_from(["ccgw-bridge", "--gateway-url", url]).unwrap();
+            assert!(cli.bridge.validate(None).is_err(), "{url}");
+        }
+    }
+}
