@@ -24,6 +24,7 @@
 
 use crate::gateway::GatewayClient;
 use crate::telemetry::Metrics;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,14 +145,14 @@ impl PinnedAgents {
 }
 
 /// What a part other than the gateway and the pinned agents (the agent pool) reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     /// Nothing to report.
     Fine,
     /// Serving goes on, with this warning (shown in `/readyz` and logged).
     Degraded(&'static str),
-    /// Not ready, for this reason.
-    Blocking(&'static str),
+    /// Not ready, for this reason (which may name what was tried and what failed).
+    Blocking(Cow<'static, str>),
 }
 
 /// What `/readyz` and the `ccgw_ready` gauge show: readiness and its reason, kept by
@@ -217,7 +218,7 @@ pub enum Verdict {
     /// Pinned agents not signed in, with why.
     AgentsNotHeld(String),
     /// A part reports [`Condition::Blocking`].
-    Blocked(&'static str),
+    Blocked(Cow<'static, str>),
     /// The bridge is shutting down.
     Draining,
 }
@@ -346,8 +347,8 @@ impl Readiness {
                     agents_text = self.pinned.describe_blocking();
                 }
                 Verdict::AgentsNotHeld(agents_text.clone())
-            } else if let Condition::Blocking(reason) = condition {
-                Verdict::Blocked(reason)
+            } else if let Condition::Blocking(reason) = &condition {
+                Verdict::Blocked(reason.clone())
             } else {
                 Verdict::Ready
             };
@@ -443,7 +444,7 @@ mod tests {
             &*s.body(),
             "ready\ndegraded: agent pool: coordinator (etcd) unreachable\n"
         );
-        s.set(&Verdict::Blocked("agent pool: not joined yet"), None);
+        s.set(&Verdict::Blocked("agent pool: not joined yet".into()), None);
         assert!(!s.is_ready());
         assert_eq!(&*s.body(), "not ready: agent pool: not joined yet\n");
         s.draining();

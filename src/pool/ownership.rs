@@ -144,14 +144,23 @@ impl Ownership {
         let s = self.lock();
         match (s.lease, s.joined_once) {
             (_, false) if s.name_taken => Condition::Blocking(
-                "agent pool: another live instance holds this --instance-name; give every replica its own name (the pod name)",
+                "agent pool: another live instance holds this --instance-name; give every replica its own name (the pod name)".into(),
             ),
             (LeaseState::Held, _) if !s.assignable => Condition::Blocking(
-                "agent pool: joined as an observer only: the gateway has not answered this instance yet, so it takes no agents",
+                "agent pool: joined as an observer only: the gateway has not answered this instance yet, so it takes no agents".into(),
             ),
             (LeaseState::Held, _) => Condition::Fine,
             (_, false) => Condition::Blocking(
-                "agent pool: not joined yet (the coordinator, etcd, has not granted a lease)",
+                format!(
+                    "agent pool: not joined yet: etcd {} {}",
+                    self.endpoints,
+                    s.last_error
+                        .as_deref()
+                        .map_or("has not granted a lease yet".into(), |e| format!(
+                            "answered: {e}"
+                        ))
+                )
+                .into(),
             ),
             (LeaseState::Unreachable, true) => Condition::Degraded(
                 "agent pool: coordinator (etcd) unreachable; running sessions are kept, no new sign-ins of pool agents",
