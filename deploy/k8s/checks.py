@@ -43,18 +43,18 @@ def error(where, msg):
 NUM = r"(\d+(?:\.\d+)?)"
 
 
-def readme_formula(readme, flags_doc):
+def memory_formula(page, flags_doc):
     """(base MiB, KiB per agent, KiB per watcher, budget factor, default budget MiB): the formula
-    from `readme` (docs/memory.md), --event-budget's default from `flags_doc`
+    from `page` (docs/memory.md), --event-budget's default from `flags_doc`
     (docs/configuration.md)."""
-    text = open(readme, encoding="utf-8").read()
+    text = open(page, encoding="utf-8").read()
     m = re.search(
         r"RSS ≤ " + NUM + r" MiB.*?\n\s*\+\s*" + NUM + r" KiB × signed-in agents.*?\n\s*\+\s*"
         + NUM + r" KiB × open watchers.*?\n\s*\+\s*" + NUM + r" × --event-budget",
         text,
     )
     if not m:
-        error(readme, "the memory formula (```text block starting `RSS ≤`) not found")
+        error(page, "the memory formula (```text block starting `RSS ≤`) not found")
         return None
     flags_text = open(flags_doc, encoding="utf-8").read()
     d = re.search(r"\| `--event-budget` \| `CCGW_EVENT_BUDGET` \| `(\d+)MiB` \|", flags_text)
@@ -136,7 +136,7 @@ def check_sizing(where, container, comment_lines, formula):
     return actual["request"], actual["limit"], (resources.get("requests") or {}).get("cpu")
 
 
-def check_readme_figures(readme, figures):
+def check_quoted_figures(readme, figures):
     """Every 'requests … NMi … limit … MMi' statement in `readme` quotes the manifests' figures."""
     text = re.sub(r"\s+", " ", open(readme, encoding="utf-8").read())
     found = 0
@@ -321,13 +321,13 @@ def main(argv):
     opts.add_argument("readmes", nargs="*", help="pages quoting the requests and limits")
     args = opts.parse_args(argv[:sep])
     readmes, manifests = args.readmes, argv[sep + 1:]
-    formula = readme_formula(args.formula, args.flags)
+    formula = memory_formula(args.formula, args.flags)
     figures = []
     for m in manifests:
         check_file(m, formula, figures)
     if figures:
         for r in readmes:
-            check_readme_figures(r, figures)
+            check_quoted_figures(r, figures)
     for e in errors:
         print(e)
     return 1 if errors else 0

@@ -49,7 +49,8 @@ printf '%s\n' "$out"
 
 # What the schemas cannot say but the API server, the scheduler or the bridge's own sizing rule
 # need (checks.py says what): native sidecars, resource figures derived from the memory formula
-# of docs/memory.md (also quoted in docs/operations.md and the k8s README), a PodDisruptionBudget and a node spread for a pool, and
+# of docs/memory.md (also quoted in docs/operations.md and the k8s README), a PodDisruptionBudget
+# and a node spread for a pool, and
 # per-pod DNS (subdomain + headless Service) for routing without a sidecar.
 set +e
 docs="$here/../../docs"
