@@ -63,7 +63,9 @@ fn buf_breaking_refuses_a_renumbered_field() {
 }
 
 /// Every relative link of the README and docs/ names a file of the repository: a clone has
-/// nothing outside it (the architecture once lived in `../shared/design.md`).
+/// nothing outside it (the architecture once lived in `../shared/design.md`). A link to a
+/// heading (`page.md#anchor`, `#anchor`) names a heading that page has: the README's sections
+/// moved to docs/ pages once, and an anchor left behind fails silently on GitHub.
 #[test]
 fn documentation_links_stay_inside_the_repository() {
     let root = venv::root();
@@ -79,11 +81,18 @@ fn documentation_links_stay_inside_the_repository() {
             .skip(1)
             .filter_map(|rest| rest.split(')').next())
         {
-            let path = target.split('#').next().unwrap();
-            if path.is_empty() || path.contains("://") {
+            let (path, anchor) = match target.split_once('#') {
+                Some((path, anchor)) => (path, Some(anchor)),
+                None => (target, None),
+            };
+            if path.contains("://") {
                 continue;
             }
-            let resolved = dir.join(path);
+            let resolved = if path.is_empty() {
+                doc.clone()
+            } else {
+                dir.join(path)
+            };
             assert!(
                 resolved.exists(),
                 "{}: link {target:?} names nothing in the repository",
@@ -95,6 +104,49 @@ fn documentation_links_stay_inside_the_repository() {
                 "{}: link {target:?} leaves the repository",
                 doc.display()
             );
+            if let Some(anchor) = anchor {
+                if resolved.extension().is_some_and(|e| e == "md") {
+                    let page = std::fs::read_to_string(&resolved).unwrap();
+                    assert!(
+                        heading_anchors(&page).iter().any(|a| a == anchor),
+                        "{}: link {target:?} names no heading of {}",
+                        doc.display(),
+                        resolved.display()
+                    );
+                }
+            }
         }
     }
+}
+
+/// The anchors GitHub gives a markdown page's headings (outside code fences): lower case, spaces
+/// to `-`, punctuation other than `-` and `_` dropped, `-1`, `-2`… on repeats.
+fn heading_anchors(text: &str) -> Vec<String> {
+    let mut anchors: Vec<String> = Vec::new();
+    let mut slugs: Vec<String> = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        let level = line.chars().take_while(|&c| c == '#').count();
+        if fenced || level == 0 || level > 6 || !line[level..].starts_with(' ') {
+            continue;
+        }
+        let slug: String = line[level..]
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|&c| c.is_alphanumeric() || c == '-' || c == '_' || c == ' ')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let repeats = slugs.iter().filter(|s| **s == slug).count();
+        anchors.push(match repeats {
+            0 => slug.clone(),
+            n => format!("{slug}-{n}"),
+        });
+        slugs.push(slug);
+    }
+    anchors
 }

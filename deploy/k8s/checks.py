@@ -1,14 +1,18 @@
 """What the Kubernetes schemas cannot say about deploy/k8s, checked by validate.sh.
 
-Usage: python3 checks.py README.md deploy/k8s/README.md -- MANIFEST...
+Usage: python3 checks.py --formula docs/memory.md --flags docs/configuration.md \
+           docs/operations.md deploy/k8s/README.md -- MANIFEST...
+   (--formula: the page holding the memory formula; --flags: the page holding the flag table, for
+   --event-budget's default; then the pages that quote the manifests' requests and limits)
 
 1. An init container's restartPolicy may only be "Always" (a native sidecar); the API server
    enforces it, the OpenAPI type is a bare string.
-2. Resource figures cannot drift: the README's worst-case memory formula (section "Memory") is the
-   one source. Every ccgw-bridge container states, in a comment, the agents and watchers its
+2. Resource figures cannot drift: the worst-case memory formula of docs/memory.md is the one
+   source. Every ccgw-bridge container states, in a comment, the agents and watchers its
    request and limit are sized for; the terms, the total and the figure (rounded up to 16Mi) are
-   recomputed here and must equal the container's resources. Both READMEs must quote the same
-   requests and limits wherever they give them.
+   recomputed here and must equal the container's resources. The quoting pages (the main docs'
+   "Kubernetes" section, the k8s README) must quote the same requests and limits wherever they
+   give them.
 3. Availability of a pool (a Deployment of more than one replica whose bridge has
    --etcd-endpoints): a PodDisruptionBudget that selects its pods and allows one eviction, and a
    hard spread over nodes (topologySpreadConstraints on kubernetes.io/hostname with
@@ -20,6 +24,7 @@ Usage: python3 checks.py README.md deploy/k8s/README.md -- MANIFEST...
    its file (a typo would select nothing, which the API server accepts silently).
 """
 
+import argparse
 import math
 import re
 import sys
@@ -38,20 +43,23 @@ def error(where, msg):
 NUM = r"(\d+(?:\.\d+)?)"
 
 
-def readme_formula(readme):
-    """(base MiB, KiB per agent, KiB per watcher, budget factor, default budget MiB) from README.md."""
-    text = open(readme, encoding="utf-8").read()
+def memory_formula(page, flags_doc):
+    """(base MiB, KiB per agent, KiB per watcher, budget factor, default budget MiB): the formula
+    from `page` (docs/memory.md), --event-budget's default from `flags_doc`
+    (docs/configuration.md)."""
+    text = open(page, encoding="utf-8").read()
     m = re.search(
         r"RSS ≤ " + NUM + r" MiB.*?\n\s*\+\s*" + NUM + r" KiB × signed-in agents.*?\n\s*\+\s*"
         + NUM + r" KiB × open watchers.*?\n\s*\+\s*" + NUM + r" × --event-budget",
         text,
     )
     if not m:
-        error(readme, "the memory formula (```text block starting `RSS ≤`) not found")
+        error(page, "the memory formula (```text block starting `RSS ≤`) not found")
         return None
-    d = re.search(r"\| `--event-budget` \| `CCGW_EVENT_BUDGET` \| `(\d+)MiB` \|", text)
+    flags_text = open(flags_doc, encoding="utf-8").read()
+    d = re.search(r"\| `--event-budget` \| `CCGW_EVENT_BUDGET` \| `(\d+)MiB` \|", flags_text)
     if not d:
-        error(readme, "the default of --event-budget (configuration table, in MiB) not found")
+        error(flags_doc, "the default of --event-budget (configuration table, in MiB) not found")
         return None
     return tuple(float(x) for x in m.groups()) + (float(d.group(1)),)
 
@@ -99,7 +107,7 @@ def check_sizing(where, container, comment_lines, formula):
         error(where, "no comment `RSS <= … x --event-budget (… MiB)` stating the formula")
         return
     if stated != (base, per_agent, per_watcher, factor, budget):
-        error(where, f"the formula in the comment {stated} is not the README's "
+        error(where, f"the formula in the comment {stated} differs from the memory formula "
                      f"{(base, per_agent, per_watcher, factor)} with --event-budget {budget} MiB")
     resources = container.get("resources") or {}
     actual = {
@@ -128,7 +136,7 @@ def check_sizing(where, container, comment_lines, formula):
     return actual["request"], actual["limit"], (resources.get("requests") or {}).get("cpu")
 
 
-def check_readme_figures(readme, figures):
+def check_quoted_figures(readme, figures):
     """Every 'requests … NMi … limit … MMi' statement in `readme` quotes the manifests' figures."""
     text = re.sub(r"\s+", " ", open(readme, encoding="utf-8").read())
     found = 0
@@ -307,14 +315,19 @@ def check_availability(name, where, labels, pod, replicas, pdbs):
 
 def main(argv):
     sep = argv.index("--")
-    readmes, manifests = argv[:sep], argv[sep + 1:]
-    formula = readme_formula(readmes[0]) if readmes else None
+    opts = argparse.ArgumentParser(prog="checks.py")
+    opts.add_argument("--formula", required=True, help="the page holding the memory formula")
+    opts.add_argument("--flags", required=True, help="the page holding the flag table")
+    opts.add_argument("readmes", nargs="*", help="pages quoting the requests and limits")
+    args = opts.parse_args(argv[:sep])
+    readmes, manifests = args.readmes, argv[sep + 1:]
+    formula = memory_formula(args.formula, args.flags)
     figures = []
     for m in manifests:
         check_file(m, formula, figures)
     if figures:
         for r in readmes:
-            check_readme_figures(r, figures)
+            check_quoted_figures(r, figures)
     for e in errors:
         print(e)
     return 1 if errors else 0

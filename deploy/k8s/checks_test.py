@@ -13,6 +13,10 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MANIFESTS = sorted(p.name for p in HERE.glob("*.yaml"))
+# The pages checks.py reads besides the manifests, copied by name (the k8s README is README.md).
+PAGES = {"README.md": HERE / "README.md", "memory.md": ROOT / "docs/memory.md",
+         "configuration.md": ROOT / "docs/configuration.md",
+         "operations.md": ROOT / "docs/operations.md"}
 
 # (file, text to replace, replacement, text the report must contain)
 CASES = [
@@ -22,7 +26,8 @@ CASES = [
      "limit: 128Mi, the formula rounded up to 16Mi gives 96Mi"),
     ("pod-sidecar.yaml", "-> 12 + 2.6 + 7.8 + 24 = 46.4 MiB", "-> 12 + 2.6 + 7.8 + 24 = 32 MiB",
      "request: total 32.0 MiB, the formula gives 46.4 MiB"),
-    ("pool-routed.yaml", "x watchers + 1.5 x", "x watchers + 1 x", "is not the README's"),
+    ("pool-routed.yaml", "x watchers + 1.5 x", "x watchers + 1 x",
+     "differs from the memory formula"),
     ("pool-replicas.yaml", "kind: PodDisruptionBudget", "kind: PodDisruptionBudgetX",
      "2 pooled replicas without a PodDisruptionBudget"),
     ("pool-replicas.yaml", "  maxUnavailable: 1\n  selector:", "  minAvailable: 2\n  selector:",
@@ -46,13 +51,20 @@ CASES = [
      "only 'Always' (native sidecar) is allowed"),
     ("README.md", "requests 25m CPU / 48Mi, limit 96Mi", "requests 25m CPU / 32Mi, limit 128Mi",
      "quotes memory request/limit 32Mi/128Mi"),
+    ("operations.md", "`memory: 48Mi`, limit `memory: 96Mi`", "`memory: 32Mi`, limit `memory: 96Mi`",
+     "quotes memory request/limit 32Mi/96Mi"),
+    ("memory.md", "+ 42 KiB × signed-in agents", "+ 40 KiB × signed-in agents",
+     "differs from the memory formula"),
+    ("configuration.md", "| `CCGW_EVENT_BUDGET` | `16MiB` |", "| `CCGW_EVENT_BUDGET` | `16 MiB` |",
+     "the default of --event-budget"),
 ]
 
 
 def run(dirpath):
     files = [str(dirpath / m) for m in MANIFESTS]
     out = subprocess.run(
-        [sys.executable, str(HERE / "checks.py"), str(ROOT / "README.md"),
+        [sys.executable, str(HERE / "checks.py"), "--formula", str(dirpath / "memory.md"),
+         "--flags", str(dirpath / "configuration.md"), str(dirpath / "operations.md"),
          str(dirpath / "README.md"), "--", *files],
         capture_output=True, text=True,
     )
@@ -63,7 +75,8 @@ def main():
     failures = 0
     with tempfile.TemporaryDirectory(prefix="ccgw-checks-") as tmp:
         tmp = pathlib.Path(tmp)
-        originals = {n: (HERE / n).read_text() for n in MANIFESTS + ["README.md"]}
+        originals = {n: (HERE / n).read_text() for n in MANIFESTS}
+        originals.update({n: p.read_text() for n, p in PAGES.items()})
         for n, t in originals.items():
             (tmp / n).write_text(t)
         rc, out = run(tmp)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validates every manifest in deploy/k8s against the Kubernetes OpenAPI schemas, strictly
 # (unknown or misspelled fields are errors), offline; then checks.py checks what the schemas
-# cannot (resource figures from the README's formula, a pool's disruption budget and node spread,
+# cannot (resource figures from docs/memory.md's formula, a pool's disruption budget and node spread,
 # per-pod DNS for routing, native sidecars), and checks_test.py that those checks catch what they
 # are for.
 #
@@ -48,11 +48,14 @@ set -e
 printf '%s\n' "$out"
 
 # What the schemas cannot say but the API server, the scheduler or the bridge's own sizing rule
-# need (checks.py says what): native sidecars, resource figures derived from the README's memory
-# formula (also in both READMEs), a PodDisruptionBudget and a node spread for a pool, and
+# need (checks.py says what): native sidecars, resource figures derived from the memory formula
+# of docs/memory.md (also quoted in docs/operations.md and the k8s README), a PodDisruptionBudget
+# and a node spread for a pool, and
 # per-pod DNS (subdomain + headless Service) for routing without a sidecar.
 set +e
-semantic="$("$venv/bin/python" "$here/checks.py" "$here/../../README.md" "$here/README.md" -- "${files[@]}")"
+docs="$here/../../docs"
+semantic="$("$venv/bin/python" "$here/checks.py" --formula "$docs/memory.md" \
+  --flags "$docs/configuration.md" "$docs/operations.md" "$here/README.md" -- "${files[@]}")"
 src=$?
 set -e
 [[ -n "$semantic" ]] && printf '%s\n' "$semantic"

@@ -117,7 +117,7 @@ function errorDetails(err) {
   return out;
 }
 
-// The retry rule (README "Errors"): UNAVAILABLE means the call surely did not take effect and
+// The retry rule (docs/errors.md): UNAVAILABLE means the call surely did not take effect and
 // TOO_MANY_REQUESTS that it was refused before it started: retry with back-off. UNKNOWN
 // (OUTCOME_UNKNOWN, OUTCOME_NOT_OBSERVED) and DEADLINE_EXCEEDED mean it may have taken effect:
 // never retry a BeginPlay then. Everything else needs a change first, not a retry.

@@ -83,7 +83,7 @@ def error_info(err: grpc.RpcError):
     return None
 
 
-# The retry rule (README "Errors"): UNAVAILABLE means the call surely did not take effect, and
+# The retry rule (docs/errors.md): UNAVAILABLE means the call surely did not take effect, and
 # TOO_MANY_REQUESTS that it was refused before it started: retry those with back-off. UNKNOWN
 # (OUTCOME_UNKNOWN, OUTCOME_NOT_OBSERVED) and DEADLINE_EXCEEDED mean it may have taken effect:
 # never retry a BeginPlay then (watch the agent's events to learn what happened). Everything

@@ -51,7 +51,8 @@ pub struct BridgeArgs {
     /// Accept any gateway certificate. Lab use only: logged as a warning at start.
     #[arg(long, env = "CCGW_INSECURE_SKIP_VERIFY")]
     pub insecure_skip_verify: bool,
-    /// TOML file of agents to sign in at start and keep signed in (see README).
+    /// TOML file of agents to sign in at start and keep signed in (see docs/configuration.md,
+    /// "Agents file").
     #[arg(long, env = "CCGW_AGENTS_FILE")]
     pub agents_file: Option<PathBuf>,
     /// Log format.
@@ -91,7 +92,7 @@ pub struct BridgeArgs {
     /// Events retained per session for resume.
     #[arg(long, env = "CCGW_EVENT_WINDOW", default_value_t = 4096)]
     pub event_window: usize,
-    /// Memory all sessions together may keep in retained events (README "Memory"); the oldest
+    /// Memory all sessions together may keep in retained events (docs/memory.md); the oldest
     /// events bridge-wide are dropped first. Bytes, or with a KiB/MiB/GiB suffix.
     #[arg(long, env = "CCGW_EVENT_BUDGET", default_value = "16MiB", value_parser = byte_size)]
     pub event_budget: usize,

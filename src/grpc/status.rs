@@ -1,4 +1,4 @@
-//! The one table from bridge and gateway failures to gRPC statuses (design §3, README).
+//! The one table from bridge and gateway failures to gRPC statuses (design §3, docs/errors.md).
 //!
 //! Every non-OK status carries a `google.rpc.ErrorInfo` with a stable UPPER_SNAKE `reason`:
 //! domain `ccgateway` for the gateway's retcodes (metadata `retcode`, `gateway_message`),

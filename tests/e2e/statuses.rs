@@ -1,6 +1,6 @@
 //! Statuses a client integrator meets: each tells the truth about what happened at the gateway.
 //!
-//! The rule under test (README "Errors"): UNAVAILABLE only when the call surely did not take
+//! The rule under test (docs/errors.md): UNAVAILABLE only when the call surely did not take
 //! effect; once the gateway may have acted, the answer is UNKNOWN (`OUTCOME_UNKNOWN`), which a
 //! client must never retry blindly.
 
