@@ -160,6 +160,13 @@ struct InProcess {
     sessions: Sessions,
 }
 
+impl InProcess {
+    /// The agents the pool instance owns now.
+    fn owned(&self) -> BTreeSet<String> {
+        self.pool.ownership().status().owned.into_iter().collect()
+    }
+}
+
 async fn in_process(agents: &[String]) -> InProcess {
     in_process_with(simulator().await, agents, SessionSettings::default()).await
 }
@@ -201,16 +208,7 @@ async fn in_process_scripted(
         .map(|(i, a)| {
             (
                 a.clone(),
-                SignInParams {
-                    password: Password::new("secret".into()),
-                    phone_number: format!("8{i:04}"),
-                    force: false,
-                    auto_answer: None,
-                    auto_enter_idle: None,
-                    release_phone: None,
-                    agent_type: None,
-                    status: None,
-                },
+                SignInParams::new(Password::new("secret".into()), format!("8{i:04}")),
             )
         })
         .collect();
@@ -248,16 +246,8 @@ async fn a_failed_release_is_adopted_again_not_forgotten() {
     let agents = vec!["2101".to_string(), "2102".to_string()];
     let t = in_process(&agents).await;
     let all = set(&agents);
-    let owned = || {
-        t.pool
-            .ownership()
-            .status()
-            .owned
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-    };
     wait_until(SETTLE, "a owns and signed in every agent", || async {
-        owned() == all && agents.iter().all(|x| t.sim.signed_in(x))
+        t.owned() == all && agents.iter().all(|x| t.sim.signed_in(x))
     })
     .await;
     // A peer appears that should hold 2101; the releases after its sign-out are lost.
@@ -277,7 +267,7 @@ async fn a_failed_release_is_adopted_again_not_forgotten() {
         c.failing_releases = 0;
     });
     wait_until(SETTLE, "a owns 2101 again and signed it in", || async {
-        owned() == all && t.sim.signed_in("2101") && t.sessions.has_running_session("2101")
+        t.owned() == all && t.sim.signed_in("2101") && t.sessions.has_running_session("2101")
     })
     .await;
     assert_eq!(t.pool.ownership().status().hand_overs, 0);
@@ -446,16 +436,8 @@ async fn an_instance_the_gateway_stops_answering_steps_out_and_gives_its_agents_
         .collect();
     assert!(!mine.is_empty() && mine.len() < agents.len(), "{mine:?}");
     t.script.with(|c| c.members.push(peer.clone()));
-    let owned = || {
-        t.pool
-            .ownership()
-            .status()
-            .owned
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-    };
     wait_until(SETTLE, "a hands the peer its share", || async {
-        owned() == mine
+        t.owned() == mine
     })
     .await;
     // The gateway stops answering "a" (its TLS trust rotated wrongly, a network policy…).
@@ -469,6 +451,6 @@ async fn an_instance_the_gateway_stops_answering_steps_out_and_gives_its_agents_
         .script
         .with(|c| c.released_with_proof.iter().cloned().collect());
     assert_eq!(with_proof, mine, "given up with their holder records");
-    assert!(owned().is_empty());
+    assert!(t.owned().is_empty());
     assert!(mine.iter().all(|x| !t.sessions.has_running_session(x)));
 }
