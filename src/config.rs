@@ -9,7 +9,7 @@
 use crate::gateway::GatewayConfig;
 use crate::grpc::validate::Limits;
 use crate::pool::PoolConfig;
-use crate::session::{SessionSettings, SignInParams};
+use crate::session::{SessionSettings, SignInGate, SignInParams};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -112,6 +112,19 @@ pub struct Config {
     pub server: ServerSettings,
     /// The agent pool (`--etcd-endpoints`); `None` when every agent is this bridge's alone.
     pub pool: Option<PoolConfig>,
+    /// A coordinator other than the etcd pool that every sign-in must pass, for embedders
+    /// (and the tests' scripted coordinators); no flag sets it. Ignored when `pool` is set.
+    pub coordinator: Option<Coordinator>,
+}
+
+/// A [`SignInGate`] given to [`Config::coordinator`].
+#[derive(Clone)]
+pub struct Coordinator(pub std::sync::Arc<dyn SignInGate>);
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Coordinator")
+    }
 }
 
 /// The content of the file `flag` names, or an error naming both.

@@ -86,6 +86,9 @@ pub async fn run(
             .await?,
         ),
         None => {
+            if let Some(coordinator) = &config.coordinator {
+                sessions.set_gate(coordinator.0.clone());
+            }
             for agent in &config.agents {
                 sessions.keep_signed_in(&agent.agent_id, agent.params.clone());
             }

@@ -141,6 +141,7 @@ impl BridgeArgs {
             drain_timeout: self.drain_timeout,
             server,
             pool,
+            coordinator: None,
         })
     }
 

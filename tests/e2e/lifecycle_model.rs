@@ -1,7 +1,8 @@
 //! The state-machine test of the agent lifecycle: seeded random interleavings of caller
 //! SignIn/SignOut/BeginPlay, forced sign-outs, Guid rotations (delivered or lost), lost answers
 //! before and after the gateway acted (sign-in answers included), DR retcodes, another client (a
-//! person's softphone) signing the agent in, time passing past the gateway's idle sign-out, and a
+//! person's softphone) signing the agent in, time passing past the gateway's idle sign-out, a
+//! coordinator refusing sign-ins for a while (as the agent pool does when it cannot tell), and a
 //! final drain. After every step the bridge's view of each agent must agree with the
 //! simulator's within a bounded time (a session only the gateway knows is allowed while it may
 //! be the orphan of a lost sign-in answer, or another client's), the bridge must never have
@@ -10,8 +11,12 @@
 //! current-thread runtime.
 
 use crate::helpers::*;
+use ccgw_bridge::config::Coordinator;
 use ccgw_bridge::proto::*;
+use ccgw_bridge::session::{GateRefusal, SignInGate};
 use ccgw_bridge::sim::{AuthMode, Fault, FaultKind, FaultMatch, SimConfig};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 use tonic::Code;
 
@@ -41,9 +46,11 @@ enum Step {
     PersonSignsIn,
     /// Time passes past the idle limit: the gateway signs out every session nobody polls.
     Idle,
+    /// The coordinator starts (or stops) refusing sign-ins of the agent.
+    GateRefuses,
 }
 
-const ALL: [Step; 12] = [
+const ALL: [Step; 13] = [
     Step::SignIn,
     Step::SignOut,
     Step::BeginPlay,
@@ -56,7 +63,60 @@ const ALL: [Step; 12] = [
     Step::LoseSignInAnswer,
     Step::PersonSignsIn,
     Step::Idle,
+    Step::GateRefuses,
 ];
+
+/// A coordinator that refuses sign-ins of the agents it is told to, as the agent pool does
+/// while it cannot tell whether this instance owns them; it counts the sign-ins it allowed.
+#[derive(Default)]
+struct ToggleGate {
+    refused: Mutex<HashSet<String>>,
+    allowed: Mutex<HashMap<String, usize>>,
+}
+
+impl SignInGate for ToggleGate {
+    fn may_sign_in(&self, agent_id: &str) -> Result<Option<std::time::Instant>, GateRefusal> {
+        if self.refused.lock().unwrap().contains(agent_id) {
+            return Err(GateRefusal::Unsure {
+                reason: "POOL_COORDINATOR_UNAVAILABLE",
+                detail: "the model's coordinator refuses".into(),
+            });
+        }
+        *self
+            .allowed
+            .lock()
+            .unwrap()
+            .entry(agent_id.to_owned())
+            .or_default() += 1;
+        Ok(None)
+    }
+}
+
+/// Every sign-in (`login` or `forcelogin`) the gateway received, per agent, counted from the
+/// simulator's log before each time the model clears it.
+#[derive(Default)]
+struct SignInLog(Mutex<HashMap<String, usize>>);
+
+impl SignInLog {
+    fn clear_log(&self, h: &Harness) {
+        let mut seen = self.0.lock().unwrap();
+        for r in h.sim.requests() {
+            let Some(agent) = r.agent_id.as_deref() else {
+                continue;
+            };
+            let login = r.path.ends_with(&format!("/onlineagent/{agent}"))
+                || r.path.ends_with("/forcelogin");
+            if r.method == "PUT" && login {
+                *seen.entry(agent.to_owned()).or_default() += 1;
+            }
+        }
+        h.sim.clear_requests();
+    }
+
+    fn of(&self, agent: &str) -> usize {
+        self.0.lock().unwrap().get(agent).copied().unwrap_or(0)
+    }
+}
 
 fn plays(h: &Harness, agent: &str) -> usize {
     h.sim
@@ -81,8 +141,14 @@ async fn bridge_signed_in(h: &Harness, agent: &str) -> bool {
 /// and the bridge polls with the gateway's current Guid (waited for at most `poll_wait`). A
 /// session only the gateway has is allowed when another client holds it, or when it may be the
 /// orphan of a lost sign-in answer (`orphan`).
-async fn agree(h: &Harness, agent: &str, orphan: bool, poll_wait: Duration) -> bool {
-    h.sim.clear_requests();
+async fn agree(
+    h: &Harness,
+    log: &SignInLog,
+    agent: &str,
+    orphan: bool,
+    poll_wait: Duration,
+) -> bool {
+    log.clear_log(h);
     let bridge = bridge_signed_in(h, agent).await;
     if bridge && h.sim.held_by_other_client(agent) {
         return false;
@@ -110,7 +176,14 @@ async fn run_model(seed: u64) {
         idle_timeout: IDLE,
         ..fast_sim()
     };
-    let mut h = Harness::with(sim, |c| c.sessions.gateway_idle_timeout = IDLE).await;
+    let gate = std::sync::Arc::new(ToggleGate::default());
+    let coordinator = Coordinator(gate.clone());
+    let mut h = Harness::with(sim, |c| {
+        c.sessions.gateway_idle_timeout = IDLE;
+        c.coordinator = Some(coordinator);
+    })
+    .await;
+    let log = SignInLog::default();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut trace = Vec::new();
     // Agents whose lost sign-in answer may have left a session only the gateway knows (until
@@ -190,6 +263,12 @@ async fn run_model(seed: u64) {
             Step::PersonSignsIn => {
                 let _ = h.sim.sign_in_elsewhere(agent, false);
             }
+            Step::GateRefuses => {
+                let mut refused = gate.refused.lock().unwrap();
+                if !refused.remove(agent) {
+                    refused.insert(agent.to_owned());
+                }
+            }
             Step::Idle => {
                 // Time passing is the step: the idle sign-out runs every tenth of it.
                 tokio::time::sleep(IDLE + IDLE / 2).await;
@@ -201,10 +280,27 @@ async fn run_model(seed: u64) {
             0,
             "seed {seed}: the bridge kicked another client; {trace:?}"
         );
+        // No sign-in without the coordinator's consent: one consent covers a `login` and, on
+        // `100-002` with a take-over right, one `forcelogin`.
+        log.clear_log(&h);
+        for agent in AGENTS {
+            let allowed = gate
+                .allowed
+                .lock()
+                .unwrap()
+                .get(agent)
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                log.of(agent) <= 2 * allowed,
+                "seed {seed}: {agent}: {} sign-ins at the gateway, {allowed} allowed by the coordinator; {trace:?}",
+                log.of(agent)
+            );
+        }
         for (agent, orphan) in AGENTS.into_iter().zip(orphan) {
             // Re-checked whenever the agent's next request arrives (or a poll hold passes).
             let agreed = tokio::time::timeout(SETTLE, async {
-                while !agree(&h, agent, orphan, Duration::from_secs(2)).await {
+                while !agree(&h, &log, agent, orphan, Duration::from_secs(2)).await {
                     let next = h
                         .sim
                         .wait_for_request(|r| r.agent_id.as_deref() == Some(agent));
@@ -223,6 +319,7 @@ async fn run_model(seed: u64) {
     // Drain: every agent the bridge holds is signed out at the gateway (faults still queued,
     // e.g. two lost sign-outs in a row, would defeat its one repeat by design).
     h.sim.clear_faults();
+    gate.refused.lock().unwrap().clear();
     h.begin_stop();
     h.stopped().await.expect("drained");
     for (agent, orphan) in AGENTS.into_iter().zip(orphan) {
