@@ -74,6 +74,9 @@ impl Harness {
 
     /// Starts a bridge with `config` in front of an already running `sim`.
     pub async fn bridge(sim: Simulator, config: Config) -> Self {
+        // Before any client of the test is built: the bridge installs it too, but in its own
+        // task, which may run after a test's first request (reqwest panics without a provider).
+        ccgw_bridge::crypto::install_crypto_provider();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
