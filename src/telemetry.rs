@@ -75,26 +75,28 @@ pub const GATEWAY_TRANSPORT_OUTCOMES: [&str; 5] = [
     "not_sent",
 ];
 
-/// Every gRPC status code's label (`grpc_code`), created at 0 for every method at start.
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+/// A status code's canonical upper-case name (as grpcurl prints it); also the metrics label.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
 
 /// The series one call or poll updates in the common case (a success), resolved once so the
 /// hot path increments atomics instead of hashing labels under the family's lock.
@@ -286,7 +288,8 @@ impl Default for Metrics {
             let _ = poll_errors.get_or_create(&[("kind", kind)]);
         }
         for method in RPC_METHODS {
-            for code in GRPC_CODES {
+            // Every status code, created at 0 for every method at start.
+            for code in (0..=16).map(|c| code_label(tonic::Code::from_i32(c))) {
                 let _ = rpc_total.get_or_create(&[("grpc_method", method), ("grpc_code", code)]);
             }
         }
