@@ -186,8 +186,6 @@ async fn a_pool_on_an_etcd_with_auth_joins_as_its_user_and_a_wrong_password_is_n
 
 #[test]
 fn etcd_tls_and_auth_flags_are_checked_before_anything_starts() {
-    use ccgw_bridge::args::Cli;
-    use clap::Parser;
     let dir = TempDir::new("etcd-flags");
     let certs = make_certs(&dir.0);
     let agents = agents_file(&dir.0, &["2001".to_string()]);
@@ -197,19 +195,9 @@ fn etcd_tls_and_auth_flags_are_checked_before_anything_starts() {
     std::fs::copy(&certs.client_key, &open_key).unwrap();
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let validate = |extra: &[&str]| {
-        let mut args = vec![
-            "ccgw-bridge",
-            "--gateway-url",
-            "https://127.0.0.1:8043",
-            "--agents-file",
-            agents.to_str().unwrap(),
-            "--instance-name",
-            "x",
-        ];
+        let mut args = vec!["--instance-name", "x"];
         args.extend_from_slice(extra);
-        Cli::try_parse_from(args)
-            .map_err(|e| e.to_string())
-            .and_then(|c| c.bridge.validate(None).map_err(|e| e.to_string()))
+        validate_flags(&agents, &args)
     };
     let (ca, cert, key) = (s(&certs.ca), s(&certs.client), s(&certs.client_key));
     let ok = validate(&[

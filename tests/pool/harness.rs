@@ -606,3 +606,24 @@ impl Bridge {
 pub fn has_sample(metrics: &str, line: &str) -> bool {
     metrics.lines().any(|l| l == line)
 }
+
+/// The bridge's flags validated as at start, with a gateway URL and `agents` as the agents file
+/// (`extra` after them); parse and validation errors both as text.
+pub fn validate_flags(
+    agents: &Path,
+    extra: &[&str],
+) -> Result<ccgw_bridge::config::Config, String> {
+    use ccgw_bridge::args::Cli;
+    use clap::Parser;
+    let mut args = vec![
+        "ccgw-bridge",
+        "--gateway-url",
+        "https://127.0.0.1:8043",
+        "--agents-file",
+        agents.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Cli::try_parse_from(args)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.bridge.validate(None).map_err(|e| e.to_string()))
+}

@@ -485,21 +485,9 @@ fn agents_for_member_of(agents: &[String], names: &[&str], name: &str) -> BTreeS
 
 #[test]
 fn pool_flags_are_validated_before_anything_starts() {
-    use ccgw_bridge::args::Cli;
-    use clap::Parser;
     let dir = TempDir::new("cfg");
     let agents = agents_file(&dir.0, &["2001".to_string()]);
-    let validate = |extra: &[&str]| {
-        let mut args = vec![
-            "ccgw-bridge",
-            "--gateway-url",
-            "https://127.0.0.1:8043",
-            "--agents-file",
-            agents.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        Cli::try_parse_from(args).unwrap().bridge.validate(None)
-    };
+    let validate = |extra: &[&str]| validate_flags(&agents, extra);
     assert!(
         validate(&[]).unwrap().pool.is_none(),
         "off without endpoints"
@@ -525,15 +513,13 @@ fn pool_flags_are_validated_before_anything_starts() {
         ["--lease-ttl", "2500ms"],
         ["--instance-name", "a/b"],
     ] {
-        let err = validate(&[e[0], e[1], bad[0], bad[1]])
-            .unwrap_err()
-            .to_string();
+        let err = validate(&[e[0], e[1], bad[0], bad[1]]).unwrap_err();
         assert!(err.contains(bad[0]), "{err}");
     }
     // force = true would make instances kick each other: refused in pool mode.
     let text = std::fs::read_to_string(&agents).unwrap() + "force = true\n";
     std::fs::write(&agents, text).unwrap();
     assert!(validate(&[]).is_ok());
-    let err = validate(&e).unwrap_err().to_string();
+    let err = validate(&e).unwrap_err();
     assert!(err.contains("force = true"), "{err}");
 }
