@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Failed gateway probes in a row (one per reconcile) after which an assignable instance steps
+/// Failed gateway probes in a row (at most one a tick) after which an assignable instance steps
 /// out of the members, so its agents move to members that can serve them.
 const STEP_OUT_AFTER: u32 = 3;
 
@@ -28,6 +28,9 @@ pub(super) struct Reconciler<B> {
     keep_alive: Option<(JoinHandle<()>, CancellationToken)>,
     /// Gateway probes in a row that failed while this instance was assignable.
     failed_probes: u32,
+    /// When the gateway was last probed: at most once a tick, however often etcd's watch wakes
+    /// the loop.
+    last_probe: Option<Instant>,
 }
 
 /// What the loop hands back at shutdown: the backend, to release and leave with, and the
@@ -77,6 +80,7 @@ impl<B: Backend> Reconciler<B> {
             stop,
             keep_alive: None,
             failed_probes: 0,
+            last_probe: None,
         }
     }
 
@@ -195,11 +199,15 @@ impl<B: Backend> Reconciler<B> {
 
     /// An observer becomes assignable once the gateway answers it (a replica with a wrong CA
     /// or address then never takes an agent away from one that serves it); an assignable
-    /// instance that fails [`STEP_OUT_AFTER`] probes in a row (one per reconcile: a GET that any
+    /// instance that fails [`STEP_OUT_AFTER`] probes in a row (at most one a tick: a GET that any
     /// answer satisfies) steps out, so rendezvous moves its agents to members that can serve
     /// them. In an outage of the gateway itself every instance steps out and nothing moves
     /// (rendezvous has no member to move to); each steps in again once the gateway answers.
     async fn update_assignable(&mut self) {
+        if self.last_probe.is_some_and(|t| t.elapsed() < self.tick) {
+            return;
+        }
+        self.last_probe = Some(Instant::now());
         let assignable = self.ownership.lock().assignable;
         match (assignable, self.sessions.probe_gateway().await) {
             (false, Ok(())) => {
