@@ -501,7 +501,9 @@ impl<B: Backend> Reconciler<B> {
             self.forget(agent.clone());
         }
         let mut results = self.backend.release(&signed_out, false).await;
-        results.extend(self.backend.release(&given_up, true).await);
+        if !given_up.is_empty() {
+            results.extend(self.backend.release(&given_up, true).await);
+        }
         signed_out.extend(given_up);
         for (agent, result) in signed_out.iter().zip(results) {
             self.ownership.lock().handing_over.remove(agent);
