@@ -117,7 +117,7 @@ async fn bridge(cli: Cli) -> ExitCode {
             params: SignInParams {
                 password: Password::new(String::new()),
                 phone_number: "88001".into(),
-                force: true,
+                force: false,
                 auto_answer: None,
                 auto_enter_idle: None,
                 release_phone: None,

@@ -78,7 +78,7 @@ impl Output {
         if self.json {
             emit!(
                 "{}",
-                json!({"instance": o.instance, "lease_state": o.lease_state, "agent_ids": o.agent_ids})
+                json!({"instance": o.instance, "lease_state": o.lease_state, "agent_ids": o.agent_ids, "waiting_for_gateway": o.waiting_for_gateway})
             )
         } else {
             let agents = if o.agent_ids.is_empty() {
@@ -86,8 +86,13 @@ impl Output {
             } else {
                 o.agent_ids.join(",")
             };
+            let waiting = if o.waiting_for_gateway.is_empty() {
+                String::new()
+            } else {
+                format!(" waiting_for_gateway={}", o.waiting_for_gateway.join(","))
+            };
             emit!(
-                "instance={} lease={} agents={agents}",
+                "instance={} lease={} agents={agents}{waiting}",
                 o.instance,
                 o.lease_state
             )

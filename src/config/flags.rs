@@ -107,8 +107,10 @@ pub struct BridgeArgs {
     /// after the gateway ended sessions) that may be in progress at once.
     #[arg(long, env = "CCGW_SIGN_IN_CONCURRENCY", default_value_t = 16)]
     pub sign_in_concurrency: usize,
-    /// The gateway's idle sign-out (vendor `MAXTIME`): after a lost answer the bridge takes
-    /// its own session back (`forcelogin`) only this long after it last used that session.
+    /// The gateway's idle sign-out (vendor `MAXTIME`): a session the bridge lost the Guid of
+    /// (a lost sign-in answer) ends at the gateway this long after its last request, and only
+    /// then can the agent be signed in again (the bridge never forces). Bounds how long an
+    /// ended agent's slot is kept.
     #[arg(long, env = "CCGW_GATEWAY_IDLE_TIMEOUT", default_value = "120s", value_parser = duration)]
     pub gateway_idle_timeout: Duration,
     /// Leave agents signed in at the gateway when the bridge stops.
@@ -185,6 +187,17 @@ pub struct BridgeArgs {
     /// readable by every user, like agents' password files).
     #[arg(long, env = "CCGW_ETCD_PASSWORD_FILE", requires = "etcd_user")]
     pub etcd_password_file: Option<PathBuf>,
+    /// Agent pool: file holding the pool key, 32 bytes as 64 hex digits (`openssl rand -hex
+    /// 32`), the same for every replica (a Kubernetes Secret). It seals each agent's gateway
+    /// Guid in etcd (`holders/`), so the instance that takes an agent over after a crash can
+    /// log that session out with its own Guid within a lease TTL. Without it a crashed
+    /// instance's agents wait for the gateway's idle sign-out (--gateway-idle-timeout).
+    #[arg(long, env = "CCGW_POOL_KEY_FILE")]
+    pub pool_key_file: Option<PathBuf>,
+    /// Agent pool: the previous pool key during a key rotation: records sealed with it still
+    /// open; new ones are sealed with --pool-key-file.
+    #[arg(long, env = "CCGW_POOL_KEY_PREVIOUS_FILE", requires = "pool_key_file")]
+    pub pool_key_previous_file: Option<PathBuf>,
 }
 
 pub(super) fn duration(s: &str) -> Result<Duration, String> {

@@ -9,8 +9,9 @@ use super::{
 use crate::events::EventBudget;
 use crate::gateway::GatewayConfig;
 use crate::grpc::validate::{Limits, VoicePathPolicy};
-use crate::pool::{EtcdAuth, EtcdTls, PoolConfig};
+use crate::pool::{EtcdAuth, EtcdTls, Keyring, PoolConfig};
 use crate::session::SessionSettings;
+use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -161,7 +162,7 @@ impl BridgeArgs {
         }
         if let Some(a) = agents.iter().find(|a| a.params.force) {
             return Err(invalid(format!(
-                "--agents-file: agent {} has force = true, which would make pool instances kick each other; the pool itself decides when a sign-in may be forced",
+                "--agents-file: agent {} has force = true, which would make pool instances kick each other: the pool never forces (a take-over logs the previous session out with its own Guid)",
                 a.agent_id
             )));
         }
@@ -187,7 +188,23 @@ impl BridgeArgs {
             lease_ttl: self.lease_ttl,
             tls: self.etcd_tls()?,
             auth: self.etcd_auth()?,
+            keyring: self.pool_keyring()?,
         }))
+    }
+
+    /// The pool key(s) sealing the Guid hand-off (`--pool-key-file`), refused if anyone may
+    /// read them.
+    fn pool_keyring(&self) -> Result<Option<Arc<Keyring>>, ConfigError> {
+        let Some(current) = &self.pool_key_file else {
+            return Ok(None);
+        };
+        refuse_world_readable(current, "--pool-key-file", "it holds the pool key")?;
+        if let Some(previous) = &self.pool_key_previous_file {
+            refuse_world_readable(previous, "--pool-key-previous-file", "it holds a pool key")?;
+        }
+        Keyring::from_files(current, self.pool_key_previous_file.as_deref())
+            .map(|k| Some(Arc::new(k)))
+            .map_err(|e| invalid(e.to_string()))
     }
 
     /// TLS to etcd: every endpoint `https://` with a CA, or every one plain (a mix is refused:

@@ -3,12 +3,10 @@
 
 mod budget;
 mod event;
-mod guid_use;
 mod hub;
 mod poller;
 
 pub use budget::{EventBudget, DEFAULT_BUDGET_BYTES, DEFAULT_MAX_AGE};
 pub use event::{play_type, Event, SHUTDOWN_SERVICE};
-pub use guid_use::GuidUse;
 pub use hub::{End, Hub, Next, SubscribeError, Subscription};
 pub use poller::{backoff, unix_ms, PollEnd, PollSettings, Poller};

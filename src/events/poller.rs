@@ -6,7 +6,6 @@
 //! and never end the session; only the gateway saying the agent is gone does.
 
 use super::event::SHUTDOWN_SERVICE;
-use super::guid_use::GuidUse;
 use super::hub::Hub;
 use crate::gateway::{AgentAuth, GatewayClient, GatewayError, Interface};
 use crate::telemetry::Metrics;
@@ -73,8 +72,6 @@ pub struct Poller {
     /// failures, not the answers that end it), so a call refused for its Guid can wait for the
     /// poll that would carry a newer one.
     pub polls: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Send time of the last poll the gateway may have counted (its idle sign-out clock).
-    pub guid_use: Arc<GuidUse>,
     /// Stops the loop.
     pub cancel: CancellationToken,
     /// Pacing.
@@ -93,13 +90,11 @@ impl Poller {
         tokio::pin!(cancelled);
         loop {
             let sent = self.auth.current();
-            let sent_at = Instant::now();
             let answer = tokio::select! {
                 biased;
                 () = &mut cancelled => return PollEnd::Cancelled,
                 a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
             };
-            self.guid_use.record(sent_at, &answer);
             // Only answers count, and only once the loop knows it goes on: the farewell
             // (`AgentOther_ShutdownService`), a Guid refusal and a "sign in again" end it, and
             // none of them shows the gateway still accepting the session's Guid.

@@ -92,6 +92,21 @@ impl AgentAuth {
         self.cookies.lock().ok()?.header.clone()
     }
 
+    /// The cookies as sent (`a=1; b=2`), for handing the session to another instance.
+    pub fn cookie_text(&self) -> Option<String> {
+        self.cookies.lock().ok()?.text.clone()
+    }
+
+    /// Credentials of a session handed over by another instance: its Guid and cookies.
+    pub fn restored(guid: Guid, cookies: Option<&str>) -> AgentAuth {
+        let auth = AgentAuth::default();
+        auth.adopt(guid);
+        if let Some(cookies) = cookies {
+            auth.store_cookies(cookies.split("; "));
+        }
+        auth
+    }
+
     /// Stores `name=value` pairs from `Set-Cookie` headers (attributes dropped; same name replaced).
     ///
     /// Deliberately minimal: the gateway's cookies exist for load-balancer stickiness

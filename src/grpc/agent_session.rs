@@ -27,6 +27,7 @@ fn ownership_stream(pool: Arc<crate::pool::Ownership>) -> EventStream<Ownership>
             instance: s.instance,
             agent_ids: s.owned,
             lease_state: s.lease.label().to_owned(),
+            waiting_for_gateway: s.waiting_for_gateway,
         })
     });
     let end = futures::stream::once(async {

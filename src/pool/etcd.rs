@@ -10,17 +10,19 @@
 //!   again).
 //! - `owners/{agent}`: the owning instance, under its lease; taken only if absent (an atomic
 //!   create: `create_revision == 0`), so at most one instance owns an agent at any revision.
-//! - `holders/{agent}`: the pool instance whose gateway session may hold the agent, *not* under
-//!   a lease. Written by `acquire` when absent and by `mark_held` once the owner has signed the
-//!   agent in; deleted by a graceful release only if it names the releasing instance. A lease
-//!   that ends (crash, partition) leaves it, so the next owner learns that the gateway may still
-//!   run that instance's session, even if an owner in between never signed the agent in.
+//! - `holders/{agent}`: the Guid hand-off, *not* under a lease: the owner's gateway session
+//!   (Guid and cookies), sealed with the pool key (`handoff.rs`). Written after the owner signed
+//!   the agent in and after each Guid change; deleted (compare-and-delete) when that session
+//!   ends or by a graceful release. A lease that ends (crash, partition) leaves it, so the next
+//!   owner can log the session out with its own Guid, even if an owner in between never signed
+//!   the agent in.
 //!
 //! Requests for many agents (take, release) are sent concurrently on the one connection, so a
 //! reconcile of 1,000 agents costs about one round trip's wait, not 1,000.
 
 use super::{
-    Acquired, Backend, EtcdAuth, EtcdTls, LeaseRenewal, PoolConfig, PoolError, Renewal, View,
+    Acquired, Backend, EtcdAuth, EtcdTls, HolderWrite, LeaseRenewal, PoolConfig, PoolError,
+    Renewal, View,
 };
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
@@ -46,6 +48,22 @@ pub struct EtcdBackend {
     watch: Option<WatchStream>,
     /// Catalogs read so far, by digest (a digest names its content, so it never changes).
     catalogs: HashMap<String, Arc<HashSet<String>>>,
+}
+
+/// Holder writes per etcd transaction: well within etcd's default `--max-txn-ops` (128) and
+/// its 1.5 MiB request limit (a sealed record is about 150 bytes), so 30,000 agents rotating
+/// their Guids every minute cost about eight transactions a second, not 500 requests.
+const HOLDER_WRITES_PER_TXN: usize = 64;
+
+/// Deletes `key` if it still holds `record`.
+fn forget_holder(key: String, record: &[u8]) -> Txn {
+    Txn::new()
+        .when([Compare::value(
+            key.clone(),
+            CompareOp::Equal,
+            record.to_vec(),
+        )])
+        .and_then([TxnOp::delete(key, None)])
 }
 
 /// The digest of a list of agents, independent of their order (FNV-1a over the sorted ids).
@@ -185,39 +203,27 @@ impl EtcdBackend {
         agent: &str,
     ) -> Result<Acquired, PoolError> {
         let owner = self.key("owners", agent);
-        let holder = self.key("holders", agent);
-        // A previous holder's record is kept until this instance has signed the agent in.
-        let claim_holder = Txn::new()
-            .when([Compare::create_revision(
-                holder.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([TxnOp::put(holder.clone(), self.instance.as_bytes(), None)]);
+        // The previous holder's record is read in the same transaction and left as it is until
+        // this instance has signed the agent in (and writes its own).
         let txn = Txn::new()
             .when([Compare::create_revision(owner.clone(), CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::get(holder, None),
+                TxnOp::get(self.key("holders", agent), None),
                 TxnOp::put(
                     owner,
                     self.instance.as_bytes(),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
-                TxnOp::txn(claim_holder),
             ]);
         let resp = bounded(self.bound(), client.txn(txn)).await?;
         if !resp.succeeded() {
             return Ok(Acquired::Held);
         }
-        let crashed_holder = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get
-                .kvs()
-                .first()
-                .and_then(|kv| kv.value_str().ok())
-                .map(str::to_owned),
+        let hand_off = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
             _ => None,
         });
-        Ok(Acquired::Won { crashed_holder })
+        Ok(Acquired::Won { hand_off })
     }
 
     async fn release_one(
@@ -225,23 +231,18 @@ impl EtcdBackend {
         mut client: Client,
         lease: i64,
         agent: &str,
-        keep_proof: bool,
+        record: Option<&[u8]>,
     ) -> Result<bool, PoolError> {
         let owner = self.key("owners", agent);
-        let holder = self.key("holders", agent);
         // Only while the record is still under this instance's lease: never release another's.
-        // The holder record goes only if it names this instance (signed out now); a record of
-        // an earlier holder whose session this instance never replaced stays as its proof.
-        let forget_holder = Txn::new()
-            .when([Compare::value(
-                holder.clone(),
-                CompareOp::Equal,
-                self.instance.as_bytes(),
-            )])
-            .and_then([TxnOp::delete(holder, None)]);
         let mut ops = vec![TxnOp::delete(owner.clone(), None)];
-        if !keep_proof {
-            ops.push(TxnOp::txn(forget_holder));
+        if let Some(record) = record {
+            // The holder record goes only if it is still this instance's last write (its
+            // session is signed out now); an earlier holder's record stays with its Guid.
+            ops.push(TxnOp::txn(forget_holder(
+                self.key("holders", agent),
+                record,
+            )));
         }
         let txn = Txn::new()
             .when([Compare::lease(owner, CompareOp::Equal, lease)])
@@ -249,16 +250,32 @@ impl EtcdBackend {
         Ok(bounded(self.bound(), client.txn(txn)).await?.succeeded())
     }
 
-    async fn mark_one(&self, mut client: Client, lease: i64, agent: &str) -> Result<(), PoolError> {
-        let owner = self.key("owners", agent);
-        let txn = Txn::new()
-            .when([Compare::lease(owner, CompareOp::Equal, lease)])
-            .and_then([TxnOp::put(
-                self.key("holders", agent),
-                self.instance.as_bytes(),
-                None,
-            )]);
-        bounded(self.bound(), client.txn(txn)).await?;
+    /// One transaction of at most [`HOLDER_WRITES_PER_TXN`] holder writes, each its own nested
+    /// transaction with its own guard, so one agent that moved meanwhile spoils no other's.
+    async fn write_holder_batch(
+        &self,
+        mut client: Client,
+        lease: i64,
+        writes: &[HolderWrite],
+    ) -> Result<(), PoolError> {
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                HolderWrite::Put { agent, record } => TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::lease(
+                            self.key("owners", agent),
+                            CompareOp::Equal,
+                            lease,
+                        )])
+                        .and_then([TxnOp::put(self.key("holders", agent), record.clone(), None)]),
+                ),
+                HolderWrite::Delete { agent, record } => {
+                    TxnOp::txn(forget_holder(self.key("holders", agent), record))
+                }
+            })
+            .collect();
+        bounded(self.bound(), client.txn(Txn::new().and_then(ops))).await?;
         Ok(())
     }
 
@@ -399,7 +416,12 @@ impl Backend for EtcdBackend {
         let txn = Txn::new().and_then([
             TxnOp::get(members.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(owners.clone(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(holders.clone(), Some(GetOptions::new().with_prefix())),
+            // Keys only: the sealed records mean nothing without the key, and are read one
+            // at a time where they are needed (a take-over's acquire).
+            TxnOp::get(
+                holders.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
         ]);
         let resp = self.bounded(client.txn(txn)).await?;
         let mut view = View::default();
@@ -409,7 +431,14 @@ impl Backend for EtcdBackend {
                 continue;
             };
             for kv in get.kvs() {
-                let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
+                let Ok(key) = kv.key_str() else {
+                    continue;
+                };
+                if let Some(agent) = key.strip_prefix(&holders).filter(|_| i == 2) {
+                    view.holders.insert(agent.to_owned());
+                    continue;
+                }
+                let Ok(value) = kv.value_str() else {
                     continue;
                 };
                 if i == 0 {
@@ -419,8 +448,6 @@ impl Backend for EtcdBackend {
                     }
                 } else if let Some(agent) = key.strip_prefix(&owners) {
                     view.owners.insert(agent.to_owned(), value.to_owned());
-                } else if let Some(agent) = key.strip_prefix(&holders) {
-                    view.holders.insert(agent.to_owned(), value.to_owned());
                 }
             }
         }
@@ -445,30 +472,34 @@ impl Backend for EtcdBackend {
         }
     }
 
-    async fn mark_held(&mut self, agents: &[String]) -> Vec<Result<(), PoolError>> {
+    async fn write_holders(&mut self, writes: &[HolderWrite]) -> Vec<Result<(), PoolError>> {
         match self.for_agents().await {
             Ok((client, lease)) => {
                 let this = &*self;
-                let requests = agents
-                    .iter()
-                    .map(|a| this.mark_one(client.clone(), lease, a));
-                futures::future::join_all(requests).await
+                let batches = writes
+                    .chunks(HOLDER_WRITES_PER_TXN)
+                    .map(|batch| this.write_holder_batch(client.clone(), lease, batch));
+                let results = futures::future::join_all(batches).await;
+                writes
+                    .chunks(HOLDER_WRITES_PER_TXN)
+                    .zip(results)
+                    .flat_map(|(batch, r)| batch.iter().map(move |_| r.clone()))
+                    .collect()
             }
-            Err(e) => agents.iter().map(|_| Err(coordinator(&e))).collect(),
+            Err(e) => writes.iter().map(|_| Err(coordinator(&e))).collect(),
         }
     }
 
     async fn release(
         &mut self,
-        agents: &[String],
-        keep_proof: bool,
+        agents: &[(String, Option<Vec<u8>>)],
     ) -> Vec<Result<bool, PoolError>> {
         match self.for_agents().await {
             Ok((client, lease)) => {
                 let this = &*self;
-                let requests = agents
-                    .iter()
-                    .map(|a| this.release_one(client.clone(), lease, a, keep_proof));
+                let requests = agents.iter().map(|(a, record)| {
+                    this.release_one(client.clone(), lease, a, record.as_deref())
+                });
                 futures::future::join_all(requests).await
             }
             Err(e) => agents.iter().map(|_| Err(coordinator(&e))).collect(),

@@ -13,7 +13,8 @@ pub struct PoolMetrics {
     owned: Gauge,
     lease: Family<[(&'static str, &'static str); 1], Gauge>,
     hand_overs: Counter,
-    take_overs: Counter,
+    take_overs: Family<[(&'static str, &'static str); 1], Counter>,
+    waiting_for_gateway: Gauge,
 }
 
 impl PoolMetrics {
@@ -37,8 +38,13 @@ impl PoolMetrics {
         );
         registry.register(
             "pool_take_overs",
-            "Agents taken over (forcelogin) from an instance whose lease ended",
+            "Agents taken over from an instance whose lease ended, by how the take-over ended: guid_logout (its session logged out with the Guid it handed off), free (nothing held the agent), waited_for_gateway (held until the gateway signed it out)",
             m.take_overs.clone(),
+        );
+        registry.register(
+            "pool_agents_waiting_for_gateway",
+            "Agents owned here that the gateway still counts as signed in elsewhere (100-002): a previous holder's session without a usable Guid, or a person; retried with back-off, never forced",
+            m.waiting_for_gateway.clone(),
         );
         m
     }
@@ -60,7 +66,36 @@ impl PoolMetrics {
         self.hand_overs.inc();
     }
 
-    pub(super) fn taken_over(&self) {
-        self.take_overs.inc();
+    pub(super) fn taken_over(&self, outcome: TakeOver) {
+        self.take_overs
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
+    }
+
+    pub(super) fn set_waiting(&self, agents: usize) {
+        self.waiting_for_gateway.set(agents as i64);
+    }
+}
+
+/// How a take-over (an agent acquired with a previous holder's record) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// The previous holder's session was logged out with its handed-off Guid.
+    GuidLogout,
+    /// The plain `login` succeeded at once: nothing held the agent any more.
+    Free,
+    /// The gateway counted the agent as held (`100-002`: a session without a usable Guid, or
+    /// a person's) until that session ended; counted for every owned agent that waited.
+    WaitedForGateway,
+}
+
+impl TakeOver {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TakeOver::GuidLogout => "guid_logout",
+            TakeOver::Free => "free",
+            TakeOver::WaitedForGateway => "waited_for_gateway",
+        }
     }
 }

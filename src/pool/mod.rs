@@ -6,9 +6,11 @@
 //!   valid on its own lease clock ([`Ownership`] is the session layer's [`SignInGate`]).
 //! - Ownership is taken only when free ([`Backend::acquire`] is an atomic create); the owner
 //!   that should hold an agent is chosen by rendezvous hashing over the live members.
-//! - `forcelogin` is used only when the coordinator proved that the previous holder was a pool
-//!   instance whose lease ended without handing the agent over (a crash or a partition): the
-//!   gateway session it replaces is then one no live instance runs.
+//! - The pool never sends `forcelogin`. An owner hands its gateway session's Guid (and cookies)
+//!   to whoever takes the agent over next, sealed in `holders/{agent}` (`handoff.rs`), written
+//!   after each sign-in and Guid change. A take-over after a crash or a freeze logs that session
+//!   out with its own Guid, then signs in plainly; without a Guid that still works it waits for
+//!   the gateway's idle sign-out (`100-002` until then), never forcing.
 //! - Hand-over is graceful: sign out, then release, so the next owner signs in with `login`.
 //! - Losing the lease ends every session here locally (never a sign-out, never a sign-in); an
 //!   unreachable coordinator keeps running sessions but allows no new sign-ins.
@@ -19,6 +21,7 @@
 mod clock;
 #[cfg(feature = "pool")]
 mod etcd;
+mod handoff;
 mod lease;
 mod metrics;
 mod ownership;
@@ -27,7 +30,8 @@ mod rendezvous;
 
 #[cfg(feature = "pool")]
 pub use etcd::EtcdBackend;
-pub use metrics::PoolMetrics;
+pub use handoff::{HandOff, KeyError, Keyring};
+pub use metrics::{PoolMetrics, TakeOver};
 pub use ownership::{LeaseState, Ownership, PoolStatus};
 pub use rendezvous::{choose, choose_among};
 
@@ -55,6 +59,9 @@ pub struct PoolConfig {
     pub tls: Option<EtcdTls>,
     /// etcd user and password (an etcd with `auth enable`), if any.
     pub auth: Option<EtcdAuth>,
+    /// The pool key sealing the Guid hand-off (`--pool-key-file`); without it no holder record
+    /// is written, and a take-over after a crash waits for the gateway's idle sign-out.
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 /// TLS material for etcd, checked at start (`--etcd-ca-cert`, `--etcd-client-cert`/`-key`).
@@ -84,7 +91,7 @@ pub struct EtcdAuth {
 }
 
 /// A coordinator failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PoolError {
     /// The coordinator could not be reached or refused the request.
     #[error("coordinator: {0}")]
@@ -118,22 +125,42 @@ pub struct View {
     pub catalogs: HashMap<String, Arc<HashSet<String>>>,
     /// Agent → owning instance.
     pub owners: HashMap<String, String>,
-    /// Agent → the pool instance whose gateway session may still be there (see
-    /// [`Backend::mark_held`]).
-    pub holders: HashMap<String, String>,
+    /// Agents that have a holder record (see [`Backend::write_holders`]).
+    pub holders: HashSet<String>,
 }
 
 /// The result of trying to take an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
-    /// Taken. `crashed_holder` names the pool instance that held the agent last and whose
-    /// lease ended without releasing it: its gateway session may still be there.
+    /// Taken. `hand_off` is the previous holder's sealed record, if one was left (a crash, a
+    /// partition, a drain that could not sign the agent out): its gateway session may still be
+    /// there, reachable through the Guid inside.
     Won {
         /// See above.
-        crashed_holder: Option<String>,
+        hand_off: Option<Vec<u8>>,
     },
     /// Someone else holds it.
     Held,
+}
+
+/// One change of a holder record (see [`Backend::write_holders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderWrite {
+    /// Writes the sealed record, only while this instance owns the agent under its lease.
+    Put {
+        /// The agent.
+        agent: String,
+        /// The sealed [`HandOff`].
+        record: Vec<u8>,
+    },
+    /// Deletes the record, only if it is still `record` (this instance's last write): the
+    /// session it names ended.
+    Delete {
+        /// The agent.
+        agent: String,
+        /// The record this instance wrote last.
+        record: Vec<u8>,
+    },
 }
 
 /// A coordination engine holding one lease per instance and one ownership record per agent.
@@ -155,28 +182,26 @@ pub trait Backend: Send + 'static {
     ) -> impl Future<Output = Result<(), PoolError>> + Send;
     /// Reads members and owners.
     fn view(&mut self) -> impl Future<Output = Result<View, PoolError>> + Send;
-    /// Records that this instance's gateway session now holds each of `agents` (owned here):
-    /// from now on a next owner that finds the agent still signed in after this instance's
-    /// lease ended may take that session over. Until then the previous record stands, so a
-    /// crashed holder's proof outlives an owner that never signed the agent in.
-    fn mark_held(
+    /// Writes or deletes holder records (the sealed Guid hand-off), in transactions of bounded
+    /// size. A `Put` is written after each sign-in and Guid change; until then the previous
+    /// record stands, so a crashed holder's Guid outlives an owner that never signed in.
+    fn write_holders(
         &mut self,
-        agents: &[String],
+        writes: &[HolderWrite],
     ) -> impl Future<Output = Vec<Result<(), PoolError>>> + Send;
     /// Takes each of `agents` under the lease if nobody holds it (requests sent concurrently).
     fn acquire(
         &mut self,
         agents: &[String],
     ) -> impl Future<Output = Vec<Result<Acquired, PoolError>>> + Send;
-    /// Gives each of `agents` up (requests sent concurrently); `Ok(false)` when the record was
-    /// not this lease's any more (nothing was released). Normally after signing the agents
-    /// out, so their next owner signs in without forcing. With `keep_proof` (the sign-out could
-    /// not reach the gateway) the holder record naming this instance stays, so the next owner
-    /// may take over the session this instance can no longer use.
+    /// Gives each agent up (requests sent concurrently); `Ok(false)` when the ownership record
+    /// was not this lease's any more (nothing was released). Normally after signing the agent
+    /// out; its holder record is then deleted if it is still the given one (this instance's
+    /// last write). With `None` (the sign-out could not reach the gateway) the holder record
+    /// stays, so the next owner can log out the session this instance can no longer use.
     fn release(
         &mut self,
-        agents: &[String],
-        keep_proof: bool,
+        agents: &[(String, Option<Vec<u8>>)],
     ) -> impl Future<Output = Vec<Result<bool, PoolError>>> + Send;
     /// Ends the lease (every ownership not released stays marked as crashed).
     fn leave(&mut self) -> impl Future<Output = Result<(), PoolError>> + Send;
@@ -236,6 +261,9 @@ impl Pool {
         agents: Vec<(String, SignInParams)>,
         metrics: &Metrics,
     ) -> Pool {
+        if config.keyring.is_none() {
+            tracing::warn!("agent pool without --pool-key-file: no Guid is handed over, so a crashed or frozen instance's agents wait for the gateway's idle sign-out (--gateway-idle-timeout) before another instance can sign them in");
+        }
         let mut pool_metrics = None;
         metrics.register(|registry| pool_metrics = Some(PoolMetrics::registered(registry)));
         let ownership = Arc::new(Ownership::new(
@@ -265,6 +293,7 @@ impl Pool {
                 .collect(),
             config.lease_ttl / 3,
             stop.clone(),
+            config.keyring.clone(),
         );
         let task = tokio::spawn(reconciler.run());
         Pool {

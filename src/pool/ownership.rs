@@ -52,6 +52,9 @@ pub(super) struct OwnershipState {
     /// Owned agents whose sign-in the pool started and that has not finished yet.
     pub(super) signing_in: HashSet<String>,
     pub(super) owners: HashMap<String, String>,
+    /// Owned agents the gateway still counts as signed in elsewhere (`100-002`): this
+    /// instance waits (keep-signed-in's back-off) for the gateway to free them, never forcing.
+    pub(super) waiting_for_gateway: HashSet<String>,
     pub(super) hand_overs: u64,
     pub(super) take_overs: u64,
 }
@@ -82,6 +85,8 @@ pub struct PoolStatus {
     pub hand_overs: u64,
     /// Agents taken over from an instance whose lease ended so far.
     pub take_overs: u64,
+    /// Owned agents waiting for the gateway to free them (held elsewhere: `100-002`), sorted.
+    pub waiting_for_gateway: Vec<String>,
 }
 
 impl Ownership {
@@ -106,6 +111,7 @@ impl Ownership {
                 handing_over: HashSet::new(),
                 signing_in: HashSet::new(),
                 owners: HashMap::new(),
+                waiting_for_gateway: HashSet::new(),
                 hand_overs: 0,
                 take_overs: 0,
             }),
@@ -125,12 +131,15 @@ impl Ownership {
         let s = self.lock();
         let mut owned: Vec<String> = s.owned.iter().cloned().collect();
         owned.sort();
+        let mut waiting_for_gateway: Vec<String> = s.waiting_for_gateway.iter().cloned().collect();
+        waiting_for_gateway.sort();
         PoolStatus {
             instance: self.instance.clone(),
             lease: s.lease,
             owned,
             hand_overs: s.hand_overs,
             take_overs: s.take_overs,
+            waiting_for_gateway,
         }
     }
 
@@ -148,6 +157,9 @@ impl Ownership {
             ),
             (LeaseState::Held, _) if !s.assignable => Condition::Blocking(
                 "agent pool: joined as an observer only: the gateway has not answered this instance yet, so it takes no agents".into(),
+            ),
+            (LeaseState::Held, _) if !s.waiting_for_gateway.is_empty() => Condition::Degraded(
+                "agent pool: some owned agents wait for the gateway to free them (it counts them signed in elsewhere: a previous holder's session without a usable Guid ends at the gateway's idle sign-out; a person's does not); see `ccgw-bridge call ownership` and ccgw_pool_agents_waiting_for_gateway",
             ),
             (LeaseState::Held, _) => Condition::Fine,
             (_, false) => Condition::Blocking(
@@ -182,12 +194,19 @@ impl Ownership {
     }
 
     pub(super) fn changed(&self) {
-        let (owned, lease) = {
+        let (owned, lease, waiting) = {
             let s = self.lock();
-            (s.owned.len(), s.lease)
+            (s.owned.len(), s.lease, s.waiting_for_gateway.len())
         };
         self.metrics.set(owned, lease);
+        self.metrics.set_waiting(waiting);
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Counts a take-over by how it ended.
+    pub(super) fn took_over(&self, outcome: super::TakeOver) {
+        self.lock().take_overs += 1;
+        self.metrics.taken_over(outcome);
     }
 
     /// Records a lease state; returns the previous one.

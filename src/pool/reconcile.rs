@@ -4,10 +4,14 @@
 //! every wait here is bounded all the same, so the loop keeps converging.
 
 use super::clock::LeaseTime;
+use super::handoff::{now_ms, HandOff, Keyring};
+use super::metrics::TakeOver;
 use super::{
-    choose_among, lease, Acquired, Backend, LeaseState, Leave, Ownership, PoolError, View,
+    choose_among, lease, Acquired, Backend, HolderWrite, LeaseState, Leave, Ownership, PoolError,
+    View,
 };
-use crate::session::{SessionError, Sessions, SignInGate, SignInParams};
+use crate::session::{Orphan, OrphanEnd, SessionError, Sessions, SignInGate, SignInParams};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -31,6 +35,18 @@ pub(super) struct Reconciler<B> {
     /// When the gateway was last probed: at most once a tick, however often etcd's watch wakes
     /// the loop.
     last_probe: Option<Instant>,
+    /// Seals the Guid hand-off (`None`: no holder records are written).
+    keyring: Option<Arc<Keyring>>,
+    /// The holder record this instance wrote last for each agent, and for which session and
+    /// Guid generation: a new one is written when either changes.
+    recorded: HashMap<String, Recorded>,
+}
+
+/// A holder record as this instance wrote it.
+struct Recorded {
+    session_id: Arc<str>,
+    generation: u64,
+    record: Vec<u8>,
 }
 
 /// What the loop hands back at shutdown: the backend, to release and leave with, and the
@@ -38,6 +54,8 @@ pub(super) struct Reconciler<B> {
 struct Leaving<B> {
     backend: B,
     keep_alive: Option<CancellationToken>,
+    /// The holder records written last, deleted with the release of an agent signed out.
+    recorded: HashMap<String, Recorded>,
 }
 
 impl<B: Backend> Leave for Leaving<B> {
@@ -46,8 +64,15 @@ impl<B: Backend> Leave for Leaving<B> {
         released: Vec<String>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            let results = self.backend.release(&released, false).await;
-            for (agent, result) in released.iter().zip(results) {
+            let released: Vec<(String, Option<Vec<u8>>)> = released
+                .into_iter()
+                .map(|a| {
+                    let record = self.recorded.remove(&a).map(|r| r.record);
+                    (a, record)
+                })
+                .collect();
+            let results = self.backend.release(&released).await;
+            for ((agent, _), result) in released.iter().zip(results) {
                 if let Err(e) = result {
                     tracing::warn!(agent_id = %agent, error = %e, "pool: release at shutdown failed");
                 }
@@ -70,6 +95,7 @@ impl<B: Backend> Reconciler<B> {
         agents: Vec<(String, SignInParams)>,
         tick: Duration,
         stop: CancellationToken,
+        keyring: Option<Arc<Keyring>>,
     ) -> Self {
         Self {
             backend,
@@ -81,6 +107,8 @@ impl<B: Backend> Reconciler<B> {
             keep_alive: None,
             failed_probes: 0,
             last_probe: None,
+            keyring,
+            recorded: HashMap::new(),
         }
     }
 
@@ -125,6 +153,7 @@ impl<B: Backend> Reconciler<B> {
         Box::new(Leaving {
             backend: self.backend,
             keep_alive: self.keep_alive.map(|(_, stop)| stop),
+            recorded: self.recorded,
         })
     }
 
@@ -241,6 +270,9 @@ impl<B: Backend> Reconciler<B> {
         };
         for agent in owned {
             tracing::warn!(agent_id = %agent, "pool: ownership lost with the lease");
+            // The holder record stays in etcd: whoever owns the agent next can log the session
+            // out with the Guid inside.
+            self.recorded.remove(&agent);
             self.forget(agent);
         }
         self.ownership.changed();
@@ -268,8 +300,9 @@ impl<B: Backend> Reconciler<B> {
             members.push(me.clone());
         }
         self.ownership.lock().owners = view.owners.clone();
-        let (mut hand_over, mut take, mut reclaim, mut sign_in, mut mark) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut hand_over, mut take, mut reclaim, mut sign_in) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut holder_writes = Vec::new();
         let agents = self.agents.clone();
         for (agent, params) in agents.iter() {
             // Only members whose agents file lists the agent can hold it (this instance's
@@ -306,9 +339,7 @@ impl<B: Backend> Reconciler<B> {
                         self.ownership.lock().owned.insert(agent.clone());
                         sign_in.push((agent, params));
                     } else if self.sessions.has_running_session(agent) {
-                        if view.holders.get(agent) != Some(&me) {
-                            mark.push(agent.clone());
-                        }
+                        holder_writes.extend(self.hand_off_write(agent, &view));
                     } else if !signing_in && !self.sessions.is_kept(agent) {
                         // Owned, without a session, and keep-signed-in is not on it (it
                         // gave up while sign-ins were refused, a caller signed it out, a
@@ -323,6 +354,7 @@ impl<B: Backend> Reconciler<B> {
                         s.handing_over.remove(agent);
                     }
                     tracing::warn!(agent_id = %agent, owner = %owner, "pool: agent owned by another instance now; ending its session here");
+                    self.recorded.remove(agent);
                     self.forget(agent.clone());
                     self.ownership.changed();
                     continue;
@@ -340,12 +372,10 @@ impl<B: Backend> Reconciler<B> {
         for (agent, params) in sign_in {
             self.spawn_sign_in(agent, params, None);
         }
-        if !mark.is_empty() {
-            for (agent, result) in mark.iter().zip(self.backend.mark_held(&mark).await) {
-                if let Err(e) = result {
-                    tracing::warn!(agent_id = %agent, error = %e, "pool: recording this instance as the agent's holder failed; trying again next tick");
-                }
-            }
+        self.settle_waiting();
+        holder_writes.extend(self.ended_records());
+        if !holder_writes.is_empty() {
+            self.write_holders(holder_writes).await;
         }
         if !reclaim.is_empty() {
             self.reclaim(reclaim).await;
@@ -394,6 +424,7 @@ impl<B: Backend> Reconciler<B> {
                 }
                 Ok(Acquired::Held) => {
                     self.ownership.lock().owned.remove(&agent);
+                    self.recorded.remove(&agent);
                     tracing::warn!(agent_id = %agent, "pool: ownership record vanished and another instance claimed the agent; ending its session here");
                     self.forget(agent);
                     self.ownership.changed();
@@ -409,22 +440,148 @@ impl<B: Backend> Reconciler<B> {
         let names: Vec<String> = agents.iter().map(|(a, _)| (*a).clone()).collect();
         let results = self.backend.acquire(&names).await;
         for ((agent, params), result) in agents.into_iter().zip(results) {
-            let crashed_holder = match result {
-                Ok(Acquired::Won { crashed_holder }) => crashed_holder,
+            let hand_off = match result {
+                Ok(Acquired::Won { hand_off }) => hand_off,
                 Ok(Acquired::Held) => continue,
                 Err(e) => {
                     tracing::warn!(agent_id = %agent, error = %e, "pool: taking the agent failed");
                     continue;
                 }
             };
-            tracing::info!(agent_id = %agent, previous = ?crashed_holder, "pool: agent owned here now; signing it in");
+            let take_over = hand_off.map(|record| self.open_hand_off(agent, &record));
             self.ownership.lock().owned.insert(agent.clone());
             self.ownership.changed();
-            self.spawn_sign_in(agent, params, crashed_holder);
+            self.spawn_sign_in(agent, params, take_over);
         }
     }
 
-    fn spawn_sign_in(&self, agent: &str, params: &SignInParams, crashed_holder: Option<String>) {
+    /// The previous holder's session from its sealed record, as an orphan to log out with its
+    /// own Guid; a record that does not open (another pool key, damaged, none set here) counts
+    /// as no record: the gateway's idle sign-out frees the agent instead.
+    fn open_hand_off(&self, agent: &str, record: &[u8]) -> TakeOverOf {
+        let opened = self.keyring.as_ref().and_then(|k| k.open(agent, record));
+        match &opened {
+            Some(h) => {
+                let age = now_ms().saturating_sub(h.written_at_ms);
+                tracing::info!(agent_id = %agent, previous = %h.instance, record_age_ms = age, "pool: agent owned here now; logging its previous holder's session out with the handed-off Guid, then signing it in");
+            }
+            None => {
+                tracing::warn!(agent_id = %agent, "pool: agent owned here now; its holder record does not open with this instance's --pool-key-file, so its previous session (if any) ends only at the gateway's idle sign-out");
+            }
+        }
+        TakeOverOf {
+            orphan: opened
+                .map(|h| Orphan::handed_over(h.guid, h.cookies.as_deref().map(String::as_str))),
+        }
+    }
+
+    /// The holder record to write for an owned agent whose session runs here: when there is
+    /// none yet, or the session or its Guid changed since the last one (`None` without a key).
+    fn hand_off_write(&self, agent: &str, view: &View) -> Option<PendingWrite> {
+        let keyring = self.keyring.as_ref()?;
+        let h = self.sessions.hand_off_of(agent)?;
+        let current = self
+            .recorded
+            .get(agent)
+            .is_some_and(|r| r.session_id == h.session_id && r.generation == h.generation)
+            && view.holders.contains(agent);
+        if current {
+            return None;
+        }
+        let record = keyring.seal(
+            agent,
+            &HandOff {
+                instance: self.ownership.instance.clone(),
+                guid: h.guid,
+                cookies: h.cookies.map(zeroize::Zeroizing::new),
+                written_at_ms: now_ms(),
+            },
+        );
+        Some(PendingWrite {
+            write: HolderWrite::Put {
+                agent: agent.to_owned(),
+                record,
+            },
+            session: Some((h.session_id, h.generation)),
+        })
+    }
+
+    /// Deletes of the records of owned agents whose session here ended (signed out, kicked):
+    /// the Guid inside is dead. Not while a sign-in runs, nor during a hand-over (its release
+    /// deletes the record).
+    fn ended_records(&self) -> Vec<PendingWrite> {
+        let s = self.ownership.lock();
+        self.recorded
+            .iter()
+            .filter(|(agent, _)| {
+                s.owned.contains(*agent)
+                    && !s.signing_in.contains(*agent)
+                    && !self.sessions.has_running_session(agent)
+            })
+            .map(|(agent, r)| PendingWrite {
+                write: HolderWrite::Delete {
+                    agent: agent.clone(),
+                    record: r.record.clone(),
+                },
+                session: None,
+            })
+            .collect()
+    }
+
+    /// Sends holder writes (batched by the backend) and remembers what was written.
+    async fn write_holders(&mut self, pending: Vec<PendingWrite>) {
+        let writes: Vec<HolderWrite> = pending.iter().map(|p| p.write.clone()).collect();
+        let results = self.backend.write_holders(&writes).await;
+        for (p, result) in pending.into_iter().zip(results) {
+            match (result, p.write, p.session) {
+                (Ok(()), HolderWrite::Put { agent, record }, Some((session_id, generation))) => {
+                    self.recorded.insert(
+                        agent,
+                        Recorded {
+                            session_id,
+                            generation,
+                            record,
+                        },
+                    );
+                }
+                (Ok(()), HolderWrite::Delete { agent, .. }, _) => {
+                    self.recorded.remove(&agent);
+                }
+                (Ok(()), HolderWrite::Put { .. }, None) => {}
+                (Err(e), write, _) => {
+                    tracing::warn!(?write, error = %e, "pool: writing the agent's holder record failed; trying again next tick");
+                }
+            }
+        }
+    }
+
+    /// Agents that waited for the gateway (`100-002`) and run here now, or are not owned here
+    /// any more, stop waiting; those signed in here are counted as `waited_for_gateway`.
+    fn settle_waiting(&self) {
+        let (done, signed_in) = {
+            let mut s = self.ownership.lock();
+            let owned = &s.owned;
+            let done: Vec<(String, bool)> = s
+                .waiting_for_gateway
+                .iter()
+                .map(|a| (a.clone(), self.sessions.has_running_session(a)))
+                .filter(|(a, running)| *running || !owned.contains(a))
+                .collect();
+            for (agent, _) in &done {
+                s.waiting_for_gateway.remove(agent);
+            }
+            let signed_in = done.iter().filter(|(_, running)| *running).count();
+            (done.len(), signed_in)
+        };
+        for _ in 0..signed_in {
+            self.ownership.took_over(TakeOver::WaitedForGateway);
+        }
+        if done > 0 {
+            self.ownership.changed();
+        }
+    }
+
+    fn spawn_sign_in(&self, agent: &str, params: &SignInParams, take_over: Option<TakeOverOf>) {
         let sessions = self.sessions.clone();
         let ownership = self.ownership.clone();
         let agent = agent.to_owned();
@@ -433,7 +590,7 @@ impl<B: Backend> Reconciler<B> {
             return;
         }
         tokio::spawn(async move {
-            sign_in_owned(&sessions, &ownership, &agent, params, crashed_holder).await;
+            sign_in_owned(&sessions, &ownership, &agent, params, take_over).await;
             ownership.lock().signing_in.remove(&agent);
         });
     }
@@ -497,13 +654,20 @@ impl<B: Backend> Reconciler<B> {
             }
         }
         for agent in &given_up {
-            tracing::warn!(agent_id = %agent, "pool: the gateway does not answer this instance; releasing the agent with its holder record for a take-over");
+            tracing::warn!(agent_id = %agent, "pool: the gateway does not answer this instance; releasing the agent with its holder record, so its next owner can log the session out with its Guid");
             self.forget(agent.clone());
         }
-        let mut results = self.backend.release(&signed_out, false).await;
-        if !given_up.is_empty() {
-            results.extend(self.backend.release(&given_up, true).await);
+        // Signed out: the holder record goes with the release (if it is still this instance's
+        // last write). Given up: it stays, with the Guid the next owner logs the session out with.
+        let mut releases: Vec<(String, Option<Vec<u8>>)> = signed_out
+            .iter()
+            .map(|a| (a.clone(), self.recorded.remove(a).map(|r| r.record)))
+            .collect();
+        for agent in &given_up {
+            self.recorded.remove(agent);
+            releases.push((agent.clone(), None));
         }
+        let results = self.backend.release(&releases).await;
         signed_out.extend(given_up);
         for (agent, result) in signed_out.iter().zip(results) {
             self.ownership.lock().handing_over.remove(agent);
@@ -527,32 +691,51 @@ impl<B: Backend> Reconciler<B> {
     }
 }
 
-/// Signs an agent this instance just took in and keeps it signed in. A plain `login` first;
-/// `forcelogin` only if the gateway still has a session (`100-002`) and that session is the
-/// crashed holder's. Shares the bound of background sign-ins (`--sign-in-concurrency`), so a
-/// take-over of many agents does not reach the gateway as one burst.
+/// A take-over: the agent was acquired with a previous holder's record left in etcd.
+struct TakeOverOf {
+    /// That holder's session, if the record opened.
+    orphan: Option<Orphan>,
+}
+
+/// A holder write on its way, with the session and Guid generation a `Put` records.
+struct PendingWrite {
+    write: HolderWrite,
+    session: Option<(Arc<str>, u64)>,
+}
+
+/// Signs an agent this instance just took in and keeps it signed in. On a take-over, the
+/// previous holder's session is logged out first with its handed-off Guid; then a plain
+/// `login`, never `forcelogin`. `100-002` means the gateway still counts the agent signed in
+/// elsewhere (a session without a usable Guid, or a person): the agent waits, retried by
+/// keep-signed-in with back-off, and is counted as waiting. Shares the bound of background
+/// sign-ins (`--sign-in-concurrency`), so a take-over of many agents is not one burst.
 async fn sign_in_owned(
     sessions: &Sessions,
     ownership: &Ownership,
     agent: &str,
     params: SignInParams,
-    crashed_holder: Option<String>,
+    take_over: Option<TakeOverOf>,
 ) {
     {
         let _permit = sessions.background_sign_in_permit().await;
-        let first = sessions.sign_in(agent, params.clone(), None).await;
-        if let (Err(SessionError::Gateway(e)), Some(holder)) = (&first, &crashed_holder) {
-            if e.retcode() == Some("100-002") {
-                tracing::info!(agent_id = %agent, previous = %holder, "pool: the previous holder's lease ended with the agent signed in; taking its session over (forcelogin)");
-                let forced = SignInParams {
-                    force: true,
-                    ..params.clone()
-                };
-                if sessions.sign_in(agent, forced, None).await.is_ok() {
-                    ownership.lock().take_overs += 1;
-                    ownership.metrics.taken_over();
-                }
+        let orphan = take_over.as_ref().and_then(|t| t.orphan.clone());
+        let (result, orphan_end) = sessions
+            .sign_in_replacing(agent, params.clone(), orphan, None)
+            .await;
+        match &result {
+            Ok(_) if take_over.is_some() => ownership.took_over(match orphan_end {
+                Some(OrphanEnd::LoggedOut) => TakeOver::GuidLogout,
+                _ => TakeOver::Free,
+            }),
+            Err(SessionError::Gateway(e)) if e.retcode() == Some("100-002") => {
+                tracing::warn!(agent_id = %agent, "pool: the gateway counts the agent as signed in elsewhere; waiting for it to free the agent (retried with back-off, never forced)");
+                ownership
+                    .lock()
+                    .waiting_for_gateway
+                    .insert(agent.to_owned());
+                ownership.changed();
             }
+            _ => {}
         }
     }
     if ownership.may_sign_in(agent).is_ok() {

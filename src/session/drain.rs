@@ -17,9 +17,8 @@ impl Sessions {
         }
     }
 
-    /// Signs out every live session (in parallel), and every session the gateway may still hold
-    /// for the bridge under a Guid the bridge lost (taken back first, see `take_back_orphan`);
-    /// then stops all poll loops.
+    /// Signs out every live session (in parallel), and every orphan the gateway may still hold
+    /// for the bridge (with its own Guid, see `end_slot_orphan`); then stops all poll loops.
     pub async fn sign_out_all(&self, deadline: Option<Instant>) {
         let sessions = self.live_sessions();
         let logouts = sessions.iter().map(|s| async move {
@@ -35,11 +34,7 @@ impl Sessions {
             .collect();
         let orphans = ended.iter().map(|(agent_id, slot)| async move {
             let _guard = lock_owned(slot).await;
-            let result = match self.take_back_orphan(slot, agent_id, deadline).await {
-                Ok(Some(orphan)) => self.logout(&orphan, deadline).await,
-                other => other.map(|_| ()),
-            };
-            if let Err(e) = result {
+            if let Err(e) = self.end_slot_orphan(slot, agent_id, deadline).await {
                 tracing::warn!(agent_id = %agent_id, error = %e, "sign-out at shutdown failed");
             }
         });

@@ -1,40 +1,76 @@
-//! Why a session ended, and the one rule that follows from it: whether signing the agent in
-//! again may take the agent over (`forcelogin`) when the gateway answers `100-002`.
+//! Why a session ended, and the one rule that governs every session the bridge did not end
+//! itself: **the bridge ends a gateway session only with that session's own Guid**.
 //!
-//! The gateway allows one session per agent. A bridge that takes an agent over from another
-//! client (a second replica, an agent's desktop) starts a fight: the other client takes it
-//! back, and so on. So the bridge answers `100-002` with `forcelogin` only when it knows the
-//! session it replaces is its own: the gateway refused a Guid the bridge may never have seen
-//! (a poll answer carrying a new Guid was lost), refused a call's Guid while still answering
-//! polls with it, told it to sign in again (DR retcodes), or never answered the bridge's own
-//! sign-in (which may have signed the agent in under a Guid the bridge never saw).
-//! After any other ending — above all after being kicked — signing in again is a plain
-//! `login`, retried with back-off by keep-signed-in. A coordinator (the agent pool) may add
-//! proof that a previous holder's ownership ended; it decides that outside this rule.
+//! The gateway allows one session per agent and has exactly one fence: the Guid. A request
+//! carrying a session's Guid can act only on that session, so a `logout` with the Guid of a
+//! session the bridge *believes* is its own can never end anybody else's (a person's softphone,
+//! a supervisor's desk, another replica): if that session is gone, the gateway answers
+//! `100-006`/`000-003` and nothing happens. Any other "proof" that a session is the bridge's
+//! own (a lost answer, a holder record, a time window) can be overtaken by the gateway ending
+//! it and a person signing in; a `forcelogin` sent on such a proof kicks that person. So:
 //!
-//! The right expires: the gateway signs out a session it has not heard from for its idle limit
-//! (`--gateway-idle-timeout`), and a person may sign the agent in after that. So an ending is
-//! recorded with the send time of the last request the gateway may have counted for the
-//! session ([`Ended`]), and `forcelogin` is allowed only within the idle limit of it.
+//! - the bridge never sends `forcelogin` on its own: only a caller's `SignIn(force = true)`
+//!   (or an agents-file entry with `force = true`, for its first sign-in) sends it;
+//! - a session the gateway may still hold for the bridge (an [`Orphan`]) is ended with a
+//!   `logout` carrying its own Guid and cookies before the agent is signed in again with a
+//!   plain `login`;
+//! - without a Guid that may still work (a lost sign-in answer, a lost rotation under strict
+//!   Guids) the bridge cannot end its orphan: it signs in plainly, and `100-002` then means
+//!   "held elsewhere" until the gateway's idle sign-out frees the agent (keep-signed-in retries
+//!   with back-off; a caller is told the truth).
 
-use std::time::{Duration, Instant};
+use crate::gateway::AgentAuth;
+use std::sync::Arc;
+use std::time::Instant;
 
-/// How the bridge's last session of an agent ended, and when the gateway last heard of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the bridge's last session of an agent ended.
+#[derive(Debug, Clone)]
 pub struct Ended {
     /// Why it ended.
     pub reason: EndReason,
-    /// Send time of the last request with its Guid the gateway may have counted.
-    pub last_used: Instant,
+    /// The session the gateway may still hold for the bridge, to be logged out with its own
+    /// Guid before signing in again (see [`EndReason::may_still_hold`]).
+    pub orphan: Option<Orphan>,
+    /// When it ended (for forgetting the agent later, never for deciding a take-over).
+    pub at: Instant,
 }
 
-impl Ended {
-    /// Until when a `100-002` may be answered with `forcelogin` (`None`: never): within
-    /// `idle_timeout` of the session's last use, if it may still be the bridge's own.
-    pub fn take_over_until(self, idle_timeout: Duration) -> Option<Instant> {
-        self.reason
-            .may_take_over()
-            .then(|| self.last_used + idle_timeout)
+/// A gateway session the bridge may still hold under a Guid (and cookies) it knows: the only
+/// handle with which it may end that session.
+#[derive(Debug, Clone)]
+pub struct Orphan(pub Arc<AgentAuth>);
+
+impl Orphan {
+    /// The orphan of a session another instance handed over (its Guid and cookies).
+    pub fn handed_over(guid: crate::secret::Guid, cookies: Option<&str>) -> Orphan {
+        Orphan(Arc::new(AgentAuth::restored(guid, cookies)))
+    }
+
+    /// The orphan of a session whose credentials are `auth`, if it ever had a Guid.
+    pub fn of(auth: &Arc<AgentAuth>) -> Option<Orphan> {
+        auth.current().guid.is_some().then(|| Orphan(auth.clone()))
+    }
+}
+
+/// What a `logout` with an orphan's own Guid showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanEnd {
+    /// Answered `0`: the session was the bridge's and is now signed out.
+    LoggedOut,
+    /// Refused for the Guid (`100-006`/`000-003`): the session is gone (or never was).
+    NotOurs,
+    /// No clear answer: a plain `login` follows all the same (it cannot kick anyone).
+    Unknown,
+}
+
+impl OrphanEnd {
+    /// Label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            OrphanEnd::LoggedOut => "logged_out",
+            OrphanEnd::NotOurs => "not_ours",
+            OrphanEnd::Unknown => "unknown",
+        }
     }
 }
 
@@ -52,30 +88,26 @@ pub enum EndReason {
     GuidRefused,
     /// The gateway refused the session's Guid after a poll answer was lost: it may have
     /// carried a new Guid, so the gateway may still hold the agent under the bridge's own
-    /// session.
+    /// session (reachable only through the older Guid's overlap, where the gateway keeps one).
     AnswerLost,
-    /// A call was refused for its Guid while polls with that same Guid were still answered:
-    /// the gateway holds the bridge's own session, only not for this call.
+    /// A call was refused for its Guid while polls with that same Guid were still answered.
     CallRefused,
     /// The gateway answered `105-005`/`105-006`/`105-007` (disaster recovery): sign in again.
     SignInAgain,
     /// The answer to the bridge's own sign-in was lost: the gateway may hold a session of the
-    /// bridge's whose Guid it never saw.
+    /// bridge's whose Guid it never saw, which only the gateway's idle sign-out can end.
     SignInAnswerLost,
     /// No session ended: a sign-in found the agent held by another client (`100-002`).
     HeldElsewhere,
 }
 
 impl EndReason {
-    /// Whether a `100-002` on signing in again may be answered with `forcelogin`: only when the
-    /// session the gateway still counts is the bridge's own.
-    pub fn may_take_over(self) -> bool {
+    /// Whether the gateway may still hold the ended session for the bridge, so that signing in
+    /// again first logs it out with its own Guid.
+    pub fn may_still_hold(self) -> bool {
         matches!(
             self,
-            EndReason::AnswerLost
-                | EndReason::SignInAgain
-                | EndReason::CallRefused
-                | EndReason::SignInAnswerLost
+            EndReason::AnswerLost | EndReason::SignInAgain | EndReason::CallRefused
         )
     }
 
@@ -106,27 +138,30 @@ impl EndReason {
 #[cfg(test)]
 mod tests {
     use super::EndReason::*;
+    use super::*;
+    use crate::secret::Guid;
 
     #[test]
-    fn only_the_bridges_own_session_is_taken_over() {
-        assert!(AnswerLost.may_take_over());
-        assert!(SignInAgain.may_take_over());
-        assert!(CallRefused.may_take_over());
-        assert!(SignInAnswerLost.may_take_over());
-        for kicked in [SignedOut, SignedOutByGateway, GuidRefused, HeldElsewhere] {
-            assert!(!kicked.may_take_over(), "{kicked:?}");
+    fn only_endings_that_may_leave_the_bridges_session_keep_an_orphan() {
+        for kept in [AnswerLost, SignInAgain, CallRefused] {
+            assert!(kept.may_still_hold(), "{kept:?}");
+        }
+        for gone in [
+            SignedOut,
+            SignedOutByGateway,
+            GuidRefused,
+            SignInAnswerLost,
+            HeldElsewhere,
+        ] {
+            assert!(!gone.may_still_hold(), "{gone:?}");
         }
     }
 
     #[test]
-    fn the_right_to_take_over_ends_with_the_gateways_idle_limit() {
-        let last_used = std::time::Instant::now();
-        let idle = std::time::Duration::from_secs(120);
-        let ended = |reason| super::Ended { reason, last_used };
-        assert_eq!(
-            ended(AnswerLost).take_over_until(idle),
-            Some(last_used + idle)
-        );
-        assert_eq!(ended(GuidRefused).take_over_until(idle), None);
+    fn a_session_without_a_guid_leaves_no_orphan() {
+        let auth = Arc::new(AgentAuth::default());
+        assert!(Orphan::of(&auth).is_none());
+        auth.adopt(Guid::new("g"));
+        assert!(Orphan::of(&auth).is_some());
     }
 }

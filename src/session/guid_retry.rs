@@ -77,8 +77,7 @@ impl Sessions {
 }
 
 impl Sessions {
-    /// One request of `session` with `guid`, its use recorded for the take-over window (see
-    /// [`crate::events::GuidUse`]).
+    /// One request of `session` with `guid`.
     pub(super) async fn send(
         &self,
         session: &Session,
@@ -87,9 +86,7 @@ impl Sessions {
         body: Option<Bytes>,
         deadline: Option<Instant>,
     ) -> Result<Envelope, GatewayError> {
-        let sent_at = Instant::now();
-        let result = self
-            .shared
+        self.shared
             .gateway
             .call(
                 iface,
@@ -99,9 +96,7 @@ impl Sessions {
                 body,
                 deadline,
             )
-            .await;
-        session.guid_use.record(sent_at, &result);
-        result
+            .await
     }
 }
 
@@ -117,8 +112,9 @@ pub(super) fn remaining(wait: Duration, deadline: Option<Instant>) -> Duration {
 pub(super) enum Settled {
     /// A newer Guid arrived: send again with it.
     NewerGuid,
-    /// A poll was answered with the refused Guid: the gateway still holds the bridge's own
-    /// session (the refusal was for this call only), so taking it over is safe.
+    /// A poll was answered after the refusal without a newer Guid: the refusal was for this
+    /// call only, or the gateway ended the session meanwhile (the bridge cannot tell which).
+    /// Either way the session is replaced only through its own Guid (a `logout` with it).
     StillAccepted,
     /// The poll loop ended, or nothing was answered in time.
     Unknown,

@@ -3,12 +3,13 @@
 //! of one agent never overlap; why a session ended is recorded in its slot and decides how the
 //! agent is signed in again (see [`EndReason`]).
 
+use super::ending::{Orphan, OrphanEnd};
 use super::guid_retry::{remaining, settle_refusal, Settled};
 use super::{
     lock_owned, new_session_id, not_signed_in, params::CredentialsHash, EndReason, Ended, Session,
     SessionError, Sessions, SignInParams, Slot,
 };
-use crate::events::{End, GuidUse, Hub, PollEnd, Poller};
+use crate::events::{End, Hub, PollEnd, Poller};
 use crate::gateway::{AgentAuth, GatewayError, Interface};
 use crate::readiness::Pinned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,18 +17,38 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 impl Sessions {
-    /// Signs an agent in (`forcelogin` when `params.force`), or returns the session the bridge
-    /// already holds for it. Serialised with every other sign-in/out of the same agent.
+    /// Signs an agent in (`forcelogin` when `params.force`: the caller's explicit decision, the
+    /// only one the bridge ever sends), or returns the session the bridge already holds for it.
+    /// Serialised with every other sign-in/out of the same agent.
     pub async fn sign_in(
         &self,
         agent_id: &str,
         params: SignInParams,
         deadline: Option<Instant>,
     ) -> Result<Arc<Session>, SessionError> {
+        self.sign_in_replacing(agent_id, params, None, deadline)
+            .await
+            .0
+    }
+
+    /// [`Sessions::sign_in`] for an agent whose last session may still be held at the gateway
+    /// under `orphan` (the agent pool's hand-off from a crashed or frozen holder): that session
+    /// is logged out with its own Guid first, then the agent is signed in plainly. Also returns
+    /// what the logout showed (`None` when no orphan was logged out).
+    pub async fn sign_in_replacing(
+        &self,
+        agent_id: &str,
+        params: SignInParams,
+        orphan: Option<Orphan>,
+        deadline: Option<Instant>,
+    ) -> (Result<Arc<Session>, SessionError>, Option<OrphanEnd>) {
         if self.shared.draining.load(Ordering::Acquire) {
-            return Err(SessionError::ShuttingDown);
+            return (Err(SessionError::ShuttingDown), None);
         }
-        let (slot, _guard) = self.lock_slot(agent_id, true).await?;
+        let (slot, _guard) = match self.lock_slot(agent_id, true).await {
+            Ok(locked) => locked,
+            Err(e) => return (Err(e), None),
+        };
         if let Some(current) = slot.running() {
             let inner = slot.lock();
             if inner
@@ -35,23 +56,27 @@ impl Sessions {
                 .as_ref()
                 .is_some_and(|held| !held.matches(&params))
             {
-                return Err(SessionError::CredentialsMismatch {
-                    agent_id: agent_id.to_owned(),
-                });
+                return (
+                    Err(SessionError::CredentialsMismatch {
+                        agent_id: agent_id.to_owned(),
+                    }),
+                    None,
+                );
             }
-            return Ok(current);
+            return (Ok(current), None);
         }
-        let take_over = {
-            let mut inner = slot.lock();
-            inner.signing_in = true;
-            self.take_over_until(inner.ended)
+        let orphans: Vec<Orphan> = {
+            let inner = slot.lock();
+            let own = inner.ended.as_ref().and_then(|e| e.orphan.clone());
+            own.into_iter().chain(orphan).collect()
         };
-        let result = self
-            .login(&slot, agent_id, &params, take_over, deadline)
+        let signing_in = SigningIn::start(&slot);
+        let (result, orphan_end) = self
+            .login(&slot, agent_id, &params, orphans, deadline)
             .await;
+        signing_in.done();
         let mut inner = slot.lock();
-        inner.signing_in = false;
-        match result {
+        let result = match result {
             Ok(session) => {
                 inner.creds_hash = Some(CredentialsHash::of(&params));
                 if self.shared.settings.hold_credentials {
@@ -60,81 +85,73 @@ impl Sessions {
                 Ok(session)
             }
             Err(e) => {
-                // A slot that never had a session goes, unless a lost answer left it the
-                // proof that the gateway may hold the bridge's own session.
+                // A slot that never had a session goes, unless it keeps an orphan to log out
+                // (with its own Guid) on the next attempt.
                 if inner.session.is_none()
                     && !inner.keep_signed_in
-                    && !inner.ended.is_some_and(|e| e.reason.may_take_over())
+                    && inner.ended.as_ref().is_none_or(|e| e.orphan.is_none())
                 {
                     drop(inner);
                     self.slots().remove(agent_id);
                 }
                 Err(e)
             }
-        }
+        };
+        (result, orphan_end)
     }
 
-    /// Until when signing in again after `ended` may answer `100-002` with `forcelogin`.
-    fn take_over_until(&self, ended: Option<Ended>) -> Option<Instant> {
-        ended.and_then(|e| e.take_over_until(self.shared.settings.gateway_idle_timeout))
-    }
-
-    /// Signs in with `params`, installs the new session and starts its poll loop; a `100-002`
-    /// is answered with `forcelogin` before `take_over` (see [`Ended::take_over_until`]).
-    /// Caller holds the slot's lifecycle lock.
+    /// Logs out each orphan with its own Guid, then signs in with `params` (a plain `login`
+    /// unless `params.force`), installs the new session and starts its poll loop. Caller holds
+    /// the slot's lifecycle lock. Returns what the orphans' logouts showed (the most telling).
     async fn login(
         &self,
         slot: &Arc<Slot>,
         agent_id: &str,
         params: &SignInParams,
-        take_over: Option<Instant>,
+        orphans: Vec<Orphan>,
         deadline: Option<Instant>,
-    ) -> Result<Arc<Session>, SessionError> {
+    ) -> (Result<Arc<Session>, SessionError>, Option<OrphanEnd>) {
         // A forced sign-in must land while the coordinator's lease surely lasts: one landing
         // after it could kick the agent's next owner. A plain `login` cannot kick anyone.
-        let force_by = self.check_gate(agent_id)?;
-        let forced_deadline = match (deadline, force_by) {
-            (Some(d), Some(f)) => Some(d.min(f)),
-            (d, f) => d.or(f),
+        let force_by = match self.check_gate(agent_id) {
+            Ok(f) => f,
+            Err(e) => return (Err(e), None),
         };
+        let mut orphan_end = None;
+        let mut unresolved = None;
+        for orphan in orphans {
+            let end = self.end_orphan(agent_id, &orphan, deadline).await;
+            if end == OrphanEnd::Unknown {
+                unresolved = Some(orphan);
+            }
+            orphan_end = Some(match (orphan_end, end) {
+                (Some(OrphanEnd::LoggedOut), _) | (_, OrphanEnd::LoggedOut) => OrphanEnd::LoggedOut,
+                (Some(OrphanEnd::Unknown), _) | (_, OrphanEnd::Unknown) => OrphanEnd::Unknown,
+                _ => OrphanEnd::NotOurs,
+            });
+        }
         let auth = Arc::new(AgentAuth::default());
-        let gw = &self.shared.gateway;
-        let body = params.body();
-        let (iface, first_deadline) = if params.force {
+        let (iface, call_deadline) = if params.force {
+            let forced_deadline = match (deadline, force_by) {
+                (Some(d), Some(f)) => Some(d.min(f)),
+                (d, f) => d.or(f),
+            };
             (Interface::ForceLogin, forced_deadline)
         } else {
             (Interface::Login, deadline)
         };
-        let mut sent_at = Instant::now();
-        let mut result = gw
+        let result = self
+            .shared
+            .gateway
             .call(
                 iface,
                 agent_id,
                 &auth,
                 None,
-                Some(body.clone()),
-                first_deadline,
+                Some(params.body()),
+                call_deadline,
             )
             .await;
-        if take_over.is_some_and(|until| Instant::now() < until)
-            && !params.force
-            && matches!(&result, Err(e) if e.retcode() == Some("100-002"))
-        {
-            // The gateway still counts the agent as signed in under the Guid the bridge lost,
-            // and within its idle limit that is the bridge's own session: taking it over is
-            // safe.
-            sent_at = Instant::now();
-            result = gw
-                .call(
-                    Interface::ForceLogin,
-                    agent_id,
-                    &auth,
-                    None,
-                    Some(body),
-                    forced_deadline,
-                )
-                .await;
-        }
         let result = result.and_then(|_| match auth.current().guid {
             Some(_) => Ok(()),
             None => Err(GatewayError::OutcomeUnknown(
@@ -143,26 +160,23 @@ impl Sessions {
         });
         if let Err(e) = result {
             let mut inner = slot.lock();
-            if e.retcode() == Some("100-002") {
-                // Another client holds the agent: remembered, so that a lost answer to a later
-                // sign-in is not taken for a session of the bridge's own.
-                inner.ended = Some(Ended {
-                    reason: EndReason::HeldElsewhere,
-                    last_used: sent_at,
-                });
-            } else if may_have_signed_in(&e)
-                && inner.ended.is_none_or(|ended| ended.reason.may_take_over())
-            {
-                // The gateway may now hold the agent under a Guid the bridge never saw: its
-                // own session, which a later sign-in may take back within the idle limit
-                // (unless the bridge knows another client held the agent, or had kicked it:
-                // then the lost answer may as well have been that client's `100-002`).
-                inner.ended = Some(Ended {
-                    reason: EndReason::SignInAnswerLost,
-                    last_used: sent_at,
-                });
-            }
-            return Err(e.into());
+            let reason = if e.retcode() == Some("100-002") {
+                // Another client holds the agent (or the bridge's own orphan whose Guid it
+                // never saw, until the gateway's idle sign-out): never forced from here.
+                Some(EndReason::HeldElsewhere)
+            } else if may_have_signed_in(&e) {
+                // The gateway may now hold the agent under a Guid the bridge never saw: nothing
+                // the bridge may send can end that session; the idle sign-out will.
+                Some(EndReason::SignInAnswerLost)
+            } else {
+                inner.ended.as_ref().map(|e| e.reason)
+            };
+            inner.ended = reason.map(|reason| Ended {
+                reason,
+                orphan: unresolved,
+                at: Instant::now(),
+            });
+            return (Err(e.into()), orphan_end);
         }
         let agent: Arc<str> = Arc::from(agent_id);
         let session_id: Arc<str> = Arc::from(new_session_id().as_str());
@@ -180,7 +194,6 @@ impl Sessions {
             signed_in_at: SystemTime::now(),
             last_poll_at: Arc::new(AtomicU64::new(0)),
             polls: Arc::new(tokio::sync::watch::Sender::new(0)),
-            guid_use: Arc::new(GuidUse::new(sent_at)),
             cancel: self.shared.shutdown.child_token(),
             signing_out: AtomicBool::new(false),
         });
@@ -194,9 +207,42 @@ impl Sessions {
         }
         tracing::info!(agent_id, session_id = %session.session_id, "agent signed in");
         self.start_polling(slot.clone(), session.clone());
-        Ok(session)
+        (Ok(session), orphan_end)
     }
 
+    /// Ends a session the gateway may still hold for the bridge, with a `logout` carrying that
+    /// session's own Guid and cookies: it can end that session only, never another client's.
+    async fn end_orphan(
+        &self,
+        agent_id: &str,
+        orphan: &Orphan,
+        deadline: Option<Instant>,
+    ) -> OrphanEnd {
+        let guid = orphan.0.current().guid;
+        let result = self
+            .shared
+            .gateway
+            .call(
+                Interface::Logout,
+                agent_id,
+                &orphan.0,
+                guid.as_ref(),
+                None,
+                deadline,
+            )
+            .await;
+        let end = match &result {
+            Ok(_) => OrphanEnd::LoggedOut,
+            Err(e) if e.is_auth_rejection() || e.retcode() == Some("100-008") => OrphanEnd::NotOurs,
+            Err(_) => OrphanEnd::Unknown,
+        };
+        tracing::info!(
+            agent_id,
+            outcome = end.label(),
+            "logged out a session the gateway may have held for the bridge, with its own Guid"
+        );
+        end
+    }
     fn start_polling(&self, slot: Arc<Slot>, session: Arc<Session>) {
         let poller = Poller {
             gateway: self.shared.gateway.clone(),
@@ -205,7 +251,6 @@ impl Sessions {
             hub: session.hub.clone(),
             last_poll_at: session.last_poll_at.clone(),
             polls: session.polls.clone(),
-            guid_use: session.guid_use.clone(),
             cancel: session.cancel.clone(),
             settings: self.shared.settings.poll.clone(),
             metrics: self.shared.metrics.clone(),
@@ -223,7 +268,7 @@ impl Sessions {
         let reason = match end {
             PollEnd::Cancelled => return,
             // Even while signing out: the gateway may still hold the session under a Guid the
-            // bridge never saw, which the sign-out then takes back to sign it out.
+            // bridge never saw (reachable only through the older Guid's overlap, if any).
             PollEnd::GuidRefused {
                 after_lost_answer: true,
             } => EndReason::AnswerLost,
@@ -244,7 +289,11 @@ impl Sessions {
             if is_current {
                 inner.ended = Some(Ended {
                     reason,
-                    last_used: session.guid_use.last(),
+                    orphan: reason
+                        .may_still_hold()
+                        .then(|| Orphan::of(&session.auth))
+                        .flatten(),
+                    at: Instant::now(),
                 });
             }
             is_current
@@ -350,24 +399,35 @@ impl Sessions {
         let mut creds = creds.ok_or_else(|| not_signed_in(agent_id))?;
         // The gate before anything changes: a refusal leaves the running session as it is.
         self.check_gate(agent_id)?;
-        // Why a still running session is given up decides this sign-in only; the slot keeps
-        // what its poll loop records (the session may yet run on if the sign-in fails).
-        let ended = match stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live())) {
-            Some((stale, why)) => Some(Ended {
-                reason: why,
-                last_used: stale.guid_use.last(),
-            }),
-            None => slot.lock().ended,
+        // A session still running is replaced: the gateway still holds it, so it is logged out
+        // with its own Guid first (a plain `login` would meet `100-002`). Otherwise the orphan
+        // the last ending left, if any. The current session is not retired here: `login`
+        // replaces it only once the new one is signed in, and its poll loop learns from the
+        // gateway whether the logout ended it.
+        let orphan = match stale.filter(|_| current.as_ref().is_some_and(|c| c.is_live())) {
+            Some((stale, why)) => {
+                tracing::info!(
+                    agent_id,
+                    reason = why.label(),
+                    "replacing the agent's session"
+                );
+                Orphan::of(&stale.auth)
+            }
+            None => slot.lock().ended.as_ref().and_then(|e| e.orphan.clone()),
         };
-        // The current session is not retired here: `login` replaces it only once the new one is
-        // signed in, so a failed sign-in leaves it running and polled (and, should the gateway
-        // have ended it meanwhile, its poll loop's end hands the agent to keep-signed-in).
-        // `force` is for the first sign-in only: signing in again never kicks another client.
-        creds.force &= current.is_none() && ended.is_none();
-        let take_over = self.take_over_until(ended);
+        // `force` is for the first sign-in only (an agents-file entry's explicit choice):
+        // signing in again never kicks another client.
+        creds.force &= current.is_none() && slot.lock().ended.is_none();
         let session = self
-            .login(&slot, agent_id, &creds, take_over, deadline)
-            .await?;
+            .login(
+                &slot,
+                agent_id,
+                &creds,
+                orphan.into_iter().collect(),
+                deadline,
+            )
+            .await
+            .0?;
         if current.is_some() {
             self.shared.metrics.resigned_in();
             tracing::info!(agent_id, "signed the agent in again with held credentials");
@@ -399,40 +459,35 @@ impl Sessions {
             // kicked the bridge meanwhile).
             self.logout(&session, deadline).await?;
         }
-        if let Some(orphan) = self.take_back_orphan(&slot, agent_id, deadline).await? {
-            self.logout(&orphan, deadline).await?;
-        }
+        self.end_slot_orphan(&slot, agent_id, deadline).await?;
         self.remove_if_same(agent_id, &slot);
         self.shared.pinned.remove(agent_id);
         Ok(())
     }
 
-    /// For a sign-out: the bridge's own session the gateway may still hold under a Guid the
-    /// bridge lost (a lost answer within the idle limit), signed in again with `forcelogin` so
-    /// it can be signed out; `None` when there is none (or another client holds the agent now,
-    /// which means the bridge's is gone). Needs held credentials; without them the gateway's
-    /// idle sign-out ends such a session.
-    pub(super) async fn take_back_orphan(
+    /// For a sign-out: logs out, with its own Guid, the session the gateway may still hold for
+    /// the bridge after the slot's last ending. An orphan without a usable Guid cannot be ended
+    /// by anything the bridge may send; the gateway's idle sign-out ends it.
+    pub(super) async fn end_slot_orphan(
         &self,
         slot: &Arc<Slot>,
         agent_id: &str,
         deadline: Option<Instant>,
-    ) -> Result<Option<Arc<Session>>, SessionError> {
-        let (ended, creds) = {
-            let inner = slot.lock();
-            (inner.ended, inner.creds.clone())
+    ) -> Result<(), SessionError> {
+        let orphan = slot.lock().ended.as_ref().and_then(|e| e.orphan.clone());
+        let Some(orphan) = orphan else {
+            return Ok(());
         };
-        let (Some(take_over), Some(mut creds)) = (self.take_over_until(ended), creds) else {
-            return Ok(None);
-        };
-        creds.force = false;
-        match self
-            .login(slot, agent_id, &creds, Some(take_over), deadline)
-            .await
-        {
-            Ok(session) => Ok(Some(session)),
-            Err(SessionError::Gateway(e)) if e.retcode() == Some("100-002") => Ok(None),
-            Err(e) => Err(e),
+        match self.end_orphan(agent_id, &orphan, deadline).await {
+            OrphanEnd::Unknown => Err(SessionError::Gateway(GatewayError::OutcomeUnknown(
+                "the sign-out of the agent's previous session got no clear answer".into(),
+            ))),
+            OrphanEnd::LoggedOut | OrphanEnd::NotOurs => {
+                if let Some(ended) = slot.lock().ended.as_mut() {
+                    ended.orphan = None;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -447,7 +502,7 @@ impl Sessions {
         session: &Arc<Session>,
         deadline: Option<Instant>,
     ) -> Result<(), SessionError> {
-        session.signing_out.store(true, Ordering::Release);
+        let signing_out = SigningOut::start(session);
         let mut result = self.send_logout(session, deadline).await;
         if matches!(&result, Err(e) if e.retcode().is_none()) {
             result = self.send_logout(session, deadline).await;
@@ -458,11 +513,9 @@ impl Sessions {
             Err(e) if matches!(e.retcode(), Some("100-006" | "100-008")) => {}
             // The poll loop saw the gateway confirm the sign-out meanwhile.
             Err(_) if !session.is_live() => {}
-            Err(e) => {
-                session.signing_out.store(false, Ordering::Release);
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
+        signing_out.done();
         tracing::info!(agent_id = %session.agent_id, "agent signed out");
         self.retire(session, End::SignedOut);
         Ok(())
@@ -500,6 +553,73 @@ impl Sessions {
                 .await;
         }
         result.map(|_| ())
+    }
+}
+
+/// Marks a slot as signing in until [`SigningIn::done`]: however the sign-in ends, including a
+/// handler dropped mid-await (a cancelled RPC), the mark is cleared, so the slot never reports
+/// `signing_in` for ever nor escapes the reaper. A sign-in dropped before it was answered may
+/// have signed the agent in (a lost answer): the slot records that, without an orphan (no Guid
+/// was seen).
+struct SigningIn<'a> {
+    slot: &'a Slot,
+    done: bool,
+}
+
+impl<'a> SigningIn<'a> {
+    fn start(slot: &'a Slot) -> Self {
+        slot.lock().signing_in = true;
+        Self { slot, done: false }
+    }
+
+    /// The sign-in was answered (either way) and its result is being recorded.
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for SigningIn<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.slot.lock();
+        inner.signing_in = false;
+        if !self.done && inner.session.is_none() && inner.ended.is_none() {
+            inner.ended = Some(Ended {
+                reason: EndReason::SignInAnswerLost,
+                orphan: None,
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Marks a session as signing out until [`SigningOut::done`]: dropped before (a failed logout,
+/// or a handler dropped mid-await), the mark is cleared, so the poll loop's later end is not
+/// taken for the sign-out's confirmation.
+struct SigningOut<'a> {
+    session: &'a Session,
+    done: bool,
+}
+
+impl<'a> SigningOut<'a> {
+    fn start(session: &'a Session) -> Self {
+        session.signing_out.store(true, Ordering::Release);
+        Self {
+            session,
+            done: false,
+        }
+    }
+
+    /// The sign-out reached its goal: the mark stays.
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for SigningOut<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.session.signing_out.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -27,11 +27,12 @@ mod reaper;
 mod session;
 mod views;
 
-pub use ending::{EndReason, Ended};
+pub use ending::{EndReason, Ended, Orphan, OrphanEnd};
 pub use gate::{GateRefusal, SignInGate};
 pub use guid_retry::GUID_RETRIES;
 pub use params::SignInParams;
 pub use session::{Session, SessionInfo, State};
+pub use views::SessionHandOff;
 
 use crate::events::{EventBudget, PollSettings};
 use crate::gateway::{GatewayClient, GatewayError};
@@ -155,8 +156,8 @@ struct SlotInner {
     /// A keep-signed-in loop runs for the slot (at most one; see `keeper.rs`).
     keeper: bool,
     signing_in: bool,
-    /// How the last session ended (`None` while one runs or before the first): decides whether
-    /// signing in again may take the agent over (see [`Ended::take_over_until`]).
+    /// How the last session ended (`None` while one runs or before the first), with the
+    /// orphan signing in again must log out first (see [`Ended`]).
     ended: Option<Ended>,
 }
 

@@ -65,5 +65,5 @@ fn is_dead(inner: &SlotInner, now: Instant, ttl: Duration) -> bool {
         && !inner.keeper
         && !inner.signing_in
         && inner.session.as_ref().is_none_or(|s| !s.is_live())
-        && inner.ended.is_some_and(|e| now >= e.last_used + ttl)
+        && inner.ended.as_ref().is_some_and(|e| now >= e.at + ttl)
 }

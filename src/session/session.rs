@@ -1,6 +1,6 @@
 //! One signed-in agent: its Guid, its event hub and its poll loop.
 
-use crate::events::{GuidUse, Hub};
+use crate::events::Hub;
 use crate::gateway::AgentAuth;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,8 +48,6 @@ pub struct Session {
     pub last_poll_at: Arc<AtomicU64>,
     /// Answered polls, counted by the poll loop.
     pub polls: Arc<tokio::sync::watch::Sender<u64>>,
-    /// When the session's Guid was last sent in a request the gateway may have counted.
-    pub(crate) guid_use: Arc<GuidUse>,
     /// Stops the poll loop.
     pub(crate) cancel: CancellationToken,
     /// Set while the bridge signs the agent out, so the poll loop's `100-006` is not taken for

@@ -1,11 +1,36 @@
 //! Read-only views of the registry for callers, readiness and metrics (never a Guid or a
-//! password).
+//! password), and the one view that does carry a Guid: the agent pool's sealed hand-off.
 
 use super::{slot_has_creds, Session, SessionError, SessionInfo, Sessions, Slot, SlotInner, State};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// What the agent pool hands to the next owner of an agent: the running session's Guid and
+/// cookies, with what identifies this version of them.
+pub struct SessionHandOff {
+    /// The session.
+    pub session_id: Arc<str>,
+    /// Its Guid's generation (bumped on every change).
+    pub generation: u64,
+    /// The current Guid.
+    pub guid: crate::secret::Guid,
+    /// The `Cookie` header text, if any.
+    pub cookies: Option<String>,
+}
+
 impl Sessions {
+    /// The agent's running session as the pool hands it over, if one runs here.
+    pub fn hand_off_of(&self, agent_id: &str) -> Option<SessionHandOff> {
+        let session = self.slots().get(agent_id)?.running()?;
+        let state = session.auth.current();
+        Some(SessionHandOff {
+            session_id: session.session_id.clone(),
+            generation: state.generation,
+            guid: state.guid?,
+            cookies: session.auth.cookie_text(),
+        })
+    }
+
     /// A view of whatever the agent's slot holds now (its running session, or how the last one
     /// ended), for `GetSession` and the pool; [`Sessions::view_of_session`] describes one
     /// particular session instead.

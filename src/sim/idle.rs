@@ -23,8 +23,12 @@ pub(crate) async fn reap_idle_agents(shared: Arc<Shared>) {
         for agent in shared.agents.all() {
             let expired = {
                 let mut state = agent.lock();
+                // Another client's session (a person's softphone) is kept alive by that client,
+                // which the simulator does not model: it never idles out.
                 let idle_session = state.session.as_ref().is_some_and(|s| {
-                    s.polls_in_flight == 0 && now.saturating_duration_since(s.last_seen) >= idle
+                    !s.other_client
+                        && s.polls_in_flight == 0
+                        && now.saturating_duration_since(s.last_seen) >= idle
                 });
                 if idle_session {
                     state.end_with_shutdown();

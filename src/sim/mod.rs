@@ -275,6 +275,20 @@ impl Simulator {
         signin::sign_in(&self.shared, agent_id, None, force, true).map(|_| ())
     }
 
+    /// A supervisor replaces whatever session the agent has with a person's: the old session
+    /// ends as a forced sign-out does (its poller gets `AgentOther_ShutdownService`), and a
+    /// person holds the agent from then on (a plain login answers `100-002`). Not a bridge's
+    /// doing, so not counted in [`SimStats::other_clients_kicked`].
+    pub fn supervisor_replaces(&self, agent_id: &str) {
+        let _ = signin::sign_in(&self.shared, agent_id, None, true, true);
+    }
+
+    /// A person signs the agent out at their softphone (the session of another client ends,
+    /// with no event): the agent is free. Nothing happens if a bridge holds it.
+    pub fn person_signs_out(&self, agent_id: &str) -> bool {
+        self.shared.agents.end_other_client_session(agent_id)
+    }
+
     /// Whether the agent's session was signed in by another client
     /// ([`Simulator::sign_in_elsewhere`]) rather than over the gateway interface.
     pub fn held_by_other_client(&self, agent_id: &str) -> bool {

@@ -28,9 +28,10 @@ pub struct SimStats {
     /// The most sign-in requests (login and forcelogin) ever in progress at once, from the
     /// request's arrival until its answer is handed to the connection.
     pub max_concurrent_sign_ins: u64,
-    /// Sessions of another client ([`super::Simulator::sign_in_elsewhere`], e.g. a person's
-    /// softphone) that a `forcelogin` over the gateway interface replaced: the bridge kicking
-    /// someone.
+    /// Sessions of another client (a person's softphone or a supervisor's desk:
+    /// [`super::Simulator::sign_in_elsewhere`], [`super::Simulator::supervisor_replaces`]) that
+    /// a request over the gateway interface ended, by any path (`forcelogin`, `logout`,
+    /// `forcelogout`): a bridge kicking someone. Every test expects 0.
     pub other_clients_kicked: u64,
 }
 

@@ -101,10 +101,24 @@ pub(crate) fn logout(shared: &Shared, agent_id: &str, guid: Option<&str>) -> Rep
     };
     {
         let mut state = agent.lock();
-        if let Err(retcode) = state.authenticate(guid, Instant::now()) {
-            return Reply::retcode(retcode);
+        let now = Instant::now();
+        // A session told to sign in again (DR, `105-005/006/007`) can still be signed out with
+        // its own Guid: the vendor says "sign in again", and a client cannot do that while the
+        // gateway holds the old session without forcing. [Assumption: the vendor documents no
+        // logout behaviour during DR; a gateway that refused it would leave the agent to its
+        // idle sign-out, which the bridge waits for.]
+        let dr_logout = state
+            .session
+            .as_ref()
+            .is_some_and(|s| s.sign_in_again.is_some() && guid.is_some_and(|g| s.accepts(g, now)));
+        if !dr_logout {
+            if let Err(retcode) = state.authenticate(guid, now) {
+                return Reply::retcode(retcode);
+            }
         }
-        state.end_session();
+        if state.end_session().is_some_and(|s| s.other_client) {
+            shared.other_clients_kicked.fetch_add(1, Ordering::Relaxed);
+        }
     }
     agent.wake();
     Reply::json(&wire::success())

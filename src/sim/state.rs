@@ -138,6 +138,24 @@ impl Agents {
     }
 
     /// Whether another client (not the gateway interface) signed in the agent's session.
+    /// Ends the agent's session if another client holds it; whether one was ended.
+    pub fn end_other_client_session(&self, id: &str) -> bool {
+        let Some(agent) = self.get(id) else {
+            return false;
+        };
+        let ended = {
+            let mut state = agent.lock();
+            if state.session.as_ref().is_some_and(|s| s.other_client) {
+                state.end_session();
+                true
+            } else {
+                false
+            }
+        };
+        agent.wake();
+        ended
+    }
+
     pub fn held_by_other_client(&self, id: &str) -> bool {
         self.get(id).is_some_and(|agent| {
             agent
@@ -386,7 +404,8 @@ impl Session {
         &self.guid
     }
 
-    fn accepts(&self, guid: &str, now: Instant) -> bool {
+    /// Whether `guid` is one of this session's valid Guids at `now`.
+    pub fn accepts(&self, guid: &str, now: Instant) -> bool {
         guid == self.guid
             || self
                 .previous

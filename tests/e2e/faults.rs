@@ -423,11 +423,11 @@ async fn untrusted_gateway_certificate_is_unavailable() {
 
 /// A sign-in whose answer is lost may have signed the agent in at the gateway: the caller hears
 /// OUTCOME_UNKNOWN, and the gateway then counts the agent signed in under a Guid the bridge
-/// never saw. That orphan is the bridge's own (issue 17 defect 3): the next SignIn, within the
-/// gateway's idle limit, takes it back with one `forcelogin` instead of answering
-/// ALREADY_EXISTS until the idle sign-out.
+/// never saw. No Guid, no action (issue 22 rule 4): the bridge cannot tell that orphan from a
+/// person's session, so the next SignIn is a plain `login` answered ALREADY_EXISTS, never a
+/// `forcelogin`; once the gateway's idle sign-out has ended the orphan, SignIn succeeds.
 #[tokio::test]
-async fn lost_sign_in_answer_is_outcome_unknown_and_the_next_sign_in_takes_it_back() {
+async fn lost_sign_in_answer_is_outcome_unknown_and_the_next_sign_in_never_forces() {
     let h = Harness::start().await;
     h.sim.add_fault(Fault {
         matcher: FaultMatch::Interface(SimIface::Login),
@@ -441,20 +441,86 @@ async fn lost_sign_in_answer_is_outcome_unknown_and_the_next_sign_in_takes_it_ba
         .expect_err("answer lost");
     assert_status(&status, OUTCOME_UNKNOWN, "SignIn with DropAfterEffect");
     assert!(h.sim.signed_in("1001"), "the sign-in took effect");
-    assert_eq!(count(&h, "PUT", &format!("{BASE}/onlineagent/1001")), 1);
+    let status = sessions
+        .sign_in(sign_in_request("1001"))
+        .await
+        .expect_err("held at the gateway");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(
+        count(&h, "PUT", &format!("{BASE}/onlineagent/1001/forcelogin")),
+        0
+    );
+    // The gateway's idle sign-out ends the orphan.
+    h.sim.kill_session("1001");
     sessions
         .sign_in(sign_in_request("1001"))
         .await
-        .expect("the bridge takes its own orphan back");
+        .expect("a free agent signs in");
+    assert_eq!(count(&h, "PUT", &format!("{BASE}/onlineagent/1001")), 3);
     assert_eq!(
         count(&h, "PUT", &format!("{BASE}/onlineagent/1001/forcelogin")),
-        1
+        0
     );
     h.play()
         .await
         .begin_play(play_request("1001"))
         .await
         .expect("BeginPlay");
+}
+
+/// Issue 22 path 1 (fails on 7c74dba: `login`, `login`, `login`, `forcelogin`): a person has
+/// the agent signed in from a softphone; the gateway answers every sign-in 1.5 s late; an app
+/// calls SignIn with a 1 s deadline, then retries with a normal one. The late answers leave
+/// the bridge no Guid, so nothing it may send can end a session: every retry is a plain
+/// `login`, the honest answer is ALREADY_EXISTS, and the person keeps the agent.
+#[tokio::test]
+async fn a_sign_in_answer_that_never_came_back_kicks_no_person() {
+    let h = Harness::start().await;
+    h.sim
+        .sign_in_elsewhere("1001", false)
+        .expect("the person signs in");
+    let person = h.sim.current_guid("1001");
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(SimIface::Login),
+        kind: FaultKind::Latency(Duration::from_millis(1500)),
+        count: None,
+    });
+    let mut sessions = h.sessions().await;
+    let first = sessions
+        .sign_in(with_deadline(
+            sign_in_request("1001"),
+            Duration::from_secs(1),
+        ))
+        .await
+        .expect_err("no answer within the deadline");
+    assert!(
+        matches!(first.code(), Code::DeadlineExceeded | Code::Unknown),
+        "{first:?}"
+    );
+    for _ in 0..2 {
+        let retry = sessions
+            .sign_in(with_deadline(
+                sign_in_request("1001"),
+                Duration::from_secs(20),
+            ))
+            .await
+            .expect_err("the person holds the agent");
+        assert_eq!(retry.code(), Code::AlreadyExists, "{retry:?}");
+        assert_eq!(
+            retry.get_details_error_info().map(|i| i.reason),
+            Some("AGENT_ALREADY_SIGNED_IN".to_string())
+        );
+    }
+    assert_eq!(
+        count(&h, "PUT", &format!("{BASE}/onlineagent/1001/forcelogin")),
+        0
+    );
+    assert_eq!(
+        h.sim.current_guid("1001"),
+        person,
+        "the person keeps the agent"
+    );
+    assert_eq!(h.sim.stats().other_clients_kicked, 0);
 }
 
 /// The helper above recognises what tonic's client timer produces (a server that never

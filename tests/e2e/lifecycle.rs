@@ -39,6 +39,15 @@ fn forcelogins(h: &Harness, agent: &str) -> usize {
     count(h, "/forcelogin", agent)
 }
 
+/// Requests whose path ends with `suffix`.
+fn count_path(h: &Harness, suffix: &str) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(suffix))
+        .count()
+}
+
 fn plays(h: &Harness, agent: &str) -> usize {
     h.sim
         .requests()
@@ -80,11 +89,14 @@ async fn request_of(
         .expect("the request arrives within the settle bound")
 }
 
-/// Finding 1: the poll answer carrying the rotated Guid is lost; the gateway refuses the old
-/// Guid while it still counts the agent signed in. The bridge takes its own session back with
-/// one `forcelogin`, and a play right after succeeds within its deadline.
+/// Finding 1 under the one rule (issue 22, rule 4): the poll answer carrying the rotated Guid
+/// is lost; under strict Guids the gateway refuses the old one while it still counts the agent
+/// signed in. The bridge holds no Guid that works for that session, so it cannot end it: the
+/// `logout` with the old Guid is refused, the plain `login` meets `100-002`, and the caller
+/// hears an honest ALREADY_EXISTS (never a `forcelogin`). Once the gateway's idle sign-out has
+/// ended the orphan (the simulator's control here), the next call signs in plainly and plays.
 #[tokio::test]
-async fn a_lost_guid_rotation_is_recovered_with_one_forcelogin() {
+async fn a_lost_guid_rotation_under_strict_guids_waits_for_the_gateway_and_never_forces() {
     let h = Harness::with(strict_dynamic(), |_| {}).await;
     let first = h.sign_in("1001").await;
     let mut w = h.watch_all("1001").await;
@@ -92,38 +104,32 @@ async fn a_lost_guid_rotation_is_recovered_with_one_forcelogin() {
     h.sim.rotate_guid_lost("1001");
     // The old session ends once the bridge's poll is refused.
     let _ = stream_end(&mut w).await;
+    begin_play_refused(&h, "1001", Code::AlreadyExists, "AGENT_ALREADY_SIGNED_IN").await;
+    assert_eq!(forcelogins(&h, "1001"), 0, "{:?}", h.sim.requests());
+    assert_eq!(plays(&h, "1001"), 0);
+    // The gateway's idle sign-out ends the orphan.
+    h.sim.kill_session("1001");
     h.play()
         .await
         .begin_play(with_deadline(play_request("1001"), Duration::from_secs(5)))
         .await
-        .expect("the bridge gets its own agent back at once");
-    assert!(forcelogins(&h, "1001") <= 1, "{:?}", h.sim.requests());
+        .expect("a free agent is signed in again plainly");
+    assert_eq!(forcelogins(&h, "1001"), 0, "{:?}", h.sim.requests());
     assert_eq!(plays(&h, "1001"), 1, "one play on the wire");
     let s = h.session("1001").await;
     assert_eq!(s.state, SessionState::SignedIn as i32);
     assert_ne!(s.session_id, first.session_id);
-    assert!(h.sim.signed_in("1001"));
 }
 
-/// Issue 17 defect 1 (the reproduction): a lost rotation leaves the bridge a take-over right,
-/// but only within the gateway's idle sign-out of the last request sent with that session's
-/// Guid. The immediate re-sign-in meets a 503; once the idle limit has passed the gateway
-/// signs the orphan out and a person signs the agent in from a softphone. The next BeginPlay
-/// must not kick the person: plain `login`, `100-002`, ALREADY_EXISTS.
-///
-/// Time passing past the idle limit is the scenario itself, so the test waits that long after
-/// the last request with the lost session's Guid (a slower machine only lets more pass); the
-/// idle sign-out is then the simulator's control, not its timer, so nothing races it.
+/// Issue 22 path 3 (fails on 7c74dba: `login`, `login`, `forcelogin`): strict Guids, a lost
+/// rotation, the bridge's re-sign-in meets a 503; then an administrator signs the orphan out
+/// and a person signs the agent in at once, well within the gateway's idle limit. The next
+/// BeginPlay must not kick the person: plain `login`, `100-002`, ALREADY_EXISTS.
 #[tokio::test]
 async fn a_stale_take_over_right_never_kicks_a_person() {
-    const IDLE: Duration = Duration::from_millis(300);
-    let h = Harness::with(strict_dynamic(), |c| {
-        c.sessions.gateway_idle_timeout = IDLE;
-    })
-    .await;
+    let h = Harness::with(strict_dynamic(), |_| {}).await;
     orphan_after_a_lost_rotation(&h, "1001").await;
-    tokio::time::sleep(IDLE).await;
-    // The gateway's idle sign-out ends the orphan; a person signs in from a softphone.
+    // An administrator signs the orphan out; a person signs in from a softphone.
     h.sim.force_sign_out("1001");
     h.sim
         .sign_in_elsewhere("1001", false)
@@ -141,12 +147,13 @@ async fn a_stale_take_over_right_never_kicks_a_person() {
     assert_eq!(plays(&h, "1001"), 0);
 }
 
-/// Issue 17 defect 2: a call refused for its Guid while polls are still answered signs in
-/// again; when that sign-in fails (a 503), the running session must still be there: polled,
-/// SIGNED_IN, and the next call uses it without any sign-in. The old code retired it before
-/// the login, so it was gone with nothing to replace it.
+/// Issue 17 defect 2 under the one rule: a call refused for its Guid while polls are still
+/// answered replaces the session: its own Guid's `logout` first (the gateway holds it, so a
+/// plain `login` would meet `100-002`), then a plain `login`, never `forcelogin`. When that
+/// login fails (a 503) the call answers UNAVAILABLE (it did not take effect), the old session
+/// is gone at the gateway (it was logged out), and the next call signs in again and works.
 #[tokio::test]
-async fn a_failed_re_sign_in_keeps_the_running_session() {
+async fn a_failed_re_sign_in_after_a_call_refusal_forces_nothing_and_the_next_call_works() {
     let h = Harness::start().await;
     let first = h.sign_in("1001").await;
     h.sim.add_fault(Fault {
@@ -168,26 +175,31 @@ async fn a_failed_re_sign_in_keeps_the_running_session() {
         Code::Unavailable,
     );
     assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
-    let s = h.session("1001").await;
     assert_eq!(
-        (s.state, s.session_id.as_str()),
-        (SessionState::SignedIn as i32, first.session_id.as_str()),
-        "the running session is kept"
+        count_path(&h, "/onlineagent/1001/logout"),
+        1,
+        "own Guid's logout"
+    );
+    assert!(
+        !h.sim.signed_in("1001"),
+        "the replaced session was logged out"
     );
     h.play()
         .await
         .begin_play(play_request("1001"))
         .await
-        .expect("the kept session works");
-    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (1, 0));
+        .expect("the next call signs in again");
+    assert_eq!((logins(&h, "1001"), forcelogins(&h, "1001")), (2, 0));
+    assert_ne!(h.session("1001").await.session_id, first.session_id);
+    assert_eq!(h.sim.stats().other_clients_kicked, 0);
 }
 
-/// Issue 17 defect 5: after a lost rotation the gateway still holds the bridge's session under
-/// a Guid the bridge never saw, so "not signed in" for the old Guid does not mean out. A
-/// SignOut then takes its own session back (one `forcelogin`, within the idle limit) and signs
-/// that out: the agent is really out, and a hand-over leaves the next owner a free agent.
+/// Issue 17 defect 5 under the one rule: after a lost rotation (strict Guids) the gateway
+/// still holds the bridge's session under a Guid the bridge never saw. A SignOut can end it
+/// only with a Guid that works: it sends the old Guid's `logout` (refused: it can end nobody's
+/// session) and never `forcelogin`; the orphan ends at the gateway's idle sign-out.
 #[tokio::test]
-async fn a_sign_out_after_a_lost_rotation_really_signs_the_agent_out() {
+async fn a_sign_out_after_a_lost_rotation_forces_nothing() {
     let h = Harness::with(strict_dynamic(), |_| {}).await;
     orphan_after_a_lost_rotation(&h, "1001").await;
     assert!(h.sim.signed_in("1001"), "the orphan");
@@ -197,9 +209,10 @@ async fn a_sign_out_after_a_lost_rotation_really_signs_the_agent_out() {
             agent_id: "1001".into(),
         })
         .await
-        .expect("signed out");
-    assert!(!h.sim.signed_in("1001"), "{:?}", h.sim.requests());
-    assert_eq!(forcelogins(&h, "1001"), 1);
+        .expect("signed out here");
+    assert_eq!(forcelogins(&h, "1001"), 0);
+    assert_eq!(count_path(&h, "/onlineagent/1001/logout"), 1);
+    assert!(h.sim.signed_in("1001"), "until the gateway's idle sign-out");
 }
 
 /// Issue 17 defect 7: an agent whose session the gateway ended, and that no keep-signed-in
@@ -240,18 +253,34 @@ async fn an_ended_agent_is_forgotten_after_its_time() {
         .contains("ccgw_sessions{state=\"ended\"} 0"));
 }
 
-/// Issue 17 defect 5, at shutdown: the drain's sign-outs also reach a session the gateway still
-/// holds for the bridge under a Guid the bridge lost (taken back, then signed out), so no agent
-/// of the bridge's is left signed in.
+/// Issue 22 rule 2 at shutdown: a DR "sign in again" leaves the bridge's session at the
+/// gateway, reachable with its own Guid; when re-signing in fails, the drain logs that orphan
+/// out with its Guid, so no agent of the bridge's is left signed in, and nothing is forced.
 #[tokio::test]
-async fn the_drain_signs_out_an_orphan_of_a_lost_rotation() {
-    let mut h = Harness::with(strict_dynamic(), |_| {}).await;
-    orphan_after_a_lost_rotation(&h, "1001").await;
+async fn the_drain_logs_an_orphan_out_with_its_own_guid() {
+    let mut h = Harness::start().await;
+    h.sign_in("1001").await;
+    let mut w = h.watch_all("1001").await;
+    // The re-sign-in's logout and login are refused, so the orphan stays.
+    for iface in [Interface::Logout, Interface::Login] {
+        h.sim.add_fault(Fault {
+            matcher: FaultMatch::Interface(iface),
+            kind: FaultKind::HttpStatus(503),
+            count: Some(1),
+        });
+    }
+    h.sim.clear_requests();
+    h.sim.require_sign_in_again("1001", "105-005");
+    let _ = stream_end(&mut w).await;
+    request(&h, |r| {
+        r.method == "PUT" && r.path.ends_with("/onlineagent/1001")
+    })
+    .await;
     assert!(h.sim.signed_in("1001"), "the orphan");
     h.begin_stop();
     h.stopped().await.expect("drained");
     assert!(!h.sim.signed_in("1001"), "{:?}", h.sim.requests());
-    assert_eq!(forcelogins(&h, "1001"), 1);
+    assert_eq!(forcelogins(&h, "1001"), 0);
 }
 
 /// Issue 17 defect 3, the other side: a lost sign-in answer while the bridge knows another
@@ -291,22 +320,46 @@ async fn a_lost_sign_in_answer_while_a_person_holds_the_agent_is_no_proof() {
     assert!(h.sim.held_by_other_client("1005"));
 }
 
-/// Finding 1 for a pinned agent: keep-signed-in takes its own session back, once.
+/// Finding 1 for a pinned agent under the one rule: after a lost rotation (strict Guids)
+/// keep-signed-in retries plain logins with back-off while the gateway holds the orphan
+/// (`100-002`), never `forcelogin`, and signs the agent in once the gateway has ended it.
 #[tokio::test]
-async fn a_pinned_agent_recovers_from_a_lost_guid_rotation() {
-    let h = Harness::with(strict_dynamic(), |c| c.agents.push(pinned_agent("1005"))).await;
+async fn a_pinned_agent_waits_out_a_lost_guid_rotation_without_forcing() {
+    let h = Harness::with(strict_dynamic(), |c| {
+        c.agents.push(pinned_agent("1005"));
+        c.sessions.resign_backoff_max = Duration::from_millis(200);
+    })
+    .await;
     request(&h, |r| r.path.ends_with("/agentevent/1005")).await;
     let guid = h.sim.current_guid("1005").expect("signed in");
     h.sim.clear_requests();
     h.sim.rotate_guid_lost("1005");
-    let taken_back = request(&h, |r| r.path.ends_with("/onlineagent/1005/forcelogin")).await;
-    assert_eq!(taken_back.json().unwrap()["phonenum"], "88005");
-    let polled = request(&h, |r| {
-        r.path.ends_with("/agentevent/1005") && r.header("guid").is_some_and(|g| g != guid)
+    let login = |r: &ccgw_bridge::sim::RecordedRequest| {
+        r.method == "PUT" && r.path.ends_with("/onlineagent/1005")
+    };
+    // Two plain logins refused `100-002`: keep-signed-in waits, it does not force.
+    for _ in 0..2 {
+        request(&h, login).await;
+        h.sim.clear_requests();
+    }
+    assert_eq!(forcelogins(&h, "1005"), 0);
+    // The gateway's idle sign-out ends the orphan; the next attempt signs the agent in.
+    h.sim.kill_session("1005");
+    let new_guid = tokio::time::timeout(SETTLE, async {
+        loop {
+            if let Some(g) = h.sim.current_guid("1005").filter(|g| *g != guid) {
+                return g;
+            }
+            h.sim.wait_for_request(login).await;
+        }
+    })
+    .await
+    .expect("signed in again within the settle bound");
+    request(&h, |r| {
+        r.path.ends_with("/agentevent/1005") && r.header("guid") == Some(new_guid.as_str())
     })
     .await;
-    assert_eq!(polled.header("guid"), h.sim.current_guid("1005").as_deref());
-    assert_eq!(forcelogins(&h, "1005"), 1);
+    assert_eq!(forcelogins(&h, "1005"), 0);
 }
 
 /// Finding 2: the sign-out reached the gateway but its answer was lost. The bridge's view
@@ -375,7 +428,8 @@ async fn a_sign_out_lost_before_the_gateway_is_sent_again() {
 }
 
 /// Finding 3: a DR retcode on the poll means "sign in again": with held credentials the bridge
-/// does, taking over its own stale session (`100-002` → one `forcelogin`).
+/// does, ending its own stale session with that session's Guid (`logout`), then a plain
+/// `login`; never `forcelogin`.
 #[tokio::test]
 async fn dr_retcodes_on_polls_sign_the_agent_in_again() {
     for retcode in ["105-005", "105-006", "105-007"] {
@@ -386,8 +440,15 @@ async fn dr_retcodes_on_polls_sign_the_agent_in_again() {
         h.sim.require_sign_in_again("1001", retcode);
         let status = stream_end(&mut w).await.expect_err("the old session ended");
         assert_eq!(reason(&status), "SESSION_ENDED", "{retcode}");
-        let guid = request(&h, |r| r.path.ends_with("/onlineagent/1001/forcelogin")).await;
-        assert!(guid.header("guid").is_none());
+        let logout = request(&h, |r| r.path.ends_with("/onlineagent/1001/logout")).await;
+        assert!(
+            logout.header("guid").is_some(),
+            "the old session's own Guid"
+        );
+        request(&h, |r| {
+            r.method == "PUT" && r.path.ends_with("/onlineagent/1001")
+        })
+        .await;
         let new_guid = h.sim.current_guid("1001").expect("signed in again");
         request(&h, |r| {
             r.path.ends_with("/agentevent/1001") && r.header("guid") == Some(new_guid.as_str())
@@ -396,7 +457,7 @@ async fn dr_retcodes_on_polls_sign_the_agent_in_again() {
         let s = h.session("1001").await;
         assert_eq!(s.state, SessionState::SignedIn as i32, "{retcode}");
         assert_ne!(s.session_id, first.session_id);
-        assert_eq!(forcelogins(&h, "1001"), 1, "{retcode}");
+        assert_eq!(forcelogins(&h, "1001"), 0, "{retcode}");
         h.play()
             .await
             .begin_play(play_request("1001"))
@@ -748,7 +809,7 @@ async fn begin_play_refused(h: &Harness, agent: &str, code: Code, want_reason: &
 /// depend on how threads interleave: every answer but the farewell is counted.
 #[tokio::test]
 async fn the_farewell_poll_answer_is_not_counted_as_accepted() {
-    use ccgw_bridge::events::{EventBudget, GuidUse, Hub, PollEnd, PollSettings, Poller};
+    use ccgw_bridge::events::{EventBudget, Hub, PollEnd, PollSettings, Poller};
     use ccgw_bridge::gateway::{AgentAuth, GatewayClient, Interface as Gw};
     use ccgw_bridge::telemetry::Metrics;
     use std::sync::Arc;
@@ -778,7 +839,6 @@ async fn the_farewell_poll_answer_is_not_counted_as_accepted() {
         )),
         last_poll_at: Arc::default(),
         polls: polls.clone(),
-        guid_use: Arc::new(GuidUse::new(std::time::Instant::now())),
         cancel: tokio_util::sync::CancellationToken::new(),
         settings: PollSettings::default(),
         metrics,
@@ -796,5 +856,76 @@ async fn the_farewell_poll_answer_is_not_counted_as_accepted() {
         *polls.borrow(),
         answered - 1,
         "every answer but the farewell"
+    );
+}
+
+/// The state GetSession reports for `agent` (`None`: not found).
+async fn state_of(h: &Harness, agent: &str) -> Option<i32> {
+    h.sessions()
+        .await
+        .get_session(GetSessionRequest {
+            agent_id: agent.into(),
+        })
+        .await
+        .ok()
+        .map(|s| s.into_inner().state)
+}
+
+/// Waits (bounded) until GetSession no longer reports `state` for `agent`.
+async fn state_leaves(h: &Harness, agent: &str, state: SessionState) {
+    tokio::time::timeout(SETTLE, async {
+        while state_of(h, agent).await == Some(state as i32) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{agent} still reports {state:?}"));
+}
+
+/// Issue 22 review finding (`signing_in`/`signing_out` left set for ever when a handler is
+/// dropped, 7c74dba `session/lifecycle.rs:44-53`, `:450-462`): a caller that gives up on a
+/// SignIn or a SignOut while the gateway has not answered (its RPC is cancelled, so the
+/// handler is dropped mid-await) must not leave the agent reported SIGNING_IN or SIGNING_OUT
+/// for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sign_in_or_sign_out_leaves_no_state_behind() {
+    let h = Harness::start().await;
+    let held = Duration::from_secs(3600);
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Login),
+        kind: FaultKind::Latency(held),
+        count: Some(1),
+    });
+    let mut client = h.sessions().await;
+    let call = tokio::spawn(async move { client.sign_in(sign_in_request("1001")).await });
+    request(&h, |r| {
+        r.method == "PUT" && r.path.ends_with("/onlineagent/1001")
+    })
+    .await;
+    call.abort();
+    state_leaves(&h, "1001", SessionState::SigningIn).await;
+
+    let h2 = Harness::start().await;
+    h2.sign_in("1002").await;
+    // Queued: the logout has not reached the gateway when the caller gives up.
+    h2.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Logout),
+        kind: FaultKind::Queued(held),
+        count: Some(1),
+    });
+    let mut client = h2.sessions().await;
+    let call = tokio::spawn(async move {
+        client
+            .sign_out(SignOutRequest {
+                agent_id: "1002".into(),
+            })
+            .await
+    });
+    request(&h2, |r| r.path.ends_with("/onlineagent/1002/logout")).await;
+    call.abort();
+    state_leaves(&h2, "1002", SessionState::SigningOut).await;
+    assert_eq!(
+        state_of(&h2, "1002").await,
+        Some(SessionState::SignedIn as i32)
     );
 }

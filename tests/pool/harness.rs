@@ -223,20 +223,7 @@ impl Etcd {
 
     /// `owners/{agent}` → instance under `prefix`, as etcd holds them now.
     pub fn owners(&self, prefix: &str) -> std::collections::BTreeMap<String, String> {
-        let out = Command::new(etcd_bin().with_file_name("etcdctl"))
-            .args(["--endpoints", &self.client_url, "get", "--prefix"])
-            .arg(format!("{prefix}owners/"))
-            .output()
-            .expect("etcdctl runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<&str> = text.lines().collect();
-        lines
-            .chunks(2)
-            .filter_map(|kv| match kv {
-                [k, v] => Some((k.rsplit('/').next()?.to_owned(), (*v).to_owned())),
-                _ => None,
-            })
-            .collect()
+        owners_at(&self.client_url, prefix)
     }
 
     /// Whether this member is the cluster's leader (from its own `/v3/maintenance/status`).
@@ -310,6 +297,45 @@ pub fn agents_file(dir: &Path, agents: &[String]) -> PathBuf {
     let file = dir.join("agents.toml");
     std::fs::write(&file, text).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file
+}
+
+/// `owners/{agent}` → instance under `prefix` at the etcd member `client_url` (blocking: it
+/// runs `etcdctl`; empty when etcd does not answer).
+pub fn owners_at(client_url: &str, prefix: &str) -> std::collections::BTreeMap<String, String> {
+    let out = Command::new(etcd_bin().with_file_name("etcdctl"))
+        .args([
+            "--endpoints",
+            client_url,
+            "--command-timeout",
+            "2s",
+            "get",
+            "--prefix",
+        ])
+        .arg(format!("{prefix}owners/"))
+        .output()
+        .expect("etcdctl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((k.rsplit('/').next()?.to_owned(), (*v).to_owned())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pool key every bridge of a test shares (`--pool-key-file`), written on first use.
+pub fn pool_key_file(dir: &Path) -> PathBuf {
+    let file = dir.join("pool.key");
+    if !file.exists() {
+        let key: String = (0..32)
+            .map(|_| format!("{:02x}", fastrand::u8(..)))
+            .collect();
+        std::fs::write(&file, key).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     file
 }
 
@@ -413,6 +439,8 @@ impl Bridge {
             .args(["--etcd-prefix", "/ccgw-test/"])
             .args(["--instance-name", &self.name])
             .args(["--lease-ttl", s.lease_ttl])
+            .arg("--pool-key-file")
+            .arg(pool_key_file(&s.dir))
             .args(["--poll-gap", "10ms", "--drain-timeout", "5s"])
             .args(&self.extra)
             .stdin(Stdio::null())

@@ -41,12 +41,22 @@ fn set(agents: &[String]) -> BTreeSet<String> {
 
 struct Pool {
     _dir: TempDir,
-    sim: ccgw_bridge::sim::Simulator,
+    /// Shared with the chaos test's sampler task.
+    sim: std::sync::Arc<ccgw_bridge::sim::Simulator>,
     setup: PoolSetup,
     etcd: Vec<Etcd>,
 }
 
 async fn pool(agents: &[String], etcd_members: usize) -> Pool {
+    pool_with(agents, etcd_members, simulator().await).await
+}
+
+/// [`pool`] on a simulator of the test's own.
+async fn pool_with(
+    agents: &[String],
+    etcd_members: usize,
+    sim: ccgw_bridge::sim::Simulator,
+) -> Pool {
     let dir = TempDir::new("t");
     let etcd = if etcd_members == 1 {
         vec![Etcd::single(&dir.0)]
@@ -56,7 +66,6 @@ async fn pool(agents: &[String], etcd_members: usize) -> Pool {
     for m in &etcd {
         wait_until(SETTLE, "etcd healthy", || m.healthy()).await;
     }
-    let sim = simulator().await;
     let setup = PoolSetup {
         dir: dir.0.clone(),
         sim_url: sim.url(),
@@ -71,7 +80,7 @@ async fn pool(agents: &[String], etcd_members: usize) -> Pool {
     };
     Pool {
         _dir: dir,
-        sim,
+        sim: std::sync::Arc::new(sim),
         setup,
         etcd,
     }
@@ -126,7 +135,8 @@ async fn pool_of_two_spreads_agents_fails_over_after_sigkill_and_takes_a_restart
         TTL * 2
     );
 
-    // SIGKILL b: its lease expires, a takes its agents over (one forcelogin each at most).
+    // SIGKILL b: its lease expires, a takes its agents over: each of b's sessions is logged out
+    // with the Guid b handed off in its holder record, then signed in plainly (issue 22).
     let before = p.sim.requests().len();
     let killed = Instant::now();
     b.sigkill();
@@ -139,14 +149,20 @@ async fn pool_of_two_spreads_agents_fails_over_after_sigkill_and_takes_a_restart
     .await;
     eprintln!("figure: take-over after SIGKILL (TTL 3 s): {took:?}");
     let after_kill = p.sim.requests()[before..].to_vec();
+    assert_eq!(
+        sign_ins(&after_kill),
+        (want_b.len(), 0),
+        "plain logins only"
+    );
     for agent in &want_b {
-        let forced = after_kill
-            .iter()
-            .filter_map(sign_in_kind)
-            .filter(|(x, forced)| x == agent && *forced)
-            .count();
-        assert!(forced <= 1, "{agent}: {forced} forcelogins");
+        assert!(
+            after_kill
+                .iter()
+                .any(|r| r.path.ends_with(&format!("/onlineagent/{agent}/logout"))),
+            "{agent}: the crashed holder's session logged out with its Guid"
+        );
     }
+    assert_eq!(p.sim.stats().other_clients_kicked, 0);
     for agent in &want_a {
         assert!(
             after_kill
@@ -160,7 +176,10 @@ async fn pool_of_two_spreads_agents_fails_over_after_sigkill_and_takes_a_restart
     let metrics = a.metrics().await;
     for sample in [
         "ccgw_pool_agents_owned 6".to_string(),
-        format!("ccgw_pool_take_overs_total {}", want_b.len()),
+        format!(
+            "ccgw_pool_take_overs_total{{outcome=\"guid_logout\"}} {}",
+            want_b.len()
+        ),
         "ccgw_pool_lease{state=\"held\"} 1".to_string(),
     ] {
         assert!(has_sample(&metrics, &sample), "{sample} in\n{metrics}");
@@ -522,4 +541,141 @@ fn pool_flags_are_validated_before_anything_starts() {
     assert!(validate(&[]).is_ok());
     let err = validate(&e).unwrap_err();
     assert!(err.contains("force = true"), "{err}");
+}
+
+/// An Ownership snapshot of `b` (the current one of its WatchOwnership stream).
+async fn ownership_of(b: &Bridge) -> ccgw_bridge::proto::Ownership {
+    let mut w = b.watch_ownership().await;
+    w.message().await.expect("ownership").expect("a snapshot")
+}
+
+/// Issue 22 path 2 (fails on 7c74dba: one `forcelogin` kicks the person): a person holds an
+/// agent before any bridge starts. Its owner's logins get `100-002`, so it never signs the
+/// agent in and hands off no Guid. It is SIGKILLed; the instance that takes its agents over has
+/// no Guid that could end a session, so it signs in plainly, meets `100-002` and waits, never
+/// forcing: the person keeps the agent, and the wait is visible in WatchOwnership, `/readyz`
+/// and the metrics. When the person signs out, the new owner signs the agent in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_of_an_agent_a_person_holds_never_kicks_the_person() {
+    let agents = agents_for(&["kp-a", "kp-b"], 2);
+    let p = pool(&agents, 1).await;
+    let names = ["kp-a", "kp-b"];
+    let want_a = agents_for_member_of(&agents, &names, "kp-a");
+    let held = want_a.iter().next().unwrap().clone();
+    p.sim
+        .sign_in_elsewhere(&held, false)
+        .expect("the person signs in");
+    let person = p.sim.current_guid(&held);
+    let mut a = Bridge::start(&p.setup, "kp-a");
+    let b = Bridge::start(&p.setup, "kp-b");
+    let serving_a: BTreeSet<String> = want_a.iter().filter(|x| **x != held).cloned().collect();
+    let want_b = agents_for_member_of(&agents, &names, "kp-b");
+    settled(&a, &serving_a, &b, &want_b).await;
+    let before = p.sim.requests().len();
+    a.sigkill();
+    let serving_b: BTreeSet<String> = agents.iter().filter(|x| **x != held).cloned().collect();
+    wait_until(
+        TTL + SETTLE,
+        "b serves every agent but the person's, and waits for that one",
+        || async {
+            b.held().await == serving_b
+                && ownership_of(&b).await.waiting_for_gateway == [held.clone()]
+        },
+    )
+    .await;
+    let after_kill = p.sim.requests()[before..].to_vec();
+    assert_eq!(sign_ins(&after_kill).1, 0, "no forcelogin");
+    assert_eq!(
+        p.sim.current_guid(&held),
+        person,
+        "the person keeps the agent"
+    );
+    assert_eq!(p.sim.stats().other_clients_kicked, 0);
+    let metrics = b.metrics().await;
+    assert!(
+        has_sample(&metrics, "ccgw_pool_agents_waiting_for_gateway 1"),
+        "{metrics}"
+    );
+    wait_until(SETTLE, "/readyz names the wait", || async {
+        b.readyz().await.contains("wait for the gateway")
+    })
+    .await;
+    // The person signs out: keep-signed-in's next plain login takes the agent.
+    assert!(p.sim.person_signs_out(&held));
+    wait_until(SETTLE, "b signs the freed agent in", || async {
+        b.held().await == set(&agents) && ownership_of(&b).await.waiting_for_gateway.is_empty()
+    })
+    .await;
+    assert_eq!(sign_ins(&p.sim.requests()[before..]).1, 0, "no forcelogin");
+    assert_eq!(p.sim.stats().other_clients_kicked, 0);
+    let metrics = b.metrics().await;
+    assert!(
+        has_sample(
+            &metrics,
+            "ccgw_pool_take_overs_total{outcome=\"waited_for_gateway\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The price of a take-over without a usable Guid (issue 22, "say the price"): the crashed
+/// holder's records are gone (as if stale, or no `--pool-key-file`), so its sessions can only end
+/// at the gateway's idle sign-out (4 s here). The survivor signs in plainly, meets `100-002`,
+/// waits, and takes every agent once the gateway has freed it: TTL + idle + a back-off, never
+/// `forcelogin`. Prints the figure beside the take-over with a current record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_without_a_usable_record_waits_for_the_gateways_idle_sign_out() {
+    const IDLE: Duration = Duration::from_secs(4);
+    let sim = ccgw_bridge::sim::Simulator::start(
+        ccgw_bridge::sim::SimConfig {
+            poll_hold: Duration::from_millis(500),
+            idle_timeout: IDLE,
+            ..ccgw_bridge::sim::SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("simulator starts");
+    let agents = agents_for(&["st-a", "st-b"], 2);
+    let p = pool_with(&agents, 1, sim).await;
+    let (mut a, want_a, b, _) = two_settled(&p, &agents, ["st-a", "st-b"]).await;
+    let before = p.sim.requests().len();
+    a.sigkill();
+    let killed = Instant::now();
+    let deleted =
+        tokio::task::block_in_place(|| p.etcd[0].ctl(&["del", "--prefix", "/ccgw-test/holders/"]));
+    let deleted = deleted.status.success();
+    assert!(deleted, "holder records deleted");
+    for agent in &want_a {
+        assert!(
+            p.sim.signed_in(agent),
+            "{agent}: the crashed holder's session is still there"
+        );
+    }
+    let all = set(&agents);
+    let took = wait_until(
+        TTL + IDLE + Duration::from_secs(30),
+        "b holds every agent once the gateway signed a's sessions out",
+        || async { b.held().await == all },
+    )
+    .await;
+    eprintln!(
+        "figure: take-over after SIGKILL without a usable record (TTL 3 s, gateway idle sign-out 4 s): {took:?}"
+    );
+    assert!(
+        killed.elapsed() >= IDLE,
+        "not before the gateway freed the agents"
+    );
+    assert_eq!(sign_ins(&p.sim.requests()[before..]).1, 0, "no forcelogin");
+    // Counted at the reconcile after the sign-ins.
+    let taken = format!(
+        "ccgw_pool_take_overs_total{{outcome=\"waited_for_gateway\"}} {}",
+        want_a.len()
+    );
+    wait_until(SETTLE, "the waits are counted as take-overs", || async {
+        let metrics = b.metrics().await;
+        has_sample(&metrics, &taken)
+            && has_sample(&metrics, "ccgw_pool_agents_waiting_for_gateway 0")
+    })
+    .await;
 }

@@ -5,7 +5,8 @@
 use super::*;
 use ccgw_bridge::gateway::{GatewayClient, GatewayConfig};
 use ccgw_bridge::pool::{
-    Acquired, Backend, LeaseRenewal, Pool, PoolConfig, PoolError, Renewal, View,
+    Acquired, Backend, HandOff, HolderWrite, Keyring, LeaseRenewal, Pool, PoolConfig, PoolError,
+    Renewal, View,
 };
 use ccgw_bridge::secret::Password;
 use ccgw_bridge::session::{SessionSettings, Sessions, SignInParams};
@@ -23,8 +24,8 @@ struct Coordinator {
     failed_releases: u32,
     /// Answer releases as "not this lease's record any more" (nothing released).
     releases_not_mine: bool,
-    /// Agent → a previous holder whose lease ended (the take-over proof `acquire` returns).
-    crashed_holders: HashMap<String, String>,
+    /// Agent → its holder record (the sealed Guid hand-off `acquire` returns to a next owner).
+    holder_records: HashMap<String, Vec<u8>>,
     /// Renewals fail (the coordinator unreachable): the lease runs out TTL after the join.
     renewals_fail: bool,
     /// Sizes of the release batches asked for, in order.
@@ -32,7 +33,7 @@ struct Coordinator {
     /// Whether this instance was still a member at each release batch.
     member_at_release: Vec<bool>,
     /// Agents released with their holder record kept (the sign-out could not reach the
-    /// gateway).
+    /// gateway), so their next owner can log the session out with the Guid inside.
     released_with_proof: Vec<String>,
 }
 
@@ -90,8 +91,24 @@ impl Backend for Scripted {
         }))
     }
 
-    async fn mark_held(&mut self, agents: &[String]) -> Vec<Result<(), PoolError>> {
-        agents.iter().map(|_| Ok(())).collect()
+    async fn write_holders(&mut self, writes: &[HolderWrite]) -> Vec<Result<(), PoolError>> {
+        let me = self.me.clone();
+        self.script.with(|c| {
+            for w in writes {
+                match w {
+                    HolderWrite::Put { agent, record } if c.owners.get(agent) == Some(&me) => {
+                        c.holder_records.insert(agent.clone(), record.clone());
+                    }
+                    HolderWrite::Put { .. } => {}
+                    HolderWrite::Delete { agent, record } => {
+                        if c.holder_records.get(agent) == Some(record) {
+                            c.holder_records.remove(agent);
+                        }
+                    }
+                }
+            }
+        });
+        writes.iter().map(|_| Ok(())).collect()
     }
 
     async fn acquire(&mut self, agents: &[String]) -> Vec<Result<Acquired, PoolError>> {
@@ -105,7 +122,7 @@ impl Backend for Scripted {
                     } else {
                         c.owners.insert(a.clone(), me.clone());
                         Ok(Acquired::Won {
-                            crashed_holder: c.crashed_holders.get(a).cloned(),
+                            hand_off: c.holder_records.get(a).cloned(),
                         })
                     }
                 })
@@ -115,20 +132,22 @@ impl Backend for Scripted {
 
     async fn release(
         &mut self,
-        agents: &[String],
-        keep_proof: bool,
+        agents: &[(String, Option<Vec<u8>>)],
     ) -> Vec<Result<bool, PoolError>> {
         let me = self.me.clone();
         self.script.with(|c| {
-            if keep_proof {
-                c.released_with_proof.extend(agents.iter().cloned());
-            }
+            let kept: Vec<String> = agents
+                .iter()
+                .filter(|(a, record)| record.is_none() && c.holder_records.contains_key(a))
+                .map(|(a, _)| a.clone())
+                .collect();
+            c.released_with_proof.extend(kept);
             c.release_batches.push(agents.len());
             let member = c.members.contains(&me);
             c.member_at_release.push(member);
             agents
                 .iter()
-                .map(|a| {
+                .map(|(a, record)| {
                     if c.failing_releases > 0 {
                         c.failing_releases -= 1;
                         c.failed_releases += 1;
@@ -138,6 +157,9 @@ impl Backend for Scripted {
                         return Ok(false);
                     }
                     c.owners.remove(a);
+                    if record.is_some() && c.holder_records.get(a) == record.as_ref() {
+                        c.holder_records.remove(a);
+                    }
                     Ok(true)
                 })
                 .collect()
@@ -179,15 +201,9 @@ async fn in_process_with(
     in_process_scripted(sim, agents, settings, Script::default()).await
 }
 
-async fn in_process_scripted(
-    sim: ccgw_bridge::sim::Simulator,
-    agents: &[String],
-    settings: SessionSettings,
-    script: Script,
-) -> InProcess {
-    ccgw_bridge::crypto::install_crypto_provider();
-    let metrics = Arc::new(Metrics::default());
-    let gateway = GatewayClient::new(
+/// A gateway client of the simulator (real TLS).
+fn gateway_client(sim: &ccgw_bridge::sim::Simulator, metrics: &Arc<Metrics>) -> GatewayClient {
+    GatewayClient::new(
         GatewayConfig {
             base_url: sim.url(),
             ca_pem: Some(sim.ca_pem().as_bytes().to_vec()),
@@ -200,7 +216,18 @@ async fn in_process_scripted(
         },
         metrics.clone(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+async fn in_process_scripted(
+    sim: ccgw_bridge::sim::Simulator,
+    agents: &[String],
+    settings: SessionSettings,
+    script: Script,
+) -> InProcess {
+    ccgw_bridge::crypto::install_crypto_provider();
+    let metrics = Arc::new(Metrics::default());
+    let gateway = gateway_client(&sim, &metrics);
     let sessions = Sessions::new(gateway, settings, metrics.clone());
     let pinned = agents
         .iter()
@@ -219,6 +246,7 @@ async fn in_process_scripted(
         lease_ttl: TTL,
         tls: None,
         auth: None,
+        keyring: Some(Arc::new(Keyring::from_keys(&[POOL_KEY]))),
     };
     let backend = Scripted {
         me: "a".into(),
@@ -231,6 +259,22 @@ async fn in_process_scripted(
         script,
         sessions,
     }
+}
+
+/// The scripted pool's key (every test instance uses it).
+const POOL_KEY: [u8; 32] = [0x5a; 32];
+
+/// A holder record as a crashed instance would have left it: `guid` sealed for `agent`.
+fn hand_off_record(agent: &str, guid: &str) -> Vec<u8> {
+    Keyring::from_keys(&[POOL_KEY]).seal(
+        agent,
+        &HandOff {
+            instance: "crashed".into(),
+            guid: ccgw_bridge::secret::Guid::new(guid),
+            cookies: None,
+            written_at_ms: 0,
+        },
+    )
 }
 
 /// A member that should hold `agent` beside "a" (the script's other members never act).
@@ -331,25 +375,97 @@ async fn pool_sign_ins_share_the_sign_in_concurrency_bound() {
     );
 }
 
+/// A gateway session of a bridge that crashed: signed in over the gateway interface by a
+/// session layer that then stopped without signing out. Returns its Guid.
+async fn crashed_bridge_session(sim: &ccgw_bridge::sim::Simulator, agent: &str) -> String {
+    let metrics = Arc::new(Metrics::default());
+    let gateway = gateway_client(sim, &metrics);
+    let crashed = Sessions::new(gateway, SessionSettings::default(), metrics);
+    let params = SignInParams::new(Password::new("secret".into()), "80000".into());
+    crashed
+        .sign_in(agent, params, None)
+        .await
+        .expect("signed in");
+    crashed.stop_polling();
+    sim.current_guid(agent).expect("held by the crashed bridge")
+}
+
+/// Issue 22 path 2, pool side: a take-over finds the crashed holder's session still at the
+/// gateway; it logs that session out with the Guid handed off in the holder record, then signs
+/// in plainly. Nothing is forced, and no other client's session is touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forced_sign_in_is_abandoned_when_the_lease_ends_and_kicks_no_one_later() {
+async fn a_take_over_logs_the_crashed_holders_session_out_with_its_guid_and_never_forces() {
     let agent = "2401";
     let sim = simulator().await;
-    // Someone still holds the agent (the crashed holder's session, as far as the pool knows).
-    sim.sign_in_elsewhere(agent, false).unwrap();
-    let held = sim.current_guid(agent).expect("signed in elsewhere");
-    // The take-over's forcelogin waits in front of the gateway far past the lease's end.
-    let queued = TTL * 2;
-    sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::ForceLogin),
-        kind: FaultKind::Queued(queued),
-        count: Some(1),
-    });
+    ccgw_bridge::crypto::install_crypto_provider();
+    let guid = crashed_bridge_session(&sim, agent).await;
     let script = Script::default();
     script.with(|c| {
-        c.crashed_holders.insert(agent.into(), "crashed".into());
-        // The lease is never renewed: it surely ends TTL after the join.
-        c.renewals_fail = true;
+        c.holder_records
+            .insert(agent.into(), hand_off_record(agent, &guid))
+    });
+    let before = sim.requests().len();
+    let t = in_process_scripted(
+        sim,
+        &[agent.to_string()],
+        SessionSettings::default(),
+        script,
+    )
+    .await;
+    wait_until(SETTLE, "the agent is signed in here", || async {
+        t.sessions.has_running_session(agent)
+    })
+    .await;
+    let requests = t.sim.requests()[before..].to_vec();
+    let kinds: Vec<&str> = requests
+        .iter()
+        .filter_map(|r| match sign_in_kind(r) {
+            Some((_, true)) => Some("forcelogin"),
+            Some((_, false)) => Some("login"),
+            None if r.path.ends_with("/logout") => Some("logout"),
+            None => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["logout", "login"],
+        "the handed-off Guid's logout, then a plain login: {requests:?}"
+    );
+    assert_ne!(t.sim.current_guid(agent), Some(guid), "a new session");
+    assert_eq!(t.sim.stats().other_clients_kicked, 0);
+    assert_eq!(t.pool.ownership().status().take_overs, 1);
+    // The new owner hands its own session on: the record is rewritten with its Guid.
+    let current = t.sim.current_guid(agent).unwrap();
+    wait_until(
+        SETTLE,
+        "the holder record names the new session",
+        || async {
+            t.script
+                .with(|c| c.holder_records.get(agent).cloned())
+                .and_then(|r| Keyring::from_keys(&[POOL_KEY]).open(agent, &r))
+                .is_some_and(|h| h.guid.expose() == current && h.instance == "a")
+        },
+    )
+    .await;
+}
+
+/// Issue 22 path 2 and rule 4: a person holds the agent, and the holder record's Guid is
+/// stale. The take-over's logout with it is refused (it can end nobody's session), the plain
+/// login meets `100-002`, and the agent waits for the gateway, never forced, counted as
+/// waiting, until the person signs out; then it is signed in here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_with_a_stale_record_waits_while_a_person_holds_the_agent() {
+    let agent = "2402";
+    let sim = simulator().await;
+    ccgw_bridge::crypto::install_crypto_provider();
+    let guid = crashed_bridge_session(&sim, agent).await;
+    // The gateway ended the crashed holder's session and a person signed in.
+    sim.supervisor_replaces(agent);
+    let person = sim.current_guid(agent).unwrap();
+    let script = Script::default();
+    script.with(|c| {
+        c.holder_records
+            .insert(agent.into(), hand_off_record(agent, &guid))
     });
     let t = in_process_scripted(
         sim,
@@ -358,20 +474,27 @@ async fn a_forced_sign_in_is_abandoned_when_the_lease_ends_and_kicks_no_one_late
         script,
     )
     .await;
-    let sent = t
-        .sim
-        .wait_for_request(|r| r.path.ends_with("/forcelogin"))
-        .await;
-    assert_eq!(sent.agent_id.as_deref(), Some(agent));
-    // Past the queue's delay (a window in which nothing may happen: there is no event for "no
-    // kick"), the forcelogin was abandoned at the lease's end and never reached the gateway.
-    tokio::time::sleep(queued + Duration::from_millis(500)).await;
+    wait_until(SETTLE, "the agent waits for the gateway", || async {
+        t.pool.ownership().status().waiting_for_gateway == [agent.to_string()]
+    })
+    .await;
     assert_eq!(
-        t.sim.current_guid(agent).as_deref(),
-        Some(held.as_str()),
-        "the session held elsewhere was not replaced after the lease ended"
+        t.sim.current_guid(agent),
+        Some(person),
+        "the person is not kicked"
     );
-    assert!(!t.sessions.has_running_session(agent));
+    assert!(t.sim.held_by_other_client(agent));
+    assert_eq!(t.sim.stats().other_clients_kicked, 0);
+    assert_eq!(sign_ins(&t.sim.requests()).1, 0, "no forcelogin");
+    // The person signs out: keep-signed-in's next attempt takes the free agent.
+    assert!(t.sim.person_signs_out(agent));
+    wait_until(SETTLE, "signed in here once the person left", || async {
+        t.sessions.has_running_session(agent)
+            && t.pool.ownership().status().waiting_for_gateway.is_empty()
+    })
+    .await;
+    assert_eq!(sign_ins(&t.sim.requests()).1, 0, "no forcelogin");
+    assert_eq!(t.sim.stats().other_clients_kicked, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
