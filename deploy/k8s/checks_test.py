@@ -57,6 +57,15 @@ CASES = [
      "differs from the memory formula"),
     ("configuration.md", "| `CCGW_EVENT_BUDGET` | `16MiB` |", "| `CCGW_EVENT_BUDGET` | `16 MiB` |",
      "the default of --event-budget"),
+    ("pool-replicas.yaml", "--etcd-endpoints=https://", "--etcd-endpoints=http://",
+     "uses http:// for etcd"),
+    ("pool-routed.yaml", "            - --etcd-client-key=/etc/ccgw/etcd/tls.key\n", "",
+     "no client certificate for etcd"),
+    ("pool-replicas.yaml", "            - --etcd-ca-cert=/etc/ccgw/etcd/ca.crt\n", "",
+     "no --etcd-ca-cert"),
+    ("pool-replicas.yaml", "        - name: ccgw-etcd-user\n          secret:\n            secretName: ccgw-etcd-user\n",
+     "        - name: ccgw-etcd-user\n          configMap:\n            name: ccgw-etcd-user\n",
+     "--etcd-password-file=/etc/ccgw/etcd-user/password is not mounted from a Secret"),
 ]
 
 

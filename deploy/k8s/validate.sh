@@ -2,7 +2,8 @@
 # Validates every manifest in deploy/k8s against the Kubernetes OpenAPI schemas, strictly
 # (unknown or misspelled fields are errors), offline; then checks.py checks what the schemas
 # cannot (resource figures from docs/memory.md's formula, a pool's disruption budget and node spread,
-# per-pod DNS for routing, native sidecars), and checks_test.py that those checks catch what they
+# per-pod DNS for routing, native sidecars, a pool's etcd reached over TLS with a client certificate
+# and Secrets, never http://), and checks_test.py that those checks catch what they
 # are for.
 #
 # Validator: PyPI `kubernetes-validate`, which ships the JSON schemas of each Kubernetes release
@@ -51,7 +52,8 @@ printf '%s\n' "$out"
 # need (checks.py says what): native sidecars, resource figures derived from the memory formula
 # of docs/memory.md (also quoted in docs/operations.md and the k8s README), a PodDisruptionBudget
 # and a node spread for a pool, and
-# per-pod DNS (subdomain + headless Service) for routing without a sidecar.
+# per-pod DNS (subdomain + headless Service) for routing without a sidecar, and a pool's etcd
+# secured (https:// only, a client certificate, key and password from Secrets).
 set +e
 docs="$here/../../docs"
 semantic="$("$venv/bin/python" "$here/checks.py" --formula "$docs/memory.md" \
