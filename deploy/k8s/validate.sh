@@ -53,7 +53,8 @@ printf '%s\n' "$out"
 # of docs/memory.md (also quoted in docs/operations.md and the k8s README), a PodDisruptionBudget
 # and a node spread for a pool, and
 # per-pod DNS (subdomain + headless Service) for routing without a sidecar, and a pool's etcd
-# secured (https:// only, a client certificate, key and password from Secrets).
+# secured (https:// only, a client certificate, key and password from Secrets); then
+# deploy/prometheus/checks.py: the PodMonitor and PrometheusRule (fields, rules, selection).
 set +e
 docs="$here/../../docs"
 semantic="$("$venv/bin/python" "$here/checks.py" --formula "$docs/memory.md" \
@@ -61,12 +62,21 @@ semantic="$("$venv/bin/python" "$here/checks.py" --formula "$docs/memory.md" \
 src=$?
 set -e
 [[ -n "$semantic" ]] && printf '%s\n' "$semantic"
+# The prometheus-operator objects beside the alerting rules (deploy/prometheus/checks.py says
+# what): no schema for their kinds ships with the validator, so their fields are checked there,
+# with the rules they must equal and the pods they must select.
+prom="$here/../prometheus"
+"$venv/bin/python" "$prom/checks.py" --rules "$prom/ccgw-bridge.rules.yml" \
+  --docs "$docs/metrics-and-alerts.md" --pods "$here"/*.yaml -- \
+  "$prom/ccgw-bridge.podmonitor.yaml" "$prom/ccgw-bridge.prometheusrule.yaml" || src=1
 # The checks themselves: each defect they exist for, planted in a copy, must be reported.
 if [[ $# -eq 0 ]]; then
   "$venv/bin/python" "$here/checks_test.py" || src=1
+  "$venv/bin/python" "$prom/checks_test.py" || src=1
 fi
 if [[ $rc -ne 0 || $src -ne 0 ]] || grep -qv '^INFO ' <<<"$out"; then
   echo "validate.sh: FAILED against Kubernetes $k8s_version (strict)" >&2
   exit 1
 fi
-echo "validate.sh: ${#files[@]} file(s) valid against Kubernetes $k8s_version (strict)"
+echo "validate.sh: ${#files[@]} file(s) valid against Kubernetes $k8s_version (strict);" \
+  "deploy/prometheus's PodMonitor and PrometheusRule checked"
