@@ -13,6 +13,10 @@ pub struct SimulateArgs {
     /// Address to serve HTTPS on.
     #[arg(long, env = "CCGW_SIM_LISTEN", default_value = "127.0.0.1:8043")]
     pub listen: SocketAddr,
+    /// Write the simulator's CA certificate (PEM) to FILE, kept after it stops, instead of a
+    /// temporary file of a random name: the bridges of a local recipe then take `--ca-cert FILE`.
+    #[arg(long, env = "CCGW_SIM_CA_OUT", value_name = "FILE")]
+    pub ca_out: Option<PathBuf>,
     /// Long-poll hold when no event is pending.
     #[arg(long, env = "CCGW_SIM_POLL_HOLD", default_value = "10s", value_parser = duration)]
     pub poll_hold: Duration,
@@ -110,8 +114,9 @@ pub struct BridgeArgs {
     #[arg(long, help_heading = API, env = "CCGW_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
     /// Admin address (gRPC health, /metrics, /livez, /readyz); on the pod IP for kubelet probes.
-    #[arg(long, help_heading = ADMIN, env = "CCGW_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    pub admin_listen: SocketAddr,
+    /// [default: 0.0.0.0:9090; 127.0.0.1:9090 with --simulate, a demo nobody else probes]
+    #[arg(long, help_heading = ADMIN, env = "CCGW_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Read timeout of the event long poll; must exceed the gateway's hold (10 s).
     #[arg(long, help_heading = EVENTS, env = "CCGW_POLL_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub poll_timeout: Duration,
