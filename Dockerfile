@@ -38,6 +38,9 @@ FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --features "$BRIDGE_FEATURES" --bin ccgw-bridge --recipe-path recipe.json
 COPY . .
+# The commit --version and ccgw_build_info name (build.rs): the context has no .git, so pass it,
+# e.g. --build-arg CCGW_COMMIT=$(git rev-parse --short=7 HEAD) (docs/releasing.md).
+ARG CCGW_COMMIT=unknown
 RUN cargo build --release --locked --features "$BRIDGE_FEATURES" --bin ccgw-bridge \
  && cp target/release/ccgw-bridge /ccgw-bridge
 

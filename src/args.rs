@@ -5,11 +5,12 @@
 
 use crate::cli::CallArgs;
 use crate::config::{BridgeArgs, SimulateArgs};
+use crate::version;
 use clap::{Parser, Subcommand};
 
 /// `ccgw-bridge`: gRPC in front of the Huawei CC-Gateway agent interface.
 #[derive(Debug, Parser)]
-#[command(name = "ccgw-bridge", version, about, long_about = None)]
+#[command(name = "ccgw-bridge", version = version::LONG, about, long_about = None)]
 pub struct Cli {
     /// Run a helper command instead of the bridge.
     #[command(subcommand)]
@@ -25,6 +26,6 @@ pub enum Command {
     /// Run only the CC-Gateway simulator, printing its URL and CA path.
     Simulate(SimulateArgs),
     /// Call a running bridge's gRPC API (operators and scripts; no grpcurl needed in the pod).
-    #[command(version)]
+    #[command(version = version::LONG)]
     Call(CallArgs),
 }

@@ -16,6 +16,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod version;
 
 /// Generated gRPC types and services of `ccgw.v1`.
 #[allow(missing_docs, clippy::all)]

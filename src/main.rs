@@ -10,6 +10,7 @@ use ccgw_bridge::sim::{AuthMode, SimConfig, Simulator};
 use ccgw_bridge::telemetry::{self, LogFormat};
 use ccgw_bridge::{run, Listeners};
 use clap::Parser;
+use std::path::Path;
 use std::process::ExitCode;
 
 /// `EX_USAGE`: bad configuration, detected before any port is bound.
@@ -195,13 +196,21 @@ async fn simulate_only(args: SimulateArgs) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    let ca = match sim.ca_file() {
+    let written = match &args.ca_out {
+        Some(path) => std::fs::write(path, sim.ca_pem())
+            .map(|()| path.clone())
+            .map_err(|e| format!("cannot write the CA file to {} ({e})", path.display())),
+        None => sim.ca_file().map(Path::to_path_buf).map_err(|e| {
+            format!(
+                "cannot write the CA file to {} ({e}); set TMPDIR to a writable directory, or pass --ca-out FILE",
+                std::env::temp_dir().display()
+            )
+        }),
+    };
+    let ca = match written {
         Ok(path) => path,
         Err(e) => {
-            eprintln!(
-                "ccgw-bridge simulate: cannot write the CA file to {} ({e}); set TMPDIR to a writable directory",
-                std::env::temp_dir().display()
-            );
+            eprintln!("ccgw-bridge simulate: {e}");
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 mod process;
 
+use crate::version;
+
 type Labels2 = [(&'static str, &'static str); 2];
 type Labels1 = [(&'static str, &'static str); 1];
 
@@ -271,16 +273,17 @@ impl Default for Metrics {
             "1 while the bridge is ready (the gateway answers and no pinned agent is down), else 0",
             ready.clone(),
         );
-        let build_info = Family::<Labels2, Gauge>::default();
+        let build_info = Family::<[(&'static str, &'static str); 3], Gauge>::default();
         build_info
             .get_or_create(&[
-                ("version", env!("CARGO_PKG_VERSION")),
-                ("features", if cfg!(feature = "pool") { "pool" } else { "" }),
+                ("version", version::VERSION),
+                ("features", version::FEATURES),
+                ("commit", version::COMMIT),
             ])
             .set(1);
         registry.register(
             "build_info",
-            "Always 1: the bridge's version and cargo features, as labels",
+            "Always 1: the bridge's version, cargo features and commit, as labels (as --version prints them)",
             build_info,
         );
         // Every bounded label combination of the alert signals exists from the start, at 0.

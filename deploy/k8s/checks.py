@@ -22,6 +22,8 @@ Usage: python3 checks.py --formula docs/memory.md --flags docs/configuration.md 
    Service that reaches the bridge's API needs an API listener that is not loopback, secured by
    TLS and a token. Every Service's and PodDisruptionBudget's selector selects some pod template of
    its file (a typo would select nothing, which the API server accepts silently).
+5. A pooled bridge reaches etcd securely: https:// endpoints only (no `http://`), --etcd-ca-cert,
+   a client certificate, and its key and the etcd user's password file mounted from Secrets.
 """
 
 import argparse
@@ -238,6 +240,8 @@ def check_file(name, formula, figures):
             pooled = flag(args, "--etcd-endpoints") is not None or "CCGW_ETCD_ENDPOINTS" in env
             if pooled and replicas >= 2:
                 check_availability(name, where, labels, pod, replicas, pdbs)
+            if pooled:
+                check_etcd_security(where, c, pod, env)
             listen = flag(args, "--listen") or "127.0.0.1:50051"
             api_port = int(listen.rsplit(":", 1)[1])
             port_names = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
@@ -311,6 +315,36 @@ def check_availability(name, where, labels, pod, replicas, pdbs):
         error(where, f"{replicas} pooled replicas may share a node: add topologySpreadConstraints "
                      f"on kubernetes.io/hostname (DoNotSchedule) or required pod anti-affinity "
                      f"selecting these pods")
+
+
+def secret_mounted(path, container, pod):
+    """Whether file `path` lies under a volumeMount of `container` whose volume is a Secret."""
+    secrets = {v.get("name") for v in pod.get("volumes") or [] if "secret" in v}
+    return any(m.get("name") in secrets
+               and path.startswith(m.get("mountPath", "").rstrip("/") + "/")
+               for m in container.get("volumeMounts") or [])
+
+
+def check_etcd_security(where, container, pod, env):
+    """A pool's etcd holds who owns each agent: plaintext or unauthenticated, any pod could
+    rewrite owners/. TLS with a client certificate, its key and the user's password from
+    Secrets (docs/running-replicas.md, "Securing the pool's etcd")."""
+    args = container.get("args") or []
+    endpoints = flag(args, "--etcd-endpoints") or \
+        (env.get("CCGW_ETCD_ENDPOINTS") or {}).get("value") or ""
+    for url in filter(None, endpoints.split(",")):
+        if not url.startswith("https://"):
+            error(where, f"uses http:// for etcd ({url}): any pod could rewrite the pool's "
+                         f"owners/; use https:// with a client certificate")
+    if flag(args, "--etcd-ca-cert") is None:
+        error(where, "no --etcd-ca-cert: etcd must be reached over TLS")
+    if flag(args, "--etcd-client-cert") is None or flag(args, "--etcd-client-key") is None:
+        error(where, "no client certificate for etcd (--etcd-client-cert and "
+                     "--etcd-client-key): run etcd with --client-cert-auth")
+    for f in ("--etcd-client-key", "--etcd-password-file"):
+        path = flag(args, f)
+        if path is not None and not secret_mounted(path, container, pod):
+            error(where, f"{f}={path} is not mounted from a Secret")
 
 
 def main(argv):

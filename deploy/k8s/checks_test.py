@@ -57,6 +57,15 @@ CASES = [
      "differs from the memory formula"),
     ("configuration.md", "| `CCGW_EVENT_BUDGET` | `16MiB` |", "| `CCGW_EVENT_BUDGET` | `16 MiB` |",
      "the default of --event-budget"),
+    ("pool-replicas.yaml", "--etcd-endpoints=https://", "--etcd-endpoints=http://",
+     "uses http:// for etcd"),
+    ("pool-routed.yaml", "            - --etcd-client-key=/etc/ccgw/etcd/tls.key\n", "",
+     "no client certificate for etcd"),
+    ("pool-replicas.yaml", "            - --etcd-ca-cert=/etc/ccgw/etcd/ca.crt\n", "",
+     "no --etcd-ca-cert"),
+    ("pool-replicas.yaml", "        - name: ccgw-etcd-user\n          secret:\n            secretName: ccgw-etcd-user\n",
+     "        - name: ccgw-etcd-user\n          configMap:\n            name: ccgw-etcd-user\n",
+     "--etcd-password-file=/etc/ccgw/etcd-user/password is not mounted from a Secret"),
 ]
 
 
@@ -71,32 +80,39 @@ def run(dirpath):
     return out.returncode, out.stdout + out.stderr
 
 
-def main():
+def report_planted(tag, originals, cases, run):
+    """Writes `originals` ({name: text}) to a temporary folder, checks with `run(folder)` ->
+    (returncode, report) that they pass, then plants each case's defect in a copy and checks
+    that the report names it. Returns the exit status; prints a line per failure."""
     failures = 0
     with tempfile.TemporaryDirectory(prefix="ccgw-checks-") as tmp:
         tmp = pathlib.Path(tmp)
-        originals = {n: (HERE / n).read_text() for n in MANIFESTS}
-        originals.update({n: p.read_text() for n, p in PAGES.items()})
         for n, t in originals.items():
             (tmp / n).write_text(t)
         rc, out = run(tmp)
         if rc != 0:
-            print(f"checks_test: the real files fail:\n{out}")
+            print(f"{tag}: the real files fail:\n{out}")
             return 1
-        for file, old, new, expect in CASES:
+        for file, old, new, expect in cases:
             text = originals[file]
             if old not in text:
-                print(f"checks_test: FAIL {file}: {old!r} not found (update the case)")
+                print(f"{tag}: FAIL {file}: {old!r} not found (update the case)")
                 failures += 1
                 continue
             (tmp / file).write_text(text.replace(old, new, 1))
             rc, out = run(tmp)
             (tmp / file).write_text(text)
             if rc == 0 or expect not in out:
-                print(f"checks_test: FAIL {file}: {old!r} -> {new!r} not reported as {expect!r}:\n{out}")
+                print(f"{tag}: FAIL {file}: {old!r} -> {new!r} not reported as {expect!r}:\n{out}")
                 failures += 1
-    print(f"checks_test: {len(CASES) - failures}/{len(CASES)} planted defects reported")
+    print(f"{tag}: {len(cases) - failures}/{len(cases)} planted defects reported")
     return 1 if failures else 0
+
+
+def main():
+    originals = {n: (HERE / n).read_text() for n in MANIFESTS}
+    originals.update({n: p.read_text() for n, p in PAGES.items()})
+    return report_planted("checks_test", originals, CASES, run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # Validates every manifest in deploy/k8s against the Kubernetes OpenAPI schemas, strictly
 # (unknown or misspelled fields are errors), offline; then checks.py checks what the schemas
 # cannot (resource figures from docs/memory.md's formula, a pool's disruption budget and node spread,
-# per-pod DNS for routing, native sidecars), and checks_test.py that those checks catch what they
+# per-pod DNS for routing, native sidecars, a pool's etcd reached over TLS with a client certificate
+# and Secrets, never http://), and checks_test.py that those checks catch what they
 # are for.
 #
 # Validator: PyPI `kubernetes-validate`, which ships the JSON schemas of each Kubernetes release
@@ -51,7 +52,9 @@ printf '%s\n' "$out"
 # need (checks.py says what): native sidecars, resource figures derived from the memory formula
 # of docs/memory.md (also quoted in docs/operations.md and the k8s README), a PodDisruptionBudget
 # and a node spread for a pool, and
-# per-pod DNS (subdomain + headless Service) for routing without a sidecar.
+# per-pod DNS (subdomain + headless Service) for routing without a sidecar, and a pool's etcd
+# secured (https:// only, a client certificate, key and password from Secrets); then
+# deploy/prometheus/checks.py: the PodMonitor and PrometheusRule (fields, rules, selection).
 set +e
 docs="$here/../../docs"
 semantic="$("$venv/bin/python" "$here/checks.py" --formula "$docs/memory.md" \
@@ -59,12 +62,21 @@ semantic="$("$venv/bin/python" "$here/checks.py" --formula "$docs/memory.md" \
 src=$?
 set -e
 [[ -n "$semantic" ]] && printf '%s\n' "$semantic"
+# The prometheus-operator objects beside the alerting rules (deploy/prometheus/checks.py says
+# what): no schema for their kinds ships with the validator, so their fields are checked there,
+# with the rules they must equal and the pods they must select.
+prom="$here/../prometheus"
+"$venv/bin/python" "$prom/checks.py" --rules "$prom/ccgw-bridge.rules.yml" \
+  --docs "$docs/metrics-and-alerts.md" --pods "$here"/*.yaml -- \
+  "$prom/ccgw-bridge.podmonitor.yaml" "$prom/ccgw-bridge.prometheusrule.yaml" || src=1
 # The checks themselves: each defect they exist for, planted in a copy, must be reported.
 if [[ $# -eq 0 ]]; then
   "$venv/bin/python" "$here/checks_test.py" || src=1
+  "$venv/bin/python" "$prom/checks_test.py" || src=1
 fi
 if [[ $rc -ne 0 || $src -ne 0 ]] || grep -qv '^INFO ' <<<"$out"; then
   echo "validate.sh: FAILED against Kubernetes $k8s_version (strict)" >&2
   exit 1
 fi
-echo "validate.sh: ${#files[@]} file(s) valid against Kubernetes $k8s_version (strict)"
+echo "validate.sh: ${#files[@]} file(s) valid against Kubernetes $k8s_version (strict);" \
+  "deploy/prometheus's PodMonitor and PrometheusRule checked"

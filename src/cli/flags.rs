@@ -4,6 +4,11 @@ use clap::{ArgGroup, Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The section of every `call` subcommand's help holding how to reach the bridge.
+const CONNECTION: &str = "Connection";
+/// The section holding how results are printed.
+const OUTPUT: &str = "Output";
+
 /// `ccgw-bridge call`: talk to a running bridge over gRPC.
 #[derive(Debug, Args)]
 pub struct CallArgs {
@@ -11,23 +16,25 @@ pub struct CallArgs {
     /// `ipv4:ADDR:PORT`, `ipv6:[ADDR]:PORT`, or a URL (`http://…`, `https://…`).
     #[arg(
         long,
+        help_heading = CONNECTION,
         env = "CCGW_ADDR",
         default_value = "127.0.0.1:50051",
         global = true
     )]
     pub addr: String,
     /// Deadline of each call (sent to the bridge as grpc-timeout); for `watch`, of connecting.
-    #[arg(long, env = "CCGW_CALL_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    #[arg(long, help_heading = CONNECTION, env = "CCGW_CALL_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub timeout: Duration,
     /// One JSON object per line, for scripts; a failure too (`{"error": {…}}`).
-    #[arg(long, env = "CCGW_CALL_JSON", global = true)]
+    #[arg(long, help_heading = OUTPUT, env = "CCGW_CALL_JSON", global = true)]
     pub json: bool,
     /// PEM CA bundle trusted for a bridge serving TLS (`--tls-cert`); implies TLS.
-    #[arg(long, env = "CCGW_CALL_CA_CERT", value_name = "PATH", global = true)]
+    #[arg(long, help_heading = CONNECTION, env = "CCGW_CALL_CA_CERT", value_name = "PATH", global = true)]
     pub ca_cert: Option<PathBuf>,
     /// PEM client certificate, for a bridge requiring mutual TLS (`--tls-client-ca`).
     #[arg(
         long,
+        help_heading = CONNECTION,
         env = "CCGW_CALL_CLIENT_CERT",
         value_name = "PATH",
         requires = "client_key",
@@ -37,6 +44,7 @@ pub struct CallArgs {
     /// PEM private key of `--client-cert`.
     #[arg(
         long,
+        help_heading = CONNECTION,
         env = "CCGW_CALL_CLIENT_KEY",
         value_name = "PATH",
         requires = "client_cert",
@@ -44,7 +52,7 @@ pub struct CallArgs {
     )]
     pub client_key: Option<PathBuf>,
     /// File holding the bearer token of a bridge started with `--auth-token-file`.
-    #[arg(long, env = "CCGW_CALL_TOKEN_FILE", value_name = "PATH", global = true)]
+    #[arg(long, help_heading = CONNECTION, env = "CCGW_CALL_TOKEN_FILE", value_name = "PATH", global = true)]
     pub token_file: Option<PathBuf>,
     /// What to call.
     #[command(subcommand)]

@@ -44,6 +44,14 @@ pub fn load_agents(
         .map_err(|_| invalid(format!("--agents-file {}: not UTF-8", path.display())))?;
     let file: AgentsFile = toml::from_str(&text)
         .map_err(|e| invalid(format!("--agents-file {}: {e}", path.display())))?;
+    if file.agent.is_empty() {
+        return Err(invalid(format!(
+            "--agents-file {}: lists no agent (one [[agent]] table per agent, with id, phone_number and password_file or password_env); drop --agents-file to start without agents",
+            path.display()
+        )));
+    }
+    // A relative password_file names a file beside the agents file, wherever the bridge runs.
+    let folder = path.parent().unwrap_or(Path::new(""));
     let mut seen = std::collections::HashSet::new();
     file.agent
         .into_iter()
@@ -60,8 +68,9 @@ pub fn load_agents(
             }
             let password = match (&a.password_file, &a.password_env) {
                 (Some(file), None) => {
-                    refuse_world_readable(file, &ctx, "it holds a password")?;
-                    read_password_file(file, &ctx)?
+                    let file = folder.join(file);
+                    refuse_world_readable(&file, &ctx, "it holds a password")?;
+                    read_password_file(&file, &ctx)?
                 }
                 (None, Some(name)) => Password::new(env(name).ok_or_else(|| {
                     invalid(format!("{ctx}: environment variable {name} is not set"))

@@ -11,9 +11,15 @@ use crate::gateway::GatewayConfig;
 use crate::grpc::validate::{Limits, VoicePathPolicy};
 use crate::pool::{EtcdAuth, EtcdTls, Keyring, PoolConfig};
 use crate::session::SessionSettings;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
+
+/// The admin listener's default: the pod IP, where the kubelet's probes and Prometheus dial.
+const ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
+/// Under `--simulate` a demo on a workstation: no kubelet probes it, so it stays on loopback.
+const SIMULATE_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 
 impl BridgeArgs {
     /// Validates everything and reads the referenced files. `gateway_override` replaces
@@ -124,7 +130,11 @@ impl BridgeArgs {
         sessions.poll.gap = self.poll_gap;
         Ok(Config {
             listen: self.listen,
-            admin_listen: self.admin_listen,
+            admin_listen: self.admin_listen.unwrap_or(if self.simulate {
+                SIMULATE_ADMIN_LISTEN
+            } else {
+                ADMIN_LISTEN
+            }),
             gateway: GatewayConfig {
                 base_url,
                 ca_pem,
@@ -357,6 +367,24 @@ mod tests {
         assert_eq!(c.sessions.event_budget.max_bytes(), 16 << 20);
         let c = args(&["--event-budget", "64KiB", "--max-response-bytes", "4096"]).unwrap();
         assert_eq!(c.sessions.event_budget.max_bytes(), 64 << 10);
+    }
+
+    /// `--simulate` is a workstation demo: its admin port stays on loopback unless told
+    /// otherwise; a real bridge's is on the pod IP for the kubelet.
+    #[test]
+    fn simulate_keeps_the_admin_listener_on_loopback_unless_told() {
+        let simulate = |extra: &[&str]| {
+            let argv = [&["ccgw-bridge", "--simulate"][..], extra].concat();
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let sim = Some(("https://127.0.0.1:8043".to_owned(), Vec::new()));
+            cli.bridge.validate(sim).unwrap().admin_listen.to_string()
+        };
+        assert_eq!(simulate(&[]), "127.0.0.1:9090");
+        assert_eq!(
+            simulate(&["--admin-listen", "0.0.0.0:9091"]),
+            "0.0.0.0:9091"
+        );
+        assert_eq!(args(&[]).unwrap().admin_listen.to_string(), "0.0.0.0:9090");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::ops::{health_watch, until_status};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -356,4 +357,89 @@ async fn simulate_with_etcd_endpoints_is_refused_with_a_hint() {
         err.contains("ccgw-bridge simulate") && err.contains("--gateway-url"),
         "the hint says how replicas share one simulated gateway: {err}"
     );
+}
+
+/// The local recipe of docs/running-replicas.md without a copied random path: `simulate
+/// --ca-out FILE` writes the CA where the bridges' `--ca-cert` expects it, and an agents file's
+/// relative `password_file` is found beside it, whatever the bridge's working directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_ca_out_and_a_relative_password_file_make_the_local_recipe() {
+    let dir = scratch("recipe");
+    let ca = dir.join("sim-ca.pem");
+    let mut sim = bridge_cmd()
+        .args(["simulate", "--listen", "127.0.0.1:0", "--ca-out"])
+        .arg(&ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), out.next_line())
+            .await
+            .expect("simulate prints url= and ca=")
+            .unwrap()
+            .expect("simulate still running");
+        printed.push(line);
+    }
+    let url = printed[0]
+        .strip_prefix("url=")
+        .expect("url= first")
+        .to_owned();
+    assert_eq!(printed[1], format!("ca={}", ca.display()));
+    assert!(std::fs::read_to_string(&ca)
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+    let private = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    private("agent.pw", "any\n");
+    let agents = private(
+        "agents.toml",
+        "[[agent]]\nid = \"1001\"\nphone_number = \"81001\"\npassword_file = \"agent.pw\"\n",
+    );
+    let mut cmd = bridge_cmd();
+    cmd.args(["--gateway-url", &url, "--log-format", "json"])
+        .arg("--ca-cert")
+        .arg(&ca)
+        .arg("--agents-file")
+        .arg(&agents)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .current_dir("/");
+    let mut bridge = Running::spawn(cmd);
+    let admin = bridge.admin().await;
+    // Ready only once its agent is signed in: the password file was found.
+    let mut health = health_watch(admin, "ccgw.v1.RecordPlayService").await;
+    until_status(&mut health, ServingStatus::Serving).await;
+    bridge.signal("-TERM");
+    bridge.until("drained").await;
+    sim.kill().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An agents file that lists no agent (a wrong or emptied file) is a mistake, not a bridge
+/// without agents: refused at start, saying what it must hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_file_listing_no_agent_is_refused() {
+    let dir = scratch("no-agents");
+    let agents = dir.join("agents.toml");
+    std::fs::write(&agents, "# agents go here\n").unwrap();
+    std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, err) = refused(&[
+        "--gateway-url",
+        "https://127.0.0.1:8043",
+        "--agents-file",
+        agents.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("lists no agent") && err.contains("[[agent]]"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,17 +3,59 @@
 //! of the flags.
 
 use super::*;
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use ccgw_bridge::sim::Simulator;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`;
+/// `issuer` signs further client certificates ([`Certs::client_named`]).
 struct Certs {
     ca: PathBuf,
     server: PathBuf,
     server_key: PathBuf,
     client: PathBuf,
     client_key: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Certs {
+    /// The bridge's flags for an etcd of these certificates, with client certificate `cert`.
+    fn bridge_flags(&self, cert: &Path, key: &Path) -> [String; 6] {
+        [
+            "--etcd-ca-cert".into(),
+            s(&self.ca),
+            "--etcd-client-cert".into(),
+            s(cert),
+            "--etcd-client-key".into(),
+            s(key),
+        ]
+    }
+
+    /// A client certificate with Common Name `cn` (etcd's user when no password is given) and
+    /// its key, written to `{file}.pem` and `{file}-key.pem` in `dir`.
+    fn client_named(&self, dir: &Path, cn: &str, file: &str) -> (PathBuf, PathBuf) {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (
+            write_private(dir, &format!("{file}.pem"), &cert.pem()),
+            write_private(dir, &format!("{file}-key.pem"), &key.serialize_pem()),
+        )
+    }
+}
+
+/// Writes `text` to `dir/name`, mode 0600.
+fn write_private(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }
 
 fn make_certs(dir: &Path) -> Certs {
@@ -37,18 +79,14 @@ fn make_certs(dir: &Path) -> Certs {
         vec!["ccgw-bridge".into()],
         ExtendedKeyUsagePurpose::ClientAuth,
     );
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    };
+    let write = |name: &str, text: &str| write_private(dir, name, text);
     Certs {
         ca: write("ca.pem", &ca.pem()),
         server: write("server.pem", &server),
         server_key: write("server-key.pem", &server_key),
         client: write("client.pem", &client),
         client_key: write("client-key.pem", &client_key),
+        issuer,
     }
 }
 
@@ -56,68 +94,68 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// A pool's surroundings on an etcd serving TLS with `certs.server` and requiring client
+/// certificates signed by `certs.ca` (`--client-cert-auth`), answering `endpoint health`.
+struct TlsPool {
+    setup: PoolSetup,
+    _sim: Simulator,
+    etcd: Etcd,
+    certs: Certs,
+    dir: TempDir,
+}
+
+impl TlsPool {
+    async fn start(tag: &str, agents: &[String]) -> TlsPool {
+        let dir = TempDir::new(tag);
+        let certs = make_certs(&dir.0);
+        let etcd = Etcd::single_with(
+            &dir.0,
+            "https",
+            &[
+                "--cert-file".into(),
+                s(&certs.server),
+                "--key-file".into(),
+                s(&certs.server_key),
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                s(&certs.ca),
+            ],
+        );
+        let (ca, cert, key) = (s(&certs.ca), s(&certs.client), s(&certs.client_key));
+        let health = [
+            "--cacert", &ca, "--cert", &cert, "--key", &key, "endpoint", "health",
+        ];
+        wait_until(SETTLE, "etcd serves TLS", || async {
+            etcd.ctl(&health).status.success()
+        })
+        .await;
+        let sim = simulator().await;
+        let setup = PoolSetup::new(&dir.0, &sim, agents, &[&etcd]);
+        TlsPool {
+            setup,
+            _sim: sim,
+            etcd,
+            certs,
+            dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_on_an_etcd_with_mutual_tls_holds_its_agents_and_a_bridge_without_a_client_cert_is_refused(
 ) {
     let agents = agents_for(&["tls-a"], 2);
     let all = set(&agents);
-    let dir = TempDir::new("tls");
-    let certs = make_certs(&dir.0);
-    let etcd = Etcd::single_with(
-        &dir.0,
-        "https",
-        &[
-            "--cert-file".into(),
-            s(&certs.server),
-            "--key-file".into(),
-            s(&certs.server_key),
-            "--client-cert-auth".into(),
-            "--trusted-ca-file".into(),
-            s(&certs.ca),
-        ],
-    );
-    let tls_flags = [
-        "--cacert",
-        &s(&certs.ca),
-        "--cert",
-        &s(&certs.client),
-        "--key",
-        &s(&certs.client_key),
-    ];
-    wait_until(SETTLE, "etcd serves TLS", || async {
-        let mut args = tls_flags.to_vec();
-        args.extend(["endpoint", "health"]);
-        etcd.ctl(&args).status.success()
-    })
-    .await;
-    let sim = simulator().await;
-    let setup = PoolSetup {
-        dir: dir.0.clone(),
-        sim_url: sim.url(),
-        ca: sim.ca_path().to_path_buf(),
-        agents_file: agents_file(&dir.0, &agents),
-        endpoints: etcd.client_url.clone(),
-        lease_ttl: "3s",
-    };
-    let (ca, cert, key) = (s(&certs.ca), s(&certs.client), s(&certs.client_key));
-    let mut a = Bridge::start_with(
-        &setup,
-        "tls-a",
-        &[
-            "--etcd-ca-cert",
-            &ca,
-            "--etcd-client-cert",
-            &cert,
-            "--etcd-client-key",
-            &key,
-        ],
-    );
+    let TlsPool { certs, setup, .. } = &TlsPool::start("tls", &agents).await;
+    let ca = s(&certs.ca);
+    let tls = certs.bridge_flags(&certs.client, &certs.client_key);
+    let mut a = Bridge::start_with(setup, "tls-a", &tls.each_ref().map(String::as_str));
     wait_until(SETTLE, "a holds its agents through mutual TLS", || async {
         a.held().await == all
     })
     .await;
     // Without a client certificate etcd refuses the connection: the bridge never joins.
-    let mut b = Bridge::start_with(&setup, "tls-b", &["--etcd-ca-cert", &ca]);
+    let mut b = Bridge::start_with(setup, "tls-b", &["--etcd-ca-cert", &ca]);
     wait_until(SETTLE, "b reports that joining fails", || async {
         b.log_text().contains("pool: joining failed")
     })
@@ -127,6 +165,91 @@ async fn a_pool_on_an_etcd_with_mutual_tls_holds_its_agents_and_a_bridge_without
     assert_eq!(a.held().await, all);
     a.sigterm_and_wait().await;
     b.sigterm_and_wait().await;
+}
+
+/// The `sh` block of docs/running-replicas.md's "Securing the pool's etcd", with its
+/// `ETCDCTL_ENDPOINTS` pointed at `endpoint`; every other line as the page gives it.
+fn documented_etcd_recipe(endpoint: &str) -> String {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/running-replicas.md"),
+    )
+    .unwrap();
+    let section = page
+        .split_once("**Securing the pool's etcd.**")
+        .expect("the section is in the page")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("the section has an sh block")
+        .0;
+    let documented = "ETCDCTL_ENDPOINTS=https://etcd.ccgw-system:2379";
+    assert!(block.contains(documented), "{block}");
+    block.replace(documented, &format!("ETCDCTL_ENDPOINTS={endpoint}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_etcdctl_recipe_confines_a_pool_to_its_prefix() {
+    let agents = agents_for(&["recipe-a"], 2);
+    let all = set(&agents);
+    let TlsPool {
+        setup,
+        etcd,
+        certs,
+        dir,
+        ..
+    } = &TlsPool::start("recipe", &agents).await;
+    // The files the recipe names, in the folder it runs in.
+    certs.client_named(&dir.0, "root", "admin");
+    let (cert, key) = certs.client_named(&dir.0, "ccgw-ivr-app", "ccgw-ivr-app");
+    write_private(&dir.0, "root.pw", "etcd-root-pw\n");
+    let password = s(&write_private(&dir.0, "ccgw-ivr-app.pw", "etcd-app-pw\n"));
+    let ctl_dir = etcd_bin().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", ctl_dir.display(), std::env::var("PATH").unwrap());
+    let out = Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &documented_etcd_recipe(&etcd.client_url),
+        ])
+        .current_dir(&dir.0)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the recipe: {out:?}");
+
+    let tls = certs.bridge_flags(&cert, &key);
+    let tls = tls.each_ref().map(String::as_str);
+    // As the manifests run it (the user and its password), then with no password: etcd takes
+    // the user from the certificate's CN. Both on the prefix the role grants.
+    let granted = ["--etcd-prefix", "/ccgw-bridge/ivr-app/"];
+    let as_user = [
+        "--etcd-user",
+        "ccgw-ivr-app",
+        "--etcd-password-file",
+        &password,
+    ];
+    for (name, user) in [("recipe-a", &as_user[..]), ("recipe-b", &[][..])] {
+        let args: Vec<&str> = tls.iter().chain(user).chain(&granted).copied().collect();
+        let mut b = Bridge::start_with(setup, name, &args);
+        wait_until(SETTLE, &format!("{name} holds its agents"), || async {
+            b.held().await == all
+        })
+        .await;
+        b.sigterm_and_wait().await;
+    }
+    // Outside the role's range etcd refuses: the bridge never joins.
+    let outside = ["--etcd-prefix", "/ccgw-bridge/other-app/"];
+    let outside: Vec<&str> = tls.iter().chain(&outside).copied().collect();
+    let mut c = Bridge::start_with(setup, "recipe-c", &outside);
+    wait_until(SETTLE, "c reports etcd's refusal", || async {
+        c.log_text().contains("permission denied")
+    })
+    .await;
+    assert!(c.held().await.is_empty());
+    assert!(!c.ready().await);
+    c.sigterm_and_wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,7 +85,7 @@ impl Drop for TempDir {
     }
 }
 
-fn etcd_bin() -> PathBuf {
+pub fn etcd_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/etcd");
     assert!(
         bin.exists(),
@@ -350,6 +350,21 @@ pub struct PoolSetup {
     pub lease_ttl: &'static str,
 }
 
+impl PoolSetup {
+    /// Bridges in `dir` on `sim`, sharing `agents` through the etcd members `etcd`, TTL 3 s.
+    pub fn new(dir: &Path, sim: &Simulator, agents: &[String], etcd: &[&Etcd]) -> PoolSetup {
+        let endpoints: Vec<&str> = etcd.iter().map(|m| m.client_url.as_str()).collect();
+        PoolSetup {
+            dir: dir.to_path_buf(),
+            sim_url: sim.url(),
+            ca: sim.ca_path().to_path_buf(),
+            agents_file: agents_file(dir, agents),
+            endpoints: endpoints.join(","),
+            lease_ttl: "3s",
+        }
+    }
+}
+
 /// One bridge process in the pool.
 pub struct Bridge {
     pub name: String,
@@ -427,6 +442,10 @@ impl Bridge {
             }
         }
         let s = &self.setup;
+        // An `--etcd-prefix` among the extra flags replaces the pool's default one.
+        if !self.extra.iter().any(|a| a == "--etcd-prefix") {
+            cmd.args(["--etcd-prefix", "/ccgw-test/"]);
+        }
         let child = cmd
             .args(["--listen", &self.grpc.to_string()])
             .args(["--admin-listen", &self.admin.to_string()])
@@ -436,7 +455,6 @@ impl Bridge {
             .arg("--agents-file")
             .arg(&s.agents_file)
             .args(["--etcd-endpoints", &s.endpoints])
-            .args(["--etcd-prefix", "/ccgw-test/"])
             .args(["--instance-name", &self.name])
             .args(["--lease-ttl", s.lease_ttl])
             .arg("--pool-key-file")

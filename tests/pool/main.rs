@@ -66,18 +66,7 @@ async fn pool_with(
     for m in &etcd {
         wait_until(SETTLE, "etcd healthy", || m.healthy()).await;
     }
-    let setup = PoolSetup {
-        dir: dir.0.clone(),
-        sim_url: sim.url(),
-        ca: sim.ca_path().to_path_buf(),
-        agents_file: agents_file(&dir.0, agents),
-        endpoints: etcd
-            .iter()
-            .map(|m| m.client_url.clone())
-            .collect::<Vec<_>>()
-            .join(","),
-        lease_ttl: "3s",
-    };
+    let setup = PoolSetup::new(&dir.0, &sim, agents, &etcd.iter().collect::<Vec<_>>());
     Pool {
         _dir: dir,
         sim: std::sync::Arc::new(sim),
