@@ -821,3 +821,71 @@ async fn update_guid_returns_the_new_guid_in_the_body() {
         .await;
     assert_eq!(answer["retcode"], "500-003");
 }
+
+/// Issue 22: the simulator records who created each session and how it ended, so tests check
+/// "no bridge ended another client's session" from the gateway's own view.
+#[tokio::test]
+async fn every_session_end_is_recorded_with_its_creator_and_cause() {
+    use ccgw_bridge::sim::{Client, EndCause, SessionEnd};
+    let gw = Gateway::start(Gateway::quick()).await;
+    let end = |created_by, cause| SessionEnd {
+        agent_id: AGENT.into(),
+        created_by,
+        cause,
+    };
+    // A bridge signs in and out with its own Guid.
+    let guid = gw.login(AGENT).await;
+    let out = gw
+        .call(
+            Method::DELETE,
+            &format!("/onlineagent/{AGENT}/logout"),
+            &guid,
+        )
+        .await;
+    assert_eq!(out["retcode"], "0", "{out}");
+    // A person signs in; a bridge's logout with a stale Guid cannot end that session.
+    gw.sim.sign_in_elsewhere(AGENT, false).unwrap();
+    let refused = gw
+        .call(
+            Method::DELETE,
+            &format!("/onlineagent/{AGENT}/logout"),
+            &guid,
+        )
+        .await;
+    assert_eq!(refused["retcode"], "100-006", "{refused}");
+    // A supervisor replaces the person's session; then the person signs out.
+    gw.sim.supervisor_replaces(AGENT);
+    assert!(gw.sim.person_signs_out(AGENT));
+    // A bridge signs in and an administrator forces it out.
+    gw.login(AGENT).await;
+    gw.sim.force_sign_out(AGENT);
+    assert_eq!(
+        gw.sim.session_ends(),
+        [
+            end(Client::Bridge, EndCause::OwnGuidLogout),
+            end(
+                Client::Person,
+                EndCause::ForceLogin {
+                    by: Client::Supervisor
+                }
+            ),
+            end(Client::Supervisor, EndCause::PersonSignedOut),
+            end(Client::Bridge, EndCause::Administrator),
+        ]
+    );
+    assert!(gw.sim.session_ends().iter().all(|e| !e.kicked_someone()));
+    assert_eq!(gw.sim.stats().other_clients_kicked, 0);
+    // A bridge's forcelogin over a person's session is what the record calls a kick.
+    gw.sim.sign_in_elsewhere(AGENT, false).unwrap();
+    let body = json!({"password": "", "phonenum": "88001"});
+    gw.send(
+        Method::PUT,
+        &format!("/onlineagent/{AGENT}/forcelogin"),
+        None,
+        Some(body),
+    )
+    .await
+    .expect("forcelogin answer");
+    assert!(gw.sim.session_ends().last().unwrap().kicked_someone());
+    assert_eq!(gw.sim.stats().other_clients_kicked, 1);
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::shared::Shared;
+use super::state::EndCause;
 
 /// Signs out agents that sent no request for `idle_timeout` (vendor `MAXTIME`), with
 /// `AgentOther_ShutdownService` for a poller that may come back. A held poll counts as activity.
@@ -26,12 +27,15 @@ pub(crate) async fn reap_idle_agents(shared: Arc<Shared>) {
                 // Another client's session (a person's softphone) is kept alive by that client,
                 // which the simulator does not model: it never idles out.
                 let idle_session = state.session.as_ref().is_some_and(|s| {
-                    !s.other_client
+                    !s.other_client()
                         && s.polls_in_flight == 0
                         && now.saturating_duration_since(s.last_seen) >= idle
                 });
                 if idle_session {
-                    state.end_with_shutdown();
+                    let ended = state.end_with_shutdown();
+                    shared
+                        .agents
+                        .record_end(&agent.id, ended, EndCause::IdleSignOut);
                 }
                 idle_session
             };

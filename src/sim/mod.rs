@@ -47,6 +47,7 @@ use std::time::Duration;
 pub use faults::{Fault, FaultKind, FaultMatch, Interface};
 pub use record::RecordedRequest;
 pub use shared::SimStats;
+pub use state::{Client, EndCause, SessionEnd};
 
 use shared::Shared;
 
@@ -272,7 +273,7 @@ impl Simulator {
     /// agent's desktop would; not recorded among [`Simulator::requests`]. Returns the retcode
     /// of a refusal (`100-002` when the agent is signed in and `force` is false).
     pub fn sign_in_elsewhere(&self, agent_id: &str, force: bool) -> Result<(), &'static str> {
-        signin::sign_in(&self.shared, agent_id, None, force, true).map(|_| ())
+        signin::sign_in(&self.shared, agent_id, None, force, Client::Person).map(|_| ())
     }
 
     /// A supervisor replaces whatever session the agent has with a person's: the old session
@@ -280,7 +281,7 @@ impl Simulator {
     /// person holds the agent from then on (a plain login answers `100-002`). Not a bridge's
     /// doing, so not counted in [`SimStats::other_clients_kicked`].
     pub fn supervisor_replaces(&self, agent_id: &str) {
-        let _ = signin::sign_in(&self.shared, agent_id, None, true, true);
+        let _ = signin::sign_in(&self.shared, agent_id, None, true, Client::Supervisor);
     }
 
     /// A person signs the agent out at their softphone (the session of another client ends,
@@ -314,6 +315,13 @@ impl Simulator {
     /// The Guid the gateway currently expects from the agent (the newest one delivered).
     pub fn current_guid(&self, agent_id: &str) -> Option<String> {
         self.shared.agents.current_guid(agent_id)
+    }
+
+    /// How every session so far ended, and who had created it, oldest first: what the
+    /// gateway saw, for invariants such as "no bridge ended a person's session"
+    /// ([`SessionEnd::kicked_someone`]).
+    pub fn session_ends(&self) -> Vec<SessionEnd> {
+        self.shared.agents.ends()
     }
 
     /// Counters since start.

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::shared::Shared;
-use super::state::NOT_SIGNED_IN;
+use super::state::{Client, EndCause, NOT_SIGNED_IN};
 use super::wire::{self, Reply};
 
 /// Longest accepted `password` (characters).
@@ -28,7 +28,8 @@ pub(crate) fn login(shared: &Shared, agent_id: &str, body: &[u8], force: bool) -
     {
         return Reply::retcode("100-004");
     }
-    let (guid, login_time) = match sign_in(shared, agent_id, request.status, force, false) {
+    let (guid, login_time) = match sign_in(shared, agent_id, request.status, force, Client::Bridge)
+    {
         Ok(signed_in) => signed_in,
         Err(retcode) => return Reply::retcode(retcode),
     };
@@ -55,14 +56,14 @@ pub(crate) fn login(shared: &Shared, agent_id: &str, body: &[u8], force: bool) -
 }
 
 /// The effect of a sign-in: a new session (ending the current one when `force`), or
-/// `100-002` when the agent has one. `other_client`: signed in by another client than the
-/// gateway interface's. Returns the new Guid and the sign-in time.
+/// `100-002` when the agent has one. `client`: who signs in (a bridge over the gateway
+/// interface, or a person or supervisor through the simulator's controls). Returns the new Guid and the sign-in time.
 pub(crate) fn sign_in(
     shared: &Shared,
     agent_id: &str,
     status: Option<i64>,
     force: bool,
-    other_client: bool,
+    client: Client,
 ) -> Result<(String, u64), &'static str> {
     let agent = shared.agents.get_or_create(agent_id);
     let signed_in = {
@@ -71,14 +72,18 @@ pub(crate) fn sign_in(
             if !force {
                 return Err("100-002");
             }
-            if !other_client && state.session.as_ref().is_some_and(|s| s.other_client) {
+            if client == Client::Bridge && state.session.as_ref().is_some_and(|s| s.other_client())
+            {
                 shared.other_clients_kicked.fetch_add(1, Ordering::Relaxed);
             }
             // The old session's poller learns it was replaced.
-            state.end_with_shutdown();
+            let ended = state.end_with_shutdown();
+            shared
+                .agents
+                .record_end(agent_id, ended, EndCause::ForceLogin { by: client });
         }
         let session = state.start_session(agent_id, shared.agents.rotation_period());
-        session.other_client = other_client;
+        session.client = client;
         session.push_event("AgentOther_InService", Value::Null);
         session.push_event("AgentState_Ready", Value::Null);
         match status {
@@ -116,9 +121,13 @@ pub(crate) fn logout(shared: &Shared, agent_id: &str, guid: Option<&str>) -> Rep
                 return Reply::retcode(retcode);
             }
         }
-        if state.end_session().is_some_and(|s| s.other_client) {
+        let ended = state.end_session().map(|s| s.client);
+        if ended.is_some_and(|c| c != Client::Bridge) {
             shared.other_clients_kicked.fetch_add(1, Ordering::Relaxed);
         }
+        shared
+            .agents
+            .record_end(agent_id, ended, EndCause::OwnGuidLogout);
     }
     agent.wake();
     Reply::json(&wire::success())

@@ -32,6 +32,61 @@ pub(crate) const WRONG_GUID: &str = "000-003";
 pub(crate) struct Agents {
     map: RwLock<HashMap<String, Arc<Agent>>>,
     auth: AuthMode,
+    /// How each session ended, oldest first (see [`SessionEnd`]).
+    ends: Mutex<Vec<SessionEnd>>,
+}
+
+/// Who created a gateway session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// A client of the gateway interface: a bridge.
+    Bridge,
+    /// A person's softphone ([`super::Simulator::sign_in_elsewhere`]).
+    Person,
+    /// A supervisor's desk, which replaced someone's session with a person's
+    /// ([`super::Simulator::supervisor_replaces`]).
+    Supervisor,
+}
+
+/// How a gateway session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// A `logout` (or `forcelogout`) over the interface with one of the session's own Guids.
+    OwnGuidLogout,
+    /// A `forcelogin` replaced it; `by` created the new session.
+    ForceLogin {
+        /// Who forced.
+        by: Client,
+    },
+    /// The gateway's idle sign-out.
+    IdleSignOut,
+    /// An administrator or inspector ([`super::Simulator::force_sign_out`],
+    /// [`super::Simulator::kill_session`]).
+    Administrator,
+    /// The person signed out at their softphone ([`super::Simulator::person_signs_out`]).
+    PersonSignedOut,
+}
+
+/// One ended session, as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The agent.
+    pub agent_id: String,
+    /// Who created the session.
+    pub created_by: Client,
+    /// How it ended.
+    pub cause: EndCause,
+}
+
+impl SessionEnd {
+    /// Whether a bridge ended a session another client created: a person kicked.
+    pub fn kicked_someone(&self) -> bool {
+        self.created_by != Client::Bridge
+            && matches!(
+                self.cause,
+                EndCause::OwnGuidLogout | EndCause::ForceLogin { by: Client::Bridge }
+            )
+    }
 }
 
 impl Agents {
@@ -40,6 +95,7 @@ impl Agents {
         Agents {
             map: RwLock::new(HashMap::new()),
             auth: config.auth,
+            ends: Mutex::new(Vec::new()),
         }
     }
 
@@ -82,14 +138,34 @@ impl Agents {
 
     /// Ends the session with `AgentOther_ShutdownService` for its poller.
     pub fn force_sign_out(&self, id: &str) {
-        self.with_agent(id, |state| state.end_with_shutdown());
+        self.with_agent(id, |state| {
+            let ended = state.end_with_shutdown();
+            self.record_end(id, ended, EndCause::Administrator);
+        });
     }
 
     /// Ends the session without any event.
     pub fn kill_session(&self, id: &str) {
         self.with_agent(id, |state| {
-            state.end_session();
+            let ended = state.end_session().map(|s| s.client);
+            self.record_end(id, ended, EndCause::Administrator);
         });
+    }
+
+    /// Records how a session (created by `created_by`, if one ended) ended.
+    pub fn record_end(&self, id: &str, created_by: Option<Client>, cause: EndCause) {
+        if let Some(created_by) = created_by {
+            lock(&self.ends).push(SessionEnd {
+                agent_id: id.to_owned(),
+                created_by,
+                cause,
+            });
+        }
+    }
+
+    /// Every session end so far, oldest first.
+    pub fn ends(&self) -> Vec<SessionEnd> {
+        lock(&self.ends).clone()
     }
 
     /// Requests a rotation, performed by the next poll answer.
@@ -145,8 +221,9 @@ impl Agents {
         };
         let ended = {
             let mut state = agent.lock();
-            if state.session.as_ref().is_some_and(|s| s.other_client) {
-                state.end_session();
+            if state.session.as_ref().is_some_and(|s| s.other_client()) {
+                let ended = state.end_session().map(|s| s.client);
+                self.record_end(id, ended, EndCause::PersonSignedOut);
                 true
             } else {
                 false
@@ -162,7 +239,7 @@ impl Agents {
                 .lock()
                 .session
                 .as_ref()
-                .is_some_and(|s| s.other_client)
+                .is_some_and(|s| s.other_client())
         })
     }
 
@@ -273,7 +350,7 @@ impl AgentState {
             lose_rotation_answer: false,
             sign_in_again: None,
             play: Play::default(),
-            other_client: false,
+            client: Client::Bridge,
         })
     }
 
@@ -339,10 +416,10 @@ impl AgentState {
 
     /// Ends the session as a forced sign-out does: the poller still receives the queued events
     /// and then `AgentOther_ShutdownService`; the session's Guids are refused for everything else.
-    pub fn end_with_shutdown(&mut self) {
-        let Some(mut session) = self.session.take() else {
-            return;
-        };
+    /// Returns who had created the session, if one ended.
+    pub fn end_with_shutdown(&mut self) -> Option<Client> {
+        let mut session = self.session.take()?;
+        let client = session.client;
         let shutdown = wire::event(
             "AgentOther_ShutdownService",
             &session.work_no,
@@ -360,6 +437,7 @@ impl AgentState {
             guids,
             events,
         });
+        Some(client)
     }
 }
 
@@ -394,11 +472,16 @@ pub(crate) struct Session {
     /// A DR retcode (`105-005/006/007`) every request with this session's Guids gets.
     pub sign_in_again: Option<&'static str>,
     pub play: Play,
-    /// Signed in by another client (not over the gateway interface), e.g. a person's softphone.
-    pub other_client: bool,
+    /// Who signed it in.
+    pub client: Client,
 }
 
 impl Session {
+    /// Signed in by another client than a bridge (a person's softphone, a supervisor's desk).
+    pub fn other_client(&self) -> bool {
+        self.client != Client::Bridge
+    }
+
     /// The current Guid.
     pub fn guid(&self) -> &str {
         &self.guid

@@ -51,6 +51,7 @@ struct Monitor {
     log: Vec<String>,
     started: Instant,
     requests_seen: usize,
+    ends_seen: usize,
     failure: Option<String>,
 }
 
@@ -104,6 +105,13 @@ impl Monitor {
                 "{kicked} sessions of other clients ended by a bridge"
             ));
         }
+        let ends = sim.session_ends();
+        for end in &ends[self.ends_seen.min(ends.len())..] {
+            if end.kicked_someone() {
+                self.fail(format!("a bridge ended another client's session: {end:?}"));
+            }
+        }
+        self.ends_seen = ends.len();
         let requests = sim.requests();
         for r in &requests[self.requests_seen.min(requests.len())..] {
             if let Some((agent, true)) = sign_in_kind(r) {
@@ -229,6 +237,7 @@ async fn run_seed(seed: u64) {
         log: Vec::new(),
         started: Instant::now(),
         requests_seen: 0,
+        ends_seen: 0,
         failure: None,
     }));
     let sampling = tokio_util::sync::CancellationToken::new();

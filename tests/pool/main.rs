@@ -597,6 +597,18 @@ async fn a_take_over_of_an_agent_a_person_holds_never_kicks_the_person() {
     .await;
     assert_eq!(sign_ins(&p.sim.requests()[before..]).1, 0, "no forcelogin");
     assert_eq!(p.sim.stats().other_clients_kicked, 0);
+    let person_ends: Vec<_> = p
+        .sim
+        .session_ends()
+        .into_iter()
+        .filter(|e| e.agent_id == held)
+        .collect();
+    assert_eq!(person_ends.len(), 1, "{person_ends:?}");
+    assert_eq!(
+        person_ends[0].cause,
+        ccgw_bridge::sim::EndCause::PersonSignedOut,
+        "only the person ended their session"
+    );
     let metrics = b.metrics().await;
     assert!(
         has_sample(

@@ -10,7 +10,7 @@ use ccgw_bridge::pool::{
 };
 use ccgw_bridge::secret::Password;
 use ccgw_bridge::session::{SessionSettings, Sessions, SignInParams};
-use ccgw_bridge::sim::{Fault, FaultKind, FaultMatch, Interface};
+use ccgw_bridge::sim::{Client, EndCause, Fault, FaultKind, FaultMatch, Interface, SessionEnd};
 use ccgw_bridge::telemetry::Metrics;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -433,6 +433,15 @@ async fn a_take_over_logs_the_crashed_holders_session_out_with_its_guid_and_neve
     );
     assert_ne!(t.sim.current_guid(agent), Some(guid), "a new session");
     assert_eq!(t.sim.stats().other_clients_kicked, 0);
+    assert_eq!(
+        t.sim.session_ends(),
+        [SessionEnd {
+            agent_id: agent.into(),
+            created_by: Client::Bridge,
+            cause: EndCause::OwnGuidLogout,
+        }],
+        "the crashed bridge's session, ended with its own Guid"
+    );
     assert_eq!(t.pool.ownership().status().take_overs, 1);
     // The new owner hands its own session on: the record is rewritten with its Guid.
     let current = t.sim.current_guid(agent).unwrap();
