@@ -506,6 +506,51 @@ async fn a_take_over_with_a_stale_record_waits_while_a_person_holds_the_agent() 
     assert_eq!(t.sim.stats().other_clients_kicked, 0);
 }
 
+/// Issue 22 review finding (the take-over proof used only on the first attempt, 7c74dba
+/// `pool/reconcile.rs:534-561`): the first `logout` with the handed-off Guid gets no usable
+/// answer (a 503), so the plain `login` meets `100-002`. The handed-off session is kept as the
+/// agent's orphan: keep-signed-in's next attempt logs it out with that Guid again and signs in,
+/// rather than waiting for the gateway's idle sign-out. Never forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_whose_first_logout_is_lost_uses_the_handed_off_guid_again() {
+    let agent = "2403";
+    let sim = simulator().await;
+    ccgw_bridge::crypto::install_crypto_provider();
+    let guid = crashed_bridge_session(&sim, agent).await;
+    sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Logout),
+        kind: FaultKind::HttpStatus(503),
+        count: Some(1),
+    });
+    let script = Script::default();
+    script.with(|c| {
+        c.holder_records
+            .insert(agent.into(), hand_off_record(agent, &guid))
+    });
+    let settings = SessionSettings {
+        resign_backoff_max: Duration::from_millis(500),
+        ..SessionSettings::default()
+    };
+    let t = in_process_scripted(sim, &[agent.to_string()], settings, script).await;
+    wait_until(SETTLE, "the agent is signed in here", || async {
+        t.sessions.has_running_session(agent)
+    })
+    .await;
+    let logouts = t
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&format!("/onlineagent/{agent}/logout")))
+        .count();
+    assert_eq!(logouts, 2, "the handed-off Guid's logout, sent again");
+    assert_eq!(sign_ins(&t.sim.requests()).1, 0, "no forcelogin");
+    assert!(t
+        .sim
+        .session_ends()
+        .iter()
+        .any(|e| e.agent_id == agent && e.cause == EndCause::OwnGuidLogout));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_steps_out_of_the_members_first_and_releases_in_one_batch() {
     let agents: Vec<String> = (2501..2505).map(|a| a.to_string()).collect();
