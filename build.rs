@@ -54,14 +54,21 @@ fn build_identity() {
             .filter(|s| !s.is_empty())
     };
     // A new commit changes HEAD (a detached checkout) or the branch's ref (loose or packed).
+    // Only paths that exist: cargo takes a missing one (no `packed-refs` before a `git gc`, a
+    // branch whose ref is packed) as changed on every build, which rebuilt the crate each time.
+    let watch = |path: String| {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    };
     for name in ["HEAD", "packed-refs"] {
         if let Some(path) = git(&["rev-parse", "--git-path", name]) {
-            println!("cargo:rerun-if-changed={path}");
+            watch(path);
         }
     }
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         if let Some(path) = git(&["rev-parse", "--git-path", &branch]) {
-            println!("cargo:rerun-if-changed={path}");
+            watch(path);
         }
     }
     let commit = std::env::var("CCGW_COMMIT")

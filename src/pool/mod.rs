@@ -143,7 +143,8 @@ pub enum Acquired {
     Held,
 }
 
-/// One change of a holder record (see [`Backend::write_holders`]).
+/// One change of a holder record (see [`Backend::write_holders`]). Its `Debug` shows the
+/// sealed bytes only, which mean nothing without the pool key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HolderWrite {
     /// Writes the sealed record, only while this instance owns the agent under its lease.
@@ -161,6 +162,15 @@ pub enum HolderWrite {
         /// The record this instance wrote last.
         record: Vec<u8>,
     },
+}
+
+impl HolderWrite {
+    /// The agent whose record this changes.
+    pub fn agent(&self) -> &str {
+        match self {
+            HolderWrite::Put { agent, .. } | HolderWrite::Delete { agent, .. } => agent,
+        }
+    }
 }
 
 /// A coordination engine holding one lease per instance and one ownership record per agent.

@@ -549,7 +549,7 @@ impl<B: Backend> Reconciler<B> {
                 }
                 (Ok(()), HolderWrite::Put { .. }, None) => {}
                 (Err(e), write, _) => {
-                    tracing::warn!(?write, error = %e, "pool: writing the agent's holder record failed; trying again next tick");
+                    tracing::warn!(agent_id = %write.agent(), error = %e, "pool: writing the agent's holder record failed; trying again next tick");
                 }
             }
         }
