@@ -722,6 +722,11 @@ async fn sign_in_owned(
         let (result, orphan_end) = sessions
             .sign_in_replacing(agent, params.clone(), orphan, None)
             .await;
+        if result.is_ok() {
+            // Hand the new session's Guid on at once rather than at the next tick: until its
+            // record is written, a crash here leaves a session the next owner cannot log out.
+            ownership.wake.notify_one();
+        }
         match &result {
             Ok(_) if take_over.is_some() => ownership.took_over(match orphan_end {
                 Some(OrphanEnd::LoggedOut) => TakeOver::GuidLogout,

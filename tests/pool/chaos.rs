@@ -32,6 +32,10 @@ const BRIDGES: usize = 3;
 /// Longest an agent may stay signed out at the gateway after the fault in force when its gap
 /// began has ended (a take-over waits for the TTL).
 const GAP_BOUND: Duration = Duration::from_secs(8); // TTL + 5 s
+/// The simulator's idle sign-out here: a bridge killed between signing an agent in and handing
+/// its Guid on (a window of one etcd write) leaves a session nobody can log out, which only the
+/// gateway's idle sign-out ends; the convergence bound allows for it.
+const GATEWAY_IDLE: Duration = Duration::from_secs(5);
 /// Longest a bridge may report an agent signed in that etcd names another owner of (or none):
 /// a lease expiring, a hand-over's sign-out, a resumed process learning its lease is gone.
 const OWNER_BOUND: Duration = Duration::from_secs(10);
@@ -211,7 +215,17 @@ async fn run_seed(seed: u64) {
     let names: Vec<String> = (0..BRIDGES).map(|i| format!("chaos-{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let agents = agents_for(&name_refs, 4);
-    let mut p = pool(&agents, 1).await;
+    let sim = ccgw_bridge::sim::Simulator::start(
+        ccgw_bridge::sim::SimConfig {
+            poll_hold: Duration::from_millis(500),
+            idle_timeout: GATEWAY_IDLE,
+            ..ccgw_bridge::sim::SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("simulator starts");
+    let mut p = pool_with(&agents, 1, sim).await;
     let etcd_url = p.etcd[0].client_url.clone();
     let workers = ["--worker-threads", "2"];
     let mut bridges: Vec<Bridge> = tokio::task::block_in_place(|| {
