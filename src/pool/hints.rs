@@ -170,7 +170,7 @@ pub(super) async fn name_taken(
     };
     PoolError::NameTaken(match left {
         Some(secs) if secs >= 0 => format!(
-            "the name {instance:?} is held by a lease that ends within {} s — a previous run of this instance? Then it joins once that lease ends; if the name stays taken, another replica has it: give every replica its own --instance-name",
+            "the name {instance:?} is held by a lease that ends within {} s — a previous run of this instance? Then this one joins once that lease ends. If it stays taken, another live instance holds the name: give every replica its own --instance-name",
             secs + 1
         ),
         _ => format!(
