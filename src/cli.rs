@@ -32,6 +32,7 @@ mod connect;
 mod flags;
 mod ops;
 mod output;
+mod probe;
 
 pub use connect::endpoint_uri;
 pub use flags::{CallArgs, CallOp};
@@ -98,7 +99,8 @@ pub async fn run(args: CallArgs) -> ExitCode {
 }
 
 /// Adds a hint to a failed call whose status points at a likely mistake: TLS towards a
-/// plaintext bridge, or `--addr` at the admin port instead of the API's.
+/// plaintext bridge or plaintext towards a TLS one, a play refused while one still runs, or
+/// `--addr` at the admin port instead of the API's.
 fn with_hint(failure: Failure, args: &CallArgs) -> Failure {
     let Failure::Call(status) = failure else {
         return failure;
@@ -116,6 +118,17 @@ fn with_hint(failure: Failure, args: &CallArgs) -> Failure {
             "the bridge at {} answered without TLS: it serves plaintext; drop --ca-cert (and --client-cert/--client-key), or start the bridge with --tls-cert",
             args.addr
         ))
+    } else if !tls
+        && (text.contains("broken pipe")
+            || text.contains("frame with invalid size")
+            || text.contains("connection reset"))
+    {
+        Some(format!(
+            "the connection to {} broke at once: a bridge started with --tls-cert serves TLS only; pass --ca-cert (and --client-cert/--client-key where it wants mutual TLS)",
+            args.addr
+        ))
+    } else if reason(&status).is_some_and(|r| r.ends_with("_STATE_ERROR")) {
+        Some("a playback is still running or stopping: wait for PLAY_STOPPED (`call stop --wait`, or `call watch`)".into())
     } else if status.code() == tonic::Code::Unimplemented && text.contains("http status code 404") {
         Some(format!(
             "{} answers HTTP 404 to the API: is it the admin port (--admin-listen, default :9090: probes, /metrics and gRPC health only)? The API listens on --listen (default 127.0.0.1:50051)",
@@ -131,6 +144,15 @@ fn with_hint(failure: Failure, args: &CallArgs) -> Failure {
         )),
         None => Failure::Call(status),
     }
+}
+
+/// The `ErrorInfo` reason of a refusal, if it carries one.
+fn reason(status: &Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
 }
 
 /// A status made by the client's transport (the bridge never answered) says only "tcp connect

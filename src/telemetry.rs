@@ -486,7 +486,7 @@ impl Metrics {
         );
         let _ = encode_registry(&mut out, &self.process);
         let _ = encode_eof(&mut out);
-        out
+        in_label_order(&out)
     }
 
     /// The exposition in `format`.
@@ -496,6 +496,47 @@ impl Metrics {
             Exposition::Text004 => to_text_004(&self.render()),
         }
     }
+}
+
+/// `text` with each family's series in label order, so two scrapes can be diffed line by line:
+/// prometheus-client keeps a family's children in a hash map, whose order differs between
+/// processes. One child's own lines (a histogram's sum, count and ascending buckets) share a key
+/// and keep their order; the sort is stable.
+fn in_label_order(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut family: Vec<&str> = Vec::new();
+    let flush = |family: &mut Vec<&str>, out: &mut String| {
+        family.sort_by_cached_key(|line| series_key(line));
+        for line in family.drain(..) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut family, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            family.push(line);
+        }
+    }
+    flush(&mut family, &mut out);
+    out
+}
+
+/// A sample line's labels without `le`: what orders the series and keeps a histogram's lines
+/// together. (The bridge's label values hold no `,` or `}`.)
+fn series_key(line: &str) -> String {
+    let labels = line
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or("", |(labels, _)| labels);
+    let kept: Vec<&str> = labels
+        .split(',')
+        .filter(|kv| !kv.starts_with("le="))
+        .collect();
+    kept.join(",")
 }
 
 /// The two exposition formats `/metrics` offers.
@@ -617,6 +658,50 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
+    }
+
+    /// Two scrapes can be diffed line by line: every family's series come in label order
+    /// (the metrics library keeps a family's children in a hash map, whose order differs
+    /// between processes), and a histogram's own lines stay together with its buckets ascending.
+    #[test]
+    fn series_come_in_label_order() {
+        let m = Metrics::default();
+        for method in ["WatchPlayEvents", "BeginPlay", "SignIn", "Rewind"] {
+            m.rpc(method, "INTERNAL", Some(Duration::from_millis(2)));
+        }
+        let text = m.render();
+        let labels = |prefix: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(|l| l.split_once('{').map_or("", |(_, rest)| rest).to_owned())
+                .collect()
+        };
+        for family in [
+            "ccgw_grpc_server_handled_total{",
+            "ccgw_gateway_requests_total{",
+            "ccgw_grpc_server_handling_seconds_count{",
+        ] {
+            let series = labels(family);
+            let mut sorted = series.clone();
+            sorted.sort();
+            assert!(series.len() > 3, "{family}");
+            assert_eq!(series, sorted, "{family} out of order");
+        }
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("ccgw_grpc_server_handling_seconds_bucket{")
+                    && l.contains("grpc_method=\"BeginPlay\"")
+            })
+            .map(|l| {
+                let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+                le.parse().unwrap_or(f64::INFINITY)
+            })
+            .collect();
+        assert!(
+            buckets.len() > 10 && buckets.windows(2).all(|w| w[0] < w[1]),
+            "{buckets:?}"
+        );
     }
 
     /// Every gateway interface has pre-resolved handles (a new one added to the interface table

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::timeout;
+use tonic_health::pb::health_check_response::ServingStatus;
 use venv::manifest_addr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ccgw-bridge");
@@ -734,4 +735,83 @@ async fn version_names_features_and_commit_like_build_info() {
         env!("CARGO_PKG_VERSION")
     );
     assert!(metrics.lines().any(|l| l == info), "{info}\n{metrics}");
+}
+
+/// `call health` and `call ready` answer what the kubelet's probes ask, from the same binary.
+#[tokio::test]
+async fn health_and_ready_say_what_the_probes_see() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let h = Harness::start().await;
+    // Ready once the gateway answered: wait for it on the health stream, as a kubelet would see.
+    let mut health = HealthClient::new(h.channel().await)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    while health.message().await.unwrap().unwrap().status() != ServingStatus::Serving {}
+    for service in ["", "ccgw.v1.RecordPlayService"] {
+        let r = run(&h, &["health", "--service", service]).await;
+        ok(&r);
+        assert_eq!(r.stdout.trim(), "SERVING", "{service:?}");
+    }
+    let r = run(&h, &["health", "--service", "no.such.Service"]).await;
+    assert_eq!(r.code, Some(1), "{} {}", r.stdout, r.stderr);
+    let admin = h.admin.to_string();
+    let r = run(&h, &["--json", "ready", "--admin", &admin]).await;
+    ok(&r);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(v["http_status"], 200, "{v}");
+}
+
+/// A play refused because one still runs says what to wait for, and `stop --wait` returns only
+/// once the gateway reported PLAY_STOPPED: the next play is accepted at once.
+#[tokio::test]
+async fn stop_wait_ends_with_play_stopped_and_a_state_error_says_what_to_wait_for() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let play = ["play", "--agent", "1001", "--voice-path", "/prompts/a.wav"];
+    ok(&run(&h, &play).await);
+    let refused = run(&h, &play).await;
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("STATE_ERROR")
+            && refused
+                .stderr
+                .contains("hint: a playback is still running or stopping")
+            && refused.stderr.contains("call stop --wait"),
+        "{}",
+        refused.stderr
+    );
+    let stop = run(&h, &["stop", "--agent", "1001", "--wait"]).await;
+    ok(&stop);
+    assert!(stop.stdout.contains("PLAY_STOPPED"), "{}", stop.stdout);
+    ok(&run(&h, &play).await);
+}
+
+/// `call` without --ca-cert towards a bridge serving TLS says to pass it, instead of a bare
+/// "broken pipe" or "frame with invalid size".
+#[tokio::test]
+async fn plaintext_towards_a_tls_bridge_hints_at_ca_cert() {
+    use ccgw_bridge::config::ServerTls;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let h = Harness::with(helpers::fast_sim(), |c| {
+        c.server.tls = Some(ServerTls {
+            cert: cert.pem().into_bytes(),
+            key: key.serialize_pem().into_bytes(),
+            client_ca: None,
+        });
+    })
+    .await;
+    let r = run(&h, &["sessions"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("hint:") && r.stderr.contains("pass --ca-cert"),
+        "{}",
+        r.stderr
+    );
 }

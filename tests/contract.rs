@@ -119,6 +119,35 @@ fn documentation_links_stay_inside_the_repository() {
     }
 }
 
+/// docs/architecture.md is the map of the code: every module of `src/` (file or folder) is named
+/// in it (the agent pool, `src/pool/`, once was not).
+#[test]
+fn the_architecture_names_every_module() {
+    let root = venv::root();
+    let text = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let module = format!("src/{}", name.trim_end_matches(".rs"));
+        assert!(
+            text.contains(&module),
+            "docs/architecture.md does not name {module}"
+        );
+    }
+}
+
+/// The LICENSE file is the licence Cargo.toml declares.
+#[test]
+fn the_license_file_is_the_one_cargo_toml_declares() {
+    let root = venv::root();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("license = \"Apache-2.0\""), "{manifest}");
+    let license = std::fs::read_to_string(root.join("LICENSE")).unwrap();
+    assert!(
+        license.contains("Apache License") && license.contains("Version 2.0, January 2004"),
+        "LICENSE is not the Apache License 2.0"
+    );
+}
+
 /// The anchors GitHub gives a markdown page's headings (outside code fences): lower case, spaces
 /// to `-`, punctuation other than `-` and `_` dropped, `-1`, `-2`… on repeats.
 fn heading_anchors(text: &str) -> Vec<String> {

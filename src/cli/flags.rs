@@ -120,6 +120,10 @@ pub enum CallOp {
         /// Agent (work) number.
         #[arg(long)]
         agent: String,
+        /// Return only once the gateway reports the playback stopped (PLAY_STOPPED), so the next
+        /// play is not refused with BEGIN_PLAY_STATE_ERROR; bounded by --timeout.
+        #[arg(long)]
+        wait: bool,
     },
     /// Pause playback (PausePlay).
     Pause {
@@ -150,6 +154,21 @@ pub enum CallOp {
         /// Seconds to skip.
         #[arg(long)]
         seconds: u32,
+    },
+    /// The bridge's gRPC health (grpc.health.v1 Check) at --addr: SERVING exits 0, anything
+    /// else 1.
+    Health {
+        /// Service to check: `ccgw.v1.RecordPlayService` is what the manifests' readiness probe
+        /// asks; empty (the default) is the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// What the kubelet's readiness probe sees: the admin listener's /readyz, printed, exit 0
+    /// when ready (usable through `kubectl exec` in the shell-less image).
+    Ready {
+        /// The admin listener (--admin-listen of the bridge).
+        #[arg(long, env = "CCGW_CALL_ADMIN", default_value = "127.0.0.1:9090")]
+        admin: String,
     },
     /// List the sessions the bridge holds (ListSessions).
     Sessions,

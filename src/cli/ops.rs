@@ -2,15 +2,16 @@
 
 use super::connect::{bearer, channel, with_deadline, Token};
 use super::output::{session_json, Output};
-use super::{CallArgs, CallOp, Failure};
+use super::{probe, CallArgs, CallOp, Failure};
 use crate::proto::agent_session_service_client::AgentSessionServiceClient;
 use crate::proto::record_play_service_client::RecordPlayServiceClient;
 use crate::proto::{
     BeginPlayRequest, FastForwardRequest, GetSessionRequest, ListSessionsRequest, PausePlayRequest,
-    ResumePlayRequest, RewindRequest, SignInRequest, SignOutRequest, StopPlayRequest,
-    WatchAgentEventsRequest, WatchOwnershipRequest, WatchPlayEventsRequest,
+    PlayEventType, ResumePlayRequest, RewindRequest, SignInRequest, SignOutRequest,
+    StopPlayRequest, WatchAgentEventsRequest, WatchOwnershipRequest, WatchPlayEventsRequest,
 };
 use serde_json::{json, Value};
+use tonic::Status;
 
 pub(super) async fn call(args: &CallArgs) -> Result<(), Failure> {
     let channel = channel(args)?;
@@ -108,7 +109,21 @@ pub(super) async fn call(args: &CallArgs) -> Result<(), Failure> {
                 }
             }
         }
-        CallOp::Stop { agent } => {
+        CallOp::Stop { agent, wait } => {
+            // Watching from before the stop: the PLAY_STOPPED it causes cannot slip past.
+            let stopped = match wait {
+                true => Some(
+                    play()
+                        .watch_play_events(WatchPlayEventsRequest {
+                            agent_id: agent.clone(),
+                            types: vec![PlayEventType::PlayStopped as i32],
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner(),
+                ),
+                false => None,
+            };
             let r = play()
                 .stop_play(with_deadline(
                     StopPlayRequest {
@@ -118,7 +133,18 @@ pub(super) async fn call(args: &CallArgs) -> Result<(), Failure> {
                 ))
                 .await?;
             out.message(&r.into_inner().message)?;
+            if let Some(mut stream) = stopped {
+                let event = tokio::time::timeout(t, stream.message())
+                    .await
+                    .map_err(|_| {
+                        Status::deadline_exceeded(format!("no PLAY_STOPPED within {t:?}"))
+                    })??
+                    .ok_or_else(|| Status::aborted("the event stream ended before PLAY_STOPPED"))?;
+                out.play_event(&event)?;
+            }
         }
+        CallOp::Health { service } => probe::health(channel.clone(), service, t, &out).await?,
+        CallOp::Ready { admin } => probe::ready(admin, t, &out).await?,
         CallOp::Pause { agent } => {
             let r = play()
                 .pause_play(with_deadline(

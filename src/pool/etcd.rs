@@ -21,7 +21,7 @@
 //! reconcile of 1,000 agents costs about one round trip's wait, not 1,000.
 
 use super::{
-    Acquired, Backend, EtcdAuth, EtcdTls, HolderWrite, LeaseRenewal, PoolConfig, PoolError,
+    hints, Acquired, Backend, EtcdAuth, EtcdTls, HolderWrite, LeaseRenewal, PoolConfig, PoolError,
     Renewal, View,
 };
 use etcd_client::{
@@ -99,36 +99,6 @@ fn coordinator(e: impl std::fmt::Display) -> PoolError {
     PoolError::Coordinator(e.to_string())
 }
 
-/// A failed request, worded by its cause: etcd refusing the credentials, or wanting some, is
-/// said as such (an operator fixes the user or password, not the network).
-fn described(e: etcd_client::Error, auth: Option<&EtcdAuth>) -> PoolError {
-    let refused = match &e {
-        etcd_client::Error::GRpcStatus(s) => {
-            matches!(
-                s.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            ) || [
-                "authentication failed",
-                "user name is empty",
-                "invalid auth token",
-            ]
-            .iter()
-            .any(|m| s.message().contains(m))
-        }
-        _ => false,
-    };
-    match auth {
-        Some(auth) if refused => PoolError::Coordinator(format!(
-            "etcd refused the credentials of --etcd-user {:?} (check it and --etcd-password-file): {e}",
-            auth.user
-        )),
-        None if refused => PoolError::Coordinator(format!(
-            "etcd requires authentication (it runs with `auth enable`): give --etcd-user and --etcd-password-file: {e}"
-        )),
-        _ => coordinator(e),
-    }
-}
-
 /// `f`, failed as a coordinator error if it takes longer than `bound`.
 async fn bounded<T>(
     bound: Duration,
@@ -182,9 +152,17 @@ impl EtcdBackend {
         }
         let client = Client::connect(&self.endpoints, Some(options))
             .await
-            .map_err(|e| described(e, self.auth.as_ref()))?;
+            .map_err(|e| hints::describe(e, &self.setup()))?;
         self.client = Some(client.clone());
         Ok(client)
+    }
+
+    fn setup(&self) -> hints::Setup<'_> {
+        hints::Setup {
+            endpoints: &self.endpoints,
+            tls: self.tls.as_ref(),
+            auth: self.auth.as_ref(),
+        }
     }
 
     fn key(&self, kind: &str, name: &str) -> String {
@@ -364,13 +342,16 @@ impl Backend for EtcdBackend {
         let claim = Txn::new()
             .when([Compare::create_revision(name.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
-                name,
+                name.clone(),
                 self.instance.as_bytes(),
                 Some(PutOptions::new().with_lease(id)),
-            )]);
+            )])
+            .or_else([TxnOp::get(name, None)]);
         let claimed = match self.bounded(client.txn(claim)).await {
             Ok(resp) if resp.succeeded() => Ok(()),
-            Ok(_) => Err(PoolError::NameTaken(self.instance.clone())),
+            Ok(resp) => {
+                Err(hints::name_taken(&mut client, &self.instance, &resp, self.bound()).await)
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = claimed {
@@ -551,7 +532,7 @@ impl EtcdBackend {
         f: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, PoolError> {
         match tokio::time::timeout(self.bound(), f).await {
-            Ok(r) => r.map_err(|e| described(e, self.auth.as_ref())),
+            Ok(r) => r.map_err(|e| hints::describe(e, &self.setup())),
             Err(_) => Err(PoolError::Coordinator("request timed out".into())),
         }
     }

@@ -22,6 +22,8 @@ mod clock;
 #[cfg(feature = "pool")]
 mod etcd;
 mod handoff;
+#[cfg(feature = "pool")]
+mod hints;
 mod lease;
 mod metrics;
 mod ownership;
@@ -96,8 +98,9 @@ pub enum PoolError {
     /// The coordinator could not be reached or refused the request.
     #[error("coordinator: {0}")]
     Coordinator(String),
-    /// Another live lease holds this instance's name (two replicas given one name).
-    #[error("another live instance holds the name {0:?} in this pool; give every replica its own --instance-name")]
+    /// Another live lease holds this instance's name: two replicas given one name, or this
+    /// instance's previous run whose lease has not ended. The message says which is likely.
+    #[error("{0}")]
     NameTaken(String),
     /// This binary was built without the `pool` feature.
     #[error("this ccgw-bridge was built without the `pool` feature (etcd); rebuild with `--features pool`")]

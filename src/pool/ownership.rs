@@ -153,7 +153,13 @@ impl Ownership {
         let s = self.lock();
         match (s.lease, s.joined_once) {
             (_, false) if s.name_taken => Condition::Blocking(
-                "agent pool: another live instance holds this --instance-name; give every replica its own name (the pod name)".into(),
+                format!(
+                    "agent pool: {}",
+                    s.last_error.as_deref().unwrap_or(
+                        "another live instance holds this --instance-name; give every replica its own name (the pod name)"
+                    )
+                )
+                .into(),
             ),
             (LeaseState::Held, _) if !s.assignable => Condition::Blocking(
                 "agent pool: joined as an observer only: the gateway has not answered this instance yet, so it takes no agents".into(),
@@ -163,15 +169,13 @@ impl Ownership {
             ),
             (LeaseState::Held, _) => Condition::Fine,
             (_, false) => Condition::Blocking(
-                format!(
-                    "agent pool: not joined yet: etcd {} {}",
-                    self.endpoints,
-                    s.last_error
-                        .as_deref()
-                        .map_or("has not granted a lease yet".into(), |e| format!(
-                            "answered: {e}"
-                        ))
-                )
+                match s.last_error.as_deref() {
+                    Some(e) => format!("agent pool: not joined yet: {e}"),
+                    None => format!(
+                        "agent pool: not joined yet: etcd {} has not granted a lease yet",
+                        self.endpoints
+                    ),
+                }
                 .into(),
             ),
             (LeaseState::Unreachable, true) => Condition::Degraded(

@@ -1,7 +1,8 @@
 //! Which live instance should hold an agent: rendezvous (highest-random-weight) hashing.
 //!
-//! Every instance computes the same answer from the same member list, spreads agents evenly,
-//! and when a member joins or leaves only the agents whose top choice changes move (≈ 1/n).
+//! Every instance computes the same answer from the same member list, spreads agents evenly on
+//! average (about n/m of n agents per member, give or take √(n/m): a hash, not a deal), and
+//! when a member joins or leaves only the agents whose top choice changes move (≈ 1/n).
 //! The hash is spelled out here (FNV-1a, then a SplitMix64 finaliser) rather than taken from
 //! `std`, whose hasher may change between Rust releases: during a rolling update two bridge
 //! versions must agree.

@@ -395,3 +395,82 @@ fn etcd_tls_and_auth_flags_are_checked_before_anything_starts() {
         assert!(err.contains(want), "{extra:?}: {err}");
     }
 }
+
+/// The cause of a failed join in one line with its fix, in `/readyz` and the log: no Debug
+/// dump of the transport's error chain, and never "answered" when nothing answered.
+async fn join_failure(bridge: &Bridge, hint: &str) -> String {
+    wait_until(SETTLE, hint, || async { bridge.log_text().contains(hint) }).await;
+    let readyz = bridge.readyz().await;
+    let body = readyz
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(body.contains(hint), "{readyz}");
+    for dump in ["hyper::Error", "Custom {", "kind:", "answered", "Status {"] {
+        assert!(!body.contains(dump), "{dump:?} in {body}");
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_connection_failures_are_named_with_their_fix() {
+    let agents = agents_for(&["hint-a"], 1);
+    let TlsPool {
+        setup, certs, dir, ..
+    } = &TlsPool::start("hints", &agents).await;
+    // No client certificate for an etcd that requires one.
+    let ca = s(&certs.ca);
+    let b = Bridge::start_with(setup, "hint-a", &["--etcd-ca-cert", &ca]);
+    join_failure(
+        &b,
+        "etcd requires a client certificate: pass --etcd-client-cert/--etcd-client-key",
+    )
+    .await;
+    // A CA that did not sign etcd's certificate.
+    let other = TempDir::new("other-ca");
+    let wrong = make_certs(&other.0);
+    let tls = wrong.bridge_flags(&certs.client, &certs.client_key);
+    let c = Bridge::start_with(setup, "hint-b", &tls.each_ref().map(String::as_str));
+    join_failure(
+        &c,
+        "--etcd-ca-cert does not hold the CA that signed etcd's certificate",
+    )
+    .await;
+    // Nothing listens at the endpoint.
+    let mut nowhere = setup.clone();
+    nowhere.endpoints = format!("http://127.0.0.1:{}", free_port());
+    nowhere.dir = dir.0.clone();
+    let d = Bridge::start(&nowhere, "hint-c");
+    let body = join_failure(&d, "nothing listens at").await;
+    assert!(body.contains("check --etcd-endpoints"), "{body}");
+}
+
+/// A bridge restarted under its name while its previous run's lease lives on (a SIGKILL) is
+/// told so, and joins once that lease ends, instead of hearing "give every replica its own
+/// --instance-name".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_within_the_old_lease_says_so_and_joins_when_it_ends() {
+    let agents = agents_for(&["again"], 2);
+    let all = set(&agents);
+    let p = pool(&agents, 1).await;
+    let mut a = Bridge::start(&p.setup, "again");
+    wait_until(SETTLE, "a holds its agents", || async {
+        a.held().await == all
+    })
+    .await;
+    a.sigkill();
+    let mut b = Bridge::start(&p.setup, "again");
+    let hint = "a previous run of this instance?";
+    wait_until(SETTLE, hint, || async { b.log_text().contains(hint) }).await;
+    assert!(
+        b.log_text().contains("held by a lease that ends within"),
+        "{}",
+        b.log_text()
+    );
+    wait_until(SETTLE, "b joins once the old lease ends", || async {
+        b.held().await == all
+    })
+    .await;
+    b.sigterm_and_wait().await;
+}
