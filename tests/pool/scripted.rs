@@ -277,6 +277,16 @@ fn hand_off_record(agent: &str, guid: &str) -> Vec<u8> {
     )
 }
 
+/// A coordinator holding `agent`'s holder record as a crashed holder of session `guid` left it.
+fn script_with_record(agent: &str, guid: &str) -> Script {
+    let script = Script::default();
+    script.with(|c| {
+        c.holder_records
+            .insert(agent.into(), hand_off_record(agent, guid))
+    });
+    script
+}
+
 /// A member that should hold `agent` beside "a" (the script's other members never act).
 fn other_member_for(agent: &str) -> String {
     (0..)
@@ -399,11 +409,7 @@ async fn a_take_over_logs_the_crashed_holders_session_out_with_its_guid_and_neve
     let sim = simulator().await;
     ccgw_bridge::crypto::install_crypto_provider();
     let guid = crashed_bridge_session(&sim, agent).await;
-    let script = Script::default();
-    script.with(|c| {
-        c.holder_records
-            .insert(agent.into(), hand_off_record(agent, &guid))
-    });
+    let script = script_with_record(agent, &guid);
     let before = sim.requests().len();
     let t = in_process_scripted(
         sim,
@@ -471,11 +477,7 @@ async fn a_take_over_with_a_stale_record_waits_while_a_person_holds_the_agent() 
     // The gateway ended the crashed holder's session and a person signed in.
     sim.supervisor_replaces(agent);
     let person = sim.current_guid(agent).unwrap();
-    let script = Script::default();
-    script.with(|c| {
-        c.holder_records
-            .insert(agent.into(), hand_off_record(agent, &guid))
-    });
+    let script = script_with_record(agent, &guid);
     let t = in_process_scripted(
         sim,
         &[agent.to_string()],
@@ -522,11 +524,7 @@ async fn a_take_over_whose_first_logout_is_lost_uses_the_handed_off_guid_again()
         kind: FaultKind::HttpStatus(503),
         count: Some(1),
     });
-    let script = Script::default();
-    script.with(|c| {
-        c.holder_records
-            .insert(agent.into(), hand_off_record(agent, &guid))
-    });
+    let script = script_with_record(agent, &guid);
     let settings = SessionSettings {
         resign_backoff_max: Duration::from_millis(500),
         ..SessionSettings::default()
