@@ -479,15 +479,18 @@ impl<B: Backend> Reconciler<B> {
     /// none yet, or the session or its Guid changed since the last one (`None` without a key).
     fn hand_off_write(&self, agent: &str, view: &View) -> Option<PendingWrite> {
         let keyring = self.keyring.as_ref()?;
-        let h = self.sessions.hand_off_of(agent)?;
+        // Most passes change nothing: compare the session and Guid generation first, so the
+        // Guid and cookies are copied only when a record is due.
+        let (session_id, generation) = self.sessions.session_version(agent)?;
         let current = self
             .recorded
             .get(agent)
-            .is_some_and(|r| r.session_id == h.session_id && r.generation == h.generation)
+            .is_some_and(|r| r.session_id == session_id && r.generation == generation)
             && view.holders.contains(agent);
         if current {
             return None;
         }
+        let h = self.sessions.hand_off_of(agent)?;
         let record = keyring.seal(
             agent,
             &HandOff {

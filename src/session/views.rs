@@ -19,6 +19,14 @@ pub struct SessionHandOff {
 }
 
 impl Sessions {
+    /// Which session runs for the agent and its Guid's generation, without copying anything
+    /// secret: the pool compares it with what it handed over last before asking for more.
+    pub fn session_version(&self, agent_id: &str) -> Option<(Arc<str>, u64)> {
+        let session = self.slots().get(agent_id)?.running()?;
+        let generation = session.auth.current().generation;
+        Some((session.session_id.clone(), generation))
+    }
+
     /// The agent's running session as the pool hands it over, if one runs here.
     pub fn hand_off_of(&self, agent_id: &str) -> Option<SessionHandOff> {
         let session = self.slots().get(agent_id)?.running()?;

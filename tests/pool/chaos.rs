@@ -215,16 +215,7 @@ async fn run_seed(seed: u64) {
     let names: Vec<String> = (0..BRIDGES).map(|i| format!("chaos-{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let agents = agents_for(&name_refs, 4);
-    let sim = ccgw_bridge::sim::Simulator::start(
-        ccgw_bridge::sim::SimConfig {
-            poll_hold: Duration::from_millis(500),
-            idle_timeout: GATEWAY_IDLE,
-            ..ccgw_bridge::sim::SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .expect("simulator starts");
+    let sim = simulator_idling_after(GATEWAY_IDLE).await;
     let mut p = pool_with(&agents, 1, sim).await;
     let etcd_url = p.etcd[0].client_url.clone();
     let workers = ["--worker-threads", "2"];

@@ -270,10 +270,15 @@ where
 
 /// The simulator all bridges of a test share (idle sign-out far beyond any test).
 pub async fn simulator() -> Simulator {
+    simulator_idling_after(Duration::from_secs(600)).await
+}
+
+/// A simulator whose idle sign-out (vendor `MAXTIME`) is `idle`.
+pub async fn simulator_idling_after(idle: Duration) -> Simulator {
     Simulator::start(
         SimConfig {
             poll_hold: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: idle,
             ..SimConfig::default()
         },
         "127.0.0.1:0".parse().unwrap(),

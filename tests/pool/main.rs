@@ -627,16 +627,7 @@ async fn a_take_over_of_an_agent_a_person_holds_never_kicks_the_person() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_over_without_a_usable_record_waits_for_the_gateways_idle_sign_out() {
     const IDLE: Duration = Duration::from_secs(4);
-    let sim = ccgw_bridge::sim::Simulator::start(
-        ccgw_bridge::sim::SimConfig {
-            poll_hold: Duration::from_millis(500),
-            idle_timeout: IDLE,
-            ..ccgw_bridge::sim::SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .expect("simulator starts");
+    let sim = simulator_idling_after(IDLE).await;
     let agents = agents_for(&["st-a", "st-b"], 2);
     let p = pool_with(&agents, 1, sim).await;
     let (mut a, want_a, b, _) = two_settled(&p, &agents, ["st-a", "st-b"]).await;

@@ -277,6 +277,23 @@ fn hand_off_record(agent: &str, guid: &str) -> Vec<u8> {
     )
 }
 
+/// A pool instance taking `agent` over from a crashed bridge whose session is still at the
+/// gateway and whose holder record names it; `meanwhile` acts on the simulator before the pool
+/// starts. Returns the instance and the crashed session's Guid.
+async fn taking_over(
+    agent: &str,
+    settings: SessionSettings,
+    meanwhile: impl FnOnce(&ccgw_bridge::sim::Simulator),
+) -> (InProcess, String) {
+    let sim = simulator().await;
+    ccgw_bridge::crypto::install_crypto_provider();
+    let guid = crashed_bridge_session(&sim, agent).await;
+    meanwhile(&sim);
+    let script = script_with_record(agent, &guid);
+    let t = in_process_scripted(sim, &[agent.to_string()], settings, script).await;
+    (t, guid)
+}
+
 /// A coordinator holding `agent`'s holder record as a crashed holder of session `guid` left it.
 fn script_with_record(agent: &str, guid: &str) -> Script {
     let script = Script::default();
@@ -406,18 +423,12 @@ async fn crashed_bridge_session(sim: &ccgw_bridge::sim::Simulator, agent: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_over_logs_the_crashed_holders_session_out_with_its_guid_and_never_forces() {
     let agent = "2401";
-    let sim = simulator().await;
-    ccgw_bridge::crypto::install_crypto_provider();
-    let guid = crashed_bridge_session(&sim, agent).await;
-    let script = script_with_record(agent, &guid);
-    let before = sim.requests().len();
-    let t = in_process_scripted(
-        sim,
-        &[agent.to_string()],
-        SessionSettings::default(),
-        script,
-    )
+    let before = std::cell::Cell::new(0);
+    let (t, guid) = taking_over(agent, SessionSettings::default(), |sim| {
+        before.set(sim.requests().len())
+    })
     .await;
+    let before = before.get();
     wait_until(SETTLE, "the agent is signed in here", || async {
         t.sessions.has_running_session(agent)
     })
@@ -471,20 +482,14 @@ async fn a_take_over_logs_the_crashed_holders_session_out_with_its_guid_and_neve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_over_with_a_stale_record_waits_while_a_person_holds_the_agent() {
     let agent = "2402";
-    let sim = simulator().await;
-    ccgw_bridge::crypto::install_crypto_provider();
-    let guid = crashed_bridge_session(&sim, agent).await;
     // The gateway ended the crashed holder's session and a person signed in.
-    sim.supervisor_replaces(agent);
-    let person = sim.current_guid(agent).unwrap();
-    let script = script_with_record(agent, &guid);
-    let t = in_process_scripted(
-        sim,
-        &[agent.to_string()],
-        SessionSettings::default(),
-        script,
-    )
+    let person = std::cell::RefCell::new(None);
+    let (t, _) = taking_over(agent, SessionSettings::default(), |sim| {
+        sim.supervisor_replaces(agent);
+        *person.borrow_mut() = sim.current_guid(agent);
+    })
     .await;
+    let person = person.into_inner().unwrap();
     wait_until(SETTLE, "the agent waits for the gateway", || async {
         t.pool.ownership().status().waiting_for_gateway == [agent.to_string()]
     })
@@ -516,20 +521,18 @@ async fn a_take_over_with_a_stale_record_waits_while_a_person_holds_the_agent() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_over_whose_first_logout_is_lost_uses_the_handed_off_guid_again() {
     let agent = "2403";
-    let sim = simulator().await;
-    ccgw_bridge::crypto::install_crypto_provider();
-    let guid = crashed_bridge_session(&sim, agent).await;
-    sim.add_fault(Fault {
-        matcher: FaultMatch::Interface(Interface::Logout),
-        kind: FaultKind::HttpStatus(503),
-        count: Some(1),
-    });
-    let script = script_with_record(agent, &guid);
     let settings = SessionSettings {
         resign_backoff_max: Duration::from_millis(500),
         ..SessionSettings::default()
     };
-    let t = in_process_scripted(sim, &[agent.to_string()], settings, script).await;
+    let (t, _) = taking_over(agent, settings, |sim| {
+        sim.add_fault(Fault {
+            matcher: FaultMatch::Interface(Interface::Logout),
+            kind: FaultKind::HttpStatus(503),
+            count: Some(1),
+        })
+    })
+    .await;
     wait_until(SETTLE, "the agent is signed in here", || async {
         t.sessions.has_running_session(agent)
     })
