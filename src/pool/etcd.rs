@@ -605,6 +605,28 @@ impl Backend for EtcdBackend {
         }
     }
 
+    async fn forget_holders(&mut self, agents: &[String]) -> Result<(), PoolError> {
+        let mut client = self.client().await?;
+        for batch in agents.chunks(HOLDER_WRITES_PER_TXN) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|agent| {
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::create_revision(
+                                self.key("owners", agent),
+                                CompareOp::Equal,
+                                0,
+                            )])
+                            .and_then([TxnOp::delete(self.key("holders", agent), None)]),
+                    )
+                })
+                .collect();
+            self.bounded(client.txn(Txn::new().and_then(ops))).await?;
+        }
+        Ok(())
+    }
+
     async fn release(
         &mut self,
         agents: &[(String, Option<Vec<u8>>)],

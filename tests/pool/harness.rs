@@ -584,7 +584,23 @@ impl Bridge {
 
     /// SIGTERM; returns once the process has exited (its drain done).
     pub async fn sigterm_and_wait(&mut self) {
+        self.sigterm();
+        self.wait_exit().await;
+    }
+
+    /// SIGTERM, without waiting: the drain begins.
+    pub fn sigterm(&self) {
         self.signal("-TERM");
+    }
+
+    /// Whether the process has exited (without reaping it).
+    pub fn exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("started");
+        child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// Waits until the process has exited, successfully.
+    pub async fn wait_exit(&mut self) {
         let mut child = self.child.take().unwrap();
         let status = tokio::task::spawn_blocking(move || child.wait())
             .await

@@ -464,11 +464,7 @@ async fn an_etcd_stall_past_the_ttl_ends_no_session_and_signs_nothing_in_again()
     let (a, want_a, b, want_b) = two_settled(&p, &agents, names).await;
     let mark = p.sim.requests().len();
     let ends = p.sim.session_ends().len();
-    let lost = |br: &Bridge| {
-        br.log_text()
-            .matches("pool: lease lost; no new sign-ins")
-            .count()
-    };
+    let lost = |br: &Bridge| br.log_text().matches("pool: lease lost").count();
 
     p.etcd[0].sigstop();
     let unreachable = "ccgw_pool_lease{state=\"coordinator_unreachable\"} 1";
@@ -628,6 +624,42 @@ async fn a_rebalancing_move_waits_for_the_agents_play_to_end() {
         b.held().await == want_b
     })
     .await;
+}
+
+/// Issue 23 point 5: the drain releases each agent as soon as its sign-out ended, so one slow
+/// sign-out (its answer 8 s late, past a's 5 s drain) holds back only its own agent: b serves
+/// a's other agents while a still drains, and a still leaves within its drain time. Before,
+/// every release waited for the slowest sign-out, and the drain's deadline cancelled them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_releases_each_agent_as_soon_as_its_sign_out_ends() {
+    use ccgw_bridge::sim::{Fault, FaultKind, FaultMatch};
+    let names = ["dr-a", "dr-b"];
+    let agents = agents_for(&names, 3);
+    let p = pool(&agents, 1).await;
+    let (mut a, want_a, b, _) = two_settled(&p, &agents, names).await;
+    let slow = want_a.iter().next().unwrap().clone();
+    p.sim.add_fault(Fault {
+        matcher: FaultMatch::PathContains(format!("/onlineagent/{slow}/logout")),
+        kind: FaultKind::Latency(Duration::from_secs(8)),
+        count: Some(1),
+    });
+    a.sigterm();
+    let fast: BTreeSet<String> = want_a.iter().filter(|x| **x != slow).cloned().collect();
+    wait_until(SETTLE, "b serves a's other agents", || async {
+        b.held().await.is_superset(&fast)
+    })
+    .await;
+    assert!(!a.exited(), "a still waits for its slow sign-out meanwhile");
+    assert!(
+        !b.held().await.contains(&slow),
+        "the slow agent is not released before its sign-out"
+    );
+    a.wait_exit().await;
+    wait_until(SETTLE, "b serves every agent", || async {
+        b.held().await == set(&agents)
+    })
+    .await;
+    assert_eq!(sign_ins(&p.sim.requests()).1, 0, "no forcelogin");
 }
 
 /// A pool with two agents for each of `names`, and `names[0]` started and holding all four.
