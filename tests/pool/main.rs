@@ -2,6 +2,7 @@
 //! bridge (`harness::bridge_bin`, built once per run with `--features pool`) and the simulator.
 
 mod chaos;
+mod dashboard;
 mod etcd_security;
 mod harness;
 mod interleavings;
