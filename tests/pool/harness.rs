@@ -646,7 +646,7 @@ impl Bridge {
     pub async fn watch_ownership(&self) -> tonic::Streaming<ccgw_bridge::proto::Ownership> {
         self.client()
             .await
-            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest {})
+            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest::default())
             .await
             .expect("WatchOwnership opens")
             .into_inner()

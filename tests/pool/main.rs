@@ -6,6 +6,7 @@ mod dashboard;
 mod etcd_security;
 mod harness;
 mod interleavings;
+mod ownership_table;
 mod scale;
 mod scripted;
 
