@@ -84,6 +84,8 @@ pub struct EtcdLease {
     id: i64,
     bound: Duration,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// For keep-alive failures worded as every other etcd failure (cause and fix).
+    setup: hints::OwnedSetup,
 }
 
 /// Whether etcd answered that the lease no longer exists (expired or revoked).
@@ -97,17 +99,6 @@ fn lease_gone(e: &etcd_client::Error) -> bool {
 
 fn coordinator(e: impl std::fmt::Display) -> PoolError {
     PoolError::Coordinator(e.to_string())
-}
-
-/// `f`, failed as a coordinator error if it takes longer than `bound`.
-async fn bounded<T>(
-    bound: Duration,
-    f: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, PoolError> {
-    match tokio::time::timeout(bound, f).await {
-        Ok(r) => r.map_err(coordinator),
-        Err(_) => Err(PoolError::Coordinator("request timed out".into())),
-    }
 }
 
 impl EtcdBackend {
@@ -193,7 +184,7 @@ impl EtcdBackend {
                     Some(PutOptions::new().with_lease(lease)),
                 ),
             ]);
-        let resp = bounded(self.bound(), client.txn(txn)).await?;
+        let resp = self.bounded(client.txn(txn)).await?;
         if !resp.succeeded() {
             return Ok(Acquired::Held);
         }
@@ -225,7 +216,7 @@ impl EtcdBackend {
         let txn = Txn::new()
             .when([Compare::lease(owner, CompareOp::Equal, lease)])
             .and_then(ops);
-        Ok(bounded(self.bound(), client.txn(txn)).await?.succeeded())
+        Ok(self.bounded(client.txn(txn)).await?.succeeded())
     }
 
     /// One transaction of at most [`HOLDER_WRITES_PER_TXN`] holder writes, each its own nested
@@ -253,7 +244,7 @@ impl EtcdBackend {
                 }
             })
             .collect();
-        bounded(self.bound(), client.txn(Txn::new().and_then(ops))).await?;
+        self.bounded(client.txn(Txn::new().and_then(ops))).await?;
         Ok(())
     }
 
@@ -294,7 +285,7 @@ impl LeaseRenewal for EtcdLease {
             match tokio::time::timeout(self.bound, self.client.lease_keep_alive(self.id)).await {
                 Ok(Ok(keeper)) => self.keeper = Some(keeper),
                 Ok(Err(e)) if lease_gone(&e) => return Ok(Renewal::Lost),
-                Ok(Err(e)) => return Err(coordinator(e)),
+                Ok(Err(e)) => return Err(self.setup.describe(e)),
                 Err(_) => return Err(PoolError::Coordinator("keep-alive timed out".into())),
             }
         }
@@ -320,7 +311,7 @@ impl LeaseRenewal for EtcdLease {
                 if lease_gone(&e) {
                     return Ok(Renewal::Lost);
                 }
-                Err(coordinator(e))
+                Err(self.setup.describe(e))
             }
             Err(_) => {
                 self.keeper = None;
@@ -364,6 +355,11 @@ impl Backend for EtcdBackend {
             id,
             bound: self.bound(),
             keeper: None,
+            setup: hints::OwnedSetup {
+                endpoints: self.endpoints.clone(),
+                tls: self.tls.clone(),
+                auth: self.auth.clone(),
+            },
         };
         Ok((Duration::from_secs(grant.ttl().max(0) as u64), lease))
     }
@@ -494,6 +490,7 @@ impl Backend for EtcdBackend {
                     let options = WatchOptions::new().with_prefix();
                     self.bounded(client.watch(self.prefix.clone(), Some(options)))
                         .await
+                        .map_err(|e| tracing::debug!(error = %e, "pool: cannot watch the prefix; reconciling at each tick"))
                         .ok()
                 }
                 Err(_) => None,
@@ -509,7 +506,11 @@ impl Backend for EtcdBackend {
         };
         match watch.message().await {
             Ok(Some(resp)) if !resp.canceled() => {}
-            _ => {
+            end => {
+                if let Err(e) = end {
+                    let e = hints::describe(e, &self.setup());
+                    tracing::debug!(error = %e, "pool: the watch on the prefix ended; reconciling at each tick");
+                }
                 self.watch = None;
                 std::future::pending().await
             }
