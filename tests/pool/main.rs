@@ -436,14 +436,7 @@ async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
     // A caller's sign-in meanwhile is refused naming the keep-alive's last failure, worded as
     // every etcd failure is (src/pool/hints.rs): the cause and the fix, not the client's dump.
     let refused = a
-        .client()
-        .await
-        .sign_in(SignInRequest {
-            agent_id: kicked.clone(),
-            password: "secret".into(),
-            phone_number: "80000".into(),
-            ..Default::default()
-        })
+        .caller_sign_in(&kicked)
         .await
         .expect_err("no sign-in without a confirmed lease");
     let message = refused.message();
