@@ -746,11 +746,28 @@ impl Bridge {
         )
     }
 
+    /// A caller's `SignIn` of a pool agent (the agents file's password and a phone number).
+    pub async fn caller_sign_in(
+        &self,
+        agent: &str,
+    ) -> Result<ccgw_bridge::proto::Session, tonic::Status> {
+        self.client()
+            .await
+            .sign_in(ccgw_bridge::proto::SignInRequest {
+                agent_id: agent.to_owned(),
+                password: "secret".into(),
+                phone_number: "80000".into(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// A `WatchOwnership` stream of this bridge.
     pub async fn watch_ownership(&self) -> tonic::Streaming<ccgw_bridge::proto::Ownership> {
         self.client()
             .await
-            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest {})
+            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest::default())
             .await
             .expect("WatchOwnership opens")
             .into_inner()

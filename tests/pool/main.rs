@@ -2,9 +2,11 @@
 //! bridge (`harness::bridge_bin`, built once per run with `--features pool`) and the simulator.
 
 mod chaos;
+mod dashboard;
 mod etcd_security;
 mod harness;
 mod interleavings;
+mod ownership_table;
 mod scale;
 mod scripted;
 
@@ -430,6 +432,19 @@ async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
         sign_ins(&p.sim.requests()[mark..]),
         (0, 0),
         "no sign-in without etcd"
+    );
+    // A caller's sign-in meanwhile is refused naming the keep-alive's last failure, worded as
+    // every etcd failure is (src/pool/hints.rs): the cause and the fix, not the client's dump.
+    let refused = a
+        .caller_sign_in(&kicked)
+        .await
+        .expect_err("no sign-in without a confirmed lease");
+    let message = refused.message();
+    assert!(
+        message.contains("last error: coordinator: nothing listens at http://127.0.0.1:")
+            && message.contains("check --etcd-endpoints")
+            && !message.contains("tcp connect error"),
+        "{refused:?}"
     );
 
     // etcd back: the lease is still a's, so it signs its agent in again (plainly), once.

@@ -324,17 +324,17 @@ pub async fn bridge_metrics(
         .collect())
 }
 
-/// Sum and count of a histogram over the label values given (`label="value"` pairs).
+/// Sum and count of a histogram over the series given by their whole label sets, as `/metrics`
+/// writes them (`a="x",b="y"`, without braces).
 pub fn histogram_sum_count(
     m: &std::collections::HashMap<String, f64>,
     name: &str,
-    label: &str,
-    values: &[&str],
+    label_sets: &[&str],
 ) -> (f64, f64) {
     let mut sum = 0.0;
     let mut count = 0.0;
-    for v in values {
-        let labels = format!("{{{label}=\"{v}\"}}");
+    for set in label_sets {
+        let labels = format!("{{{set}}}");
         sum += m
             .get(&format!("{name}_sum{labels}"))
             .copied()
