@@ -95,6 +95,19 @@ async fn bridge(cli: Cli) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let callback = match &config.callback {
+        Some(callback) => match tokio::net::TcpListener::bind(callback.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "ccgw-bridge: cannot listen on {} (--callback-listen): {e}",
+                    callback.listen
+                );
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+        None => None,
+    };
     let simulator = if cli.bridge.simulate {
         let sim_config = SimConfig {
             play_duration: std::time::Duration::from_secs(10),
@@ -113,6 +126,12 @@ async fn bridge(cli: Cli) -> ExitCode {
     if let Some(sim) = &simulator {
         config.gateway.base_url = sim.url();
         config.gateway.ca_pem = Some(sim.ca_pem().as_bytes().to_vec());
+        if let Some(callback) = config.callback.as_mut() {
+            // The demo's callback server presents the simulator's own certificate (loopback
+            // names), which the simulator trusts.
+            callback.cert_pem = sim.server_cert_pem().as_bytes().to_vec();
+            callback.key_pem = sim.server_key_pem().as_bytes().to_vec();
+        }
         config.agents.push(PinnedAgent {
             agent_id: DEMO_AGENT.into(),
             params: SignInParams {
@@ -131,6 +150,7 @@ async fn bridge(cli: Cli) -> ExitCode {
     let listeners = Listeners {
         grpc,
         admin: Some(admin),
+        callback,
     };
     let result = run(listeners, config, shutdown_signal()).await;
     // The exporter flush blocks; keep it off the runtime's worker threads.
