@@ -5,7 +5,7 @@
 use ccgw_bridge::args::{Cli, Command};
 use ccgw_bridge::config::{Config, PinnedAgent, SimulateArgs};
 use ccgw_bridge::secret::Password;
-use ccgw_bridge::session::SignInParams;
+use ccgw_bridge::session::{EventMode, SignInParams};
 use ccgw_bridge::sim::{AuthMode, SimConfig, Simulator};
 use ccgw_bridge::telemetry::{self, LogFormat};
 use ccgw_bridge::{run, Listeners};
@@ -97,7 +97,18 @@ async fn bridge(cli: Cli) -> ExitCode {
     };
     let callback = match &config.callback {
         Some(callback) => match tokio::net::TcpListener::bind(callback.listen).await {
-            Ok(l) => Some(l),
+            Ok(l) => {
+                if cli.bridge.simulate && cli.bridge.callback_url.is_none() {
+                    // The demo's URL names the port actually bound (`--callback-listen` may
+                    // say port 0).
+                    if let (EventMode::Push(push), Ok(bound)) =
+                        (&mut config.sessions.events, l.local_addr())
+                    {
+                        push.callback_url = format!("https://{bound}{}", callback.path).into();
+                    }
+                }
+                Some(l)
+            }
             Err(e) => {
                 eprintln!(
                     "ccgw-bridge: cannot listen on {} (--callback-listen): {e}",
