@@ -203,7 +203,16 @@ async fn wait_signal() {
 
 async fn simulate_only(args: SimulateArgs) -> ExitCode {
     let telemetry = telemetry::init(LogFormat::Text, None);
+    let callback_ca_pem = match args.callback_ca.as_deref().map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(pem)) => Some(pem),
+        Some(Err(e)) => {
+            eprintln!("ccgw-bridge simulate: --callback-ca: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let config = SimConfig {
+        callback_ca_pem,
         poll_hold: args.poll_hold,
         play_duration: args.play_duration,
         auth: match args.rotate_every {

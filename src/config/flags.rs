@@ -29,6 +29,9 @@ pub struct SimulateArgs {
     /// With --rotate-every: refuse the old Guid as soon as the new one was delivered.
     #[arg(long, env = "CCGW_SIM_STRICT")]
     pub strict: bool,
+    /// Push mode: PEM CA trusted for bridges' callback servers (besides the simulator's own CA).
+    #[arg(long, env = "CCGW_SIM_CALLBACK_CA", value_name = "FILE")]
+    pub callback_ca: Option<PathBuf>,
 }
 
 /// `--events`.
