@@ -210,19 +210,22 @@ async fn handle(state: &State, request: Request<hyper::body::Incoming>) -> Respo
     match receive(state, request).await {
         Ok(()) => {
             state.metrics.callback("accepted");
-            answer(StatusCode::OK, "0", "success")
+            answer(StatusCode::OK, Body::from(SUCCESS))
         }
         Err((Refusal(status, retcode, outcome), agent_id)) => {
             state.metrics.callback(outcome);
             tracing::debug!(agent_id, outcome, "callback refused");
-            answer(status, retcode, outcome)
+            let body = format!(r#"{{"message":"{outcome}","retcode":"{retcode}"}}"#);
+            answer(status, Body::from(body))
         }
     }
 }
 
-fn answer(status: StatusCode, retcode: &str, message: &str) -> Response<Body> {
-    let body = format!(r#"{{"message":"{message}","retcode":"{retcode}"}}"#);
-    let mut response = Response::new(Body::from(body));
+/// The receiver's success answer (api-notes §3.3).
+const SUCCESS: &str = r#"{"message":"success","retcode":"0"}"#;
+
+fn answer(status: StatusCode, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
