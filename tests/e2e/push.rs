@@ -130,7 +130,8 @@ async fn push_mode_delivers_events_through_the_same_hub_as_polling() {
             .all(|r| !r.path.contains("/agentevent/")),
         "a push-mode session is never polled"
     );
-    assert!(h.sim.requests().iter().any(is_heartbeat("1001")));
+    // Heartbeats go on meanwhile (waited for, not assumed to have happened by now).
+    h.sim.wait_for_request(is_heartbeat("1001")).await;
     assert_eq!(callbacks(&h, "wrong_token").await, 0);
     assert!(callbacks(&h, "accepted").await >= 1);
 }
@@ -139,15 +140,16 @@ async fn push_mode_delivers_events_through_the_same_hub_as_polling() {
 async fn heartbeats_keep_a_push_session_past_the_gateways_idle_limit() {
     let h = Harness::push(
         SimConfig {
-            idle_timeout: Duration::from_millis(600),
+            idle_timeout: Duration::from_millis(1000),
             ..fast_sim()
         },
         |_| {},
     )
     .await;
     h.sign_in("1001").await;
-    // 12 heartbeats at 100 ms span about twice the idle limit.
-    for _ in 0..12 {
+    // 25 heartbeats at 100 ms span over twice the idle limit (which leaves room for a loaded
+    // machine's late timers).
+    for _ in 0..25 {
         h.sim.clear_requests();
         h.sim.wait_for_request(is_heartbeat("1001")).await;
     }
@@ -493,4 +495,117 @@ async fn the_token_and_guids_never_reach_logs_or_metrics() {
     }
     let info = format!("{:?}", h.session("1001").await);
     assert!(!info.contains(&token) && !info.contains(&guid));
+}
+
+#[tokio::test]
+async fn without_heartbeats_the_gateway_signs_out_and_pushes_the_farewell() {
+    let h = Harness::push(
+        SimConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..fast_sim()
+        },
+        |c| {
+            // Heartbeats far beyond the simulator's idle limit: it signs the agent out.
+            if let ccgw_bridge::session::EventMode::Push(p) = &mut c.sessions.events {
+                p.heartbeat.every = Duration::from_secs(3600);
+            }
+        },
+    )
+    .await;
+    h.sign_in("1001").await;
+    let mut all = watch_from_start(&h, "1001").await;
+    let ended = loop {
+        let event = next_event(&mut all).await;
+        if event.event_type == "AgentOther_ShutdownService" {
+            break event;
+        }
+    };
+    assert!(ended.sequence >= 3, "after the sign-in events");
+    assert!(
+        matches!(all.message().await, Ok(None) | Err(_)),
+        "the stream ends with the session"
+    );
+    assert!(h
+        .sim
+        .session_ends()
+        .iter()
+        .any(|e| e.agent_id == "1001" && e.cause == ccgw_bridge::sim::EndCause::IdleSignOut));
+    assert!(
+        h.sim
+            .pushed("1001")
+            .iter()
+            .any(|e| e["eventType"] == "AgentOther_ShutdownService"),
+        "the farewell was pushed"
+    );
+}
+
+/// A hand-over between two bridges (as in the agent pool): the second bridge's sign-in gives the
+/// gateway its own callback, and the agent's events go there from then on.
+#[tokio::test]
+async fn a_new_sign_in_moves_the_callback_to_the_new_bridge() {
+    let h = Harness::push(fast_sim(), |_| {}).await;
+    h.sign_in("1001").await;
+    h.sim.wait_pushed("1001", 2).await;
+    h.sessions()
+        .await
+        .sign_out(SignOutRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .expect("signed out of the first bridge");
+    let mut config = config_for(&h.sim);
+    let callback = push_mode(&h.sim, &mut config).await;
+    let second_callback = callback.local_addr().unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = grpc.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(ccgw_bridge::run(
+        ccgw_bridge::Listeners {
+            grpc,
+            admin: None,
+            callback: Some(callback),
+        },
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{second}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut sessions =
+        agent_session_service_client::AgentSessionServiceClient::new(channel.clone());
+    sessions.sign_in(sign_in_request("1001")).await.unwrap();
+    let login = h
+        .sim
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path.ends_with("/onlineagent/1001"))
+        .unwrap();
+    assert!(login
+        .body
+        .contains(&format!("{second_callback}{CALLBACK_PATH}/1001")));
+    // The second session's events (4 so far: 2 per session) reach the second bridge only.
+    let pushed = h.sim.wait_pushed("1001", 4).await;
+    assert_eq!(pushed.len(), 4, "nothing duplicated across the hand-over");
+    let session = sessions
+        .get_session(GetSessionRequest {
+            agent_id: "1001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        session.last_sequence, 2,
+        "the second bridge got its session's events"
+    );
+    assert!(
+        callbacks(&h, "accepted").await <= 2,
+        "the first bridge got nothing of the second session"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
 }
