@@ -4,7 +4,9 @@
 
 use crate::helpers::*;
 use ccgw_bridge::proto::*;
-use ccgw_bridge::sim::{AuthMode, PushFault, RecordedRequest, SimConfig};
+use ccgw_bridge::sim::{
+    AuthMode, Fault, FaultKind, FaultMatch, Interface, PushFault, RecordedRequest, SimConfig,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tonic::Streaming;
@@ -501,19 +503,20 @@ async fn the_token_and_guids_never_reach_logs_or_metrics() {
 async fn without_heartbeats_the_gateway_signs_out_and_pushes_the_farewell() {
     let h = Harness::push(
         SimConfig {
-            idle_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(2),
             ..fast_sim()
         },
-        |c| {
-            // Heartbeats far beyond the simulator's idle limit: it signs the agent out.
-            if let ccgw_bridge::session::EventMode::Push(p) = &mut c.sessions.events {
-                p.heartbeat.every = Duration::from_secs(3600);
-            }
-        },
+        |_| {},
     )
     .await;
     h.sign_in("1001").await;
     let mut all = watch_from_start(&h, "1001").await;
+    // From now on no heartbeat reaches the gateway (a proxy answers 503 for it).
+    h.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Heartbeat),
+        kind: FaultKind::HttpStatus(503),
+        count: None,
+    });
     let ended = loop {
         let event = next_event(&mut all).await;
         if event.event_type == "AgentOther_ShutdownService" {
