@@ -225,6 +225,11 @@ pub struct BridgeArgs {
     /// third of it. A crashed instance's agents move after about this long.
     #[arg(long, help_heading = POOL, env = "CCGW_LEASE_TTL", default_value = "6s", value_parser = duration)]
     pub lease_ttl: Duration,
+    /// Agent pool: how long a rebalancing move (a replica joined, or the pool's membership
+    /// changed) waits for the agent's play to end before signing it out; `0s` moves at once.
+    /// A drain (SIGTERM) and an instance the gateway stopped answering move at once.
+    #[arg(long, help_heading = POOL, env = "CCGW_POOL_MOVE_WAIT", default_value = "60s", value_parser = duration)]
+    pub pool_move_wait: Duration,
     /// Agent pool: PEM CA bundle trusted for etcd's server certificate. Needed with `https://`
     /// endpoints (etcd started with `--cert-file`), refused with `http://` ones.
     #[arg(long, help_heading = ETCD_SECURITY, env = "CCGW_ETCD_CA_CERT")]

@@ -294,6 +294,7 @@ impl BridgeArgs {
             prefix,
             instance,
             lease_ttl: self.lease_ttl,
+            move_wait: self.pool_move_wait,
             tls: self.etcd_tls()?,
             auth: self.etcd_auth()?,
             keyring: self.pool_keyring()?,

@@ -10,17 +10,24 @@
 use super::budget::EventBudget;
 use super::event::Event;
 use crate::gateway::RawEvent;
+use crate::proto::PlayEventType;
 use crate::telemetry::Metrics;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::watch;
 
 /// Why a session's event stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// Signed out through the bridge: streams complete normally.
     SignedOut,
+    /// Signed out because the agent pool moved the agent to instance `to` (a rebalancing
+    /// hand-over): watchers are told where to watch next, unlike a deliberate sign-out.
+    Moved {
+        /// The instance that should hold the agent next.
+        to: Arc<str>,
+    },
     /// The gateway ended the session (forced sign-out, timeout, Guid lost) or it was replaced.
     SessionEnded,
     /// The bridge is shutting down.
@@ -88,6 +95,10 @@ pub struct Hub {
     /// Each watcher's next sequence: the budget does not evict from the oldest one that is
     /// still in the window.
     cursors: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Whether a play runs, as the events tell: from `AgentMediaEvent_Play` until it failed
+    /// (`_Play_Fail`) or stopped (`_StopPlayDone`, also when it ends by itself); `_Play_Succ`
+    /// only says it started well. The agent pool moves an agent only once it is idle.
+    playing: AtomicBool,
 }
 
 impl Hub {
@@ -118,7 +129,13 @@ impl Hub {
             newest: AtomicU64::new(0),
             released_through: AtomicU64::new(0),
             cursors: Mutex::new(Vec::new()),
+            playing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session's events say a play runs now (see the field).
+    pub fn playing(&self) -> bool {
+        self.playing.load(Ordering::Acquire)
     }
 
     /// See the field; for the budget.
@@ -166,6 +183,13 @@ impl Hub {
             };
             w.events.push_back(event.clone());
             self.newest.store(event.sequence, Ordering::Release);
+            match event.play_type {
+                Some(PlayEventType::PlayFailed | PlayEventType::PlayStopped) => {
+                    self.playing.store(false, Ordering::Release)
+                }
+                Some(_) => self.playing.store(true, Ordering::Release),
+                None => {}
+            }
             (event, dropped)
         };
         if let Some(dropped) = dropped {
@@ -304,8 +328,8 @@ impl Subscription {
                     self.cursor.store(self.next, Ordering::Release);
                     return Next::Event(event);
                 }
-                if let Some(end) = w.end {
-                    return Next::Ended(end);
+                if let Some(end) = &w.end {
+                    return Next::Ended(end.clone());
                 }
             }
             if self.rx.changed().await.is_err() {
@@ -352,6 +376,24 @@ mod tests {
 
     fn hub(cap: usize) -> Arc<Hub> {
         hub_in(cap, &EventBudget::default())
+    }
+
+    #[test]
+    fn a_play_runs_from_its_start_to_its_end_as_the_events_tell() {
+        let h = hub(8);
+        assert!(!h.playing());
+        h.publish(raw("AgentMediaEvent_Play"));
+        assert!(h.playing());
+        h.publish(raw("AgentOther_Something"));
+        h.publish(raw("AgentMediaEvent_PausePlayDone"));
+        assert!(h.playing(), "a paused play still runs");
+        h.publish(raw("AgentMediaEvent_StopPlayDone"));
+        assert!(!h.playing());
+        h.publish(raw("AgentMediaEvent_Play"));
+        h.publish(raw("AgentMediaEvent_Play_Succ"));
+        assert!(h.playing(), "a play that started well runs until it stops");
+        h.publish(raw("AgentMediaEvent_Play_Fail"));
+        assert!(!h.playing());
     }
 
     fn hub_in(cap: usize, budget: &EventBudget) -> Arc<Hub> {

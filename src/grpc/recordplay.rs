@@ -98,7 +98,11 @@ impl RecordPlayApi {
                         Next::Ended(end) => return Err(outcome_not_observed(&format_args!(
                             "the session of agent {} ended ({}) after the gateway accepted the play; do not send it again blindly",
                             session.agent_id,
-                            if end == End::SignedOut { "signed out" } else { "ended by the gateway" },
+                            match end {
+                                End::SignedOut => "signed out".into(),
+                                End::Moved { to } => format!("moved to bridge instance {to}"),
+                                _ => "ended by the gateway".into(),
+                            },
                         ))),
                         Next::Overrun { .. } => return Err(with_info(
                             Code::Unknown,

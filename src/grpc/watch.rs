@@ -130,6 +130,20 @@ pub fn ended_status(session: &Session, end: End) -> Status {
             "SHUTTING_DOWN",
             &[],
         ),
+        End::Moved { to } => with_info(
+            Code::FailedPrecondition,
+            format!(
+                "agent {} moved to bridge instance {to} (the agent pool rebalanced); watch it there, from the start: its session there is a new one",
+                session.agent_id
+            ),
+            BRIDGE_DOMAIN,
+            "AGENT_MOVED",
+            &[
+                ("agent_id", session.agent_id.to_string()),
+                ("owner", to.to_string()),
+                ("session_id", session.session_id.to_string()),
+            ],
+        ),
         End::SessionEnded | End::SignedOut => with_info(
             Code::Aborted,
             format!(

@@ -23,6 +23,11 @@ impl LeaseTime {
         Self(self.0.saturating_add(d))
     }
 
+    /// The time from now until this reading, or `None` if it has passed.
+    pub fn remaining(self) -> Option<Duration> {
+        self.0.checked_sub(boot_time()).filter(|d| !d.is_zero())
+    }
+
     /// The `Instant` at which the lease clock reads `self`, assuming no suspend from now on (a
     /// bound for timers; the validity itself is always checked on the lease clock).
     pub fn as_instant(self) -> Instant {
@@ -66,6 +71,12 @@ mod tests {
         let b = a.after(Duration::from_secs(3));
         assert!(b > a);
         assert!(LeaseTime::now() < b);
+        assert!(b.remaining().is_some_and(|d| d <= Duration::from_secs(3)));
+        assert_eq!(
+            a.remaining(),
+            None,
+            "a reading in the past has nothing left"
+        );
         let until = b.as_instant();
         assert!(until > Instant::now() + Duration::from_secs(2));
     }

@@ -19,16 +19,24 @@
 //!
 //! Requests for many agents (take, release) are sent concurrently on the one connection, so a
 //! reconcile of 1,000 agents costs about one round trip's wait, not 1,000.
+//!
+//! Members, owners and holder keys are read once, in pages at one revision, into a local
+//! [`Mirror`], and kept current by one watch on the prefix from the next revision; a reconcile
+//! reads the mirror. A watch that breaks or that etcd cancels (its revision compacted away),
+//! and each new lease, mean a new paged read: after a lost lease the old lease's owner records
+//! are surely gone from it.
 
+use super::mirror::{self, Mirror, MIRRORED};
 use super::{
     hints, Acquired, Backend, EtcdAuth, EtcdTls, HolderWrite, LeaseRenewal, PoolConfig, PoolError,
     Renewal, View,
 };
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions, WatchStream,
+    WatchOptions, WatchResponse, WatchStream,
 };
+use futures::FutureExt;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -44,11 +52,19 @@ pub struct EtcdBackend {
     auth: Option<EtcdAuth>,
     client: Option<Client>,
     lease: Option<i64>,
-    /// Watch on the whole prefix: wakes the loop when a member or an owner changes.
+    /// Watch on the whole prefix from the mirror's revision: keeps the mirror current and wakes
+    /// the loop.
     watch: Option<WatchStream>,
-    /// Catalogs read so far, by digest (a digest names its content, so it never changes).
+    /// Members, owners and holder keys (`None`: to be read again, page by page).
+    mirror: Option<Mirror>,
+    /// Catalogs of the current members, by digest (a digest names its content, so it never
+    /// changes; digests no member names any more are dropped).
     catalogs: HashMap<String, Arc<HashSet<String>>>,
 }
+
+/// Keys per page of the full read: about 60 KB of owner records, far below any message limit
+/// however large the pool.
+const PAGE: i64 = 1_000;
 
 /// Holder writes per etcd transaction: well within etcd's default `--max-txn-ops` (128) and
 /// its 1.5 MiB request limit (a sealed record is about 150 bytes), so 30,000 agents rotating
@@ -82,7 +98,6 @@ fn digest(agents: &[String]) -> String {
 pub struct EtcdLease {
     client: Client,
     id: i64,
-    bound: Duration,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
@@ -123,6 +138,7 @@ impl EtcdBackend {
             client: None,
             lease: None,
             watch: None,
+            mirror: None,
             catalogs: HashMap::new(),
         })
     }
@@ -174,43 +190,54 @@ impl EtcdBackend {
             .ok_or_else(|| PoolError::Coordinator("no lease".into()))
     }
 
+    /// Takes one agent; with `Won`, the revision of the ownership record (for the mirror).
     async fn acquire_one(
         &self,
         mut client: Client,
         lease: i64,
         agent: &str,
-    ) -> Result<Acquired, PoolError> {
+    ) -> Result<(Acquired, i64), PoolError> {
         let owner = self.key("owners", agent);
         // The previous holder's record is read in the same transaction and left as it is until
-        // this instance has signed the agent in (and writes its own).
+        // this instance has signed the agent in (and writes its own). A record that exists is
+        // read instead: if it is already under this lease (an earlier acquire whose answer was
+        // lost), the agent is this instance's.
         let txn = Txn::new()
             .when([Compare::create_revision(owner.clone(), CompareOp::Equal, 0)])
             .and_then([
                 TxnOp::get(self.key("holders", agent), None),
                 TxnOp::put(
-                    owner,
+                    owner.clone(),
                     self.instance.as_bytes(),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
-            ]);
+            ])
+            .or_else([TxnOp::get(owner, None)]);
         let resp = bounded(self.bound(), client.txn(txn)).await?;
-        if !resp.succeeded() {
-            return Ok(Acquired::Held);
-        }
-        let hand_off = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let got = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
             _ => None,
         });
-        Ok(Acquired::Won { hand_off })
+        if !resp.succeeded() {
+            let ours = got.flatten().is_some_and(|kv| kv.lease() == lease);
+            return Ok(match ours {
+                true => (Acquired::Won { hand_off: None }, revision),
+                false => (Acquired::Held, revision),
+            });
+        }
+        let hand_off = got.flatten().map(|kv| kv.value().to_vec());
+        Ok((Acquired::Won { hand_off }, revision))
     }
 
+    /// Gives one agent up; whether it was this lease's, and the revision of the release.
     async fn release_one(
         &self,
         mut client: Client,
         lease: i64,
         agent: &str,
         record: Option<&[u8]>,
-    ) -> Result<bool, PoolError> {
+    ) -> Result<(bool, i64), PoolError> {
         let owner = self.key("owners", agent);
         // Only while the record is still under this instance's lease: never release another's.
         let mut ops = vec![TxnOp::delete(owner.clone(), None)];
@@ -225,7 +252,15 @@ impl EtcdBackend {
         let txn = Txn::new()
             .when([Compare::lease(owner, CompareOp::Equal, lease)])
             .and_then(ops);
-        Ok(bounded(self.bound(), client.txn(txn)).await?.succeeded())
+        let resp = bounded(self.bound(), client.txn(txn)).await?;
+        Ok((resp.succeeded(), resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Shows this instance's own change of an owner record in the mirror at once.
+    fn wrote_owner(&mut self, agent: &str, owner: Option<&[u8]>, revision: i64) {
+        if let Some(mirror) = self.mirror.as_mut() {
+            mirror.wrote(&format!("owners/{agent}"), owner, revision);
+        }
     }
 
     /// One transaction of at most [`HOLDER_WRITES_PER_TXN`] holder writes, each its own nested
@@ -279,6 +314,111 @@ impl EtcdBackend {
         Ok(Some(catalog))
     }
 
+    /// Brings the mirror up to date: the changes the watch delivered so far, or without a
+    /// watch (first use, a broken or cancelled watch, a new lease) a new paged read and a watch
+    /// from the revision after it.
+    async fn sync(&mut self) -> Result<(), PoolError> {
+        while let Some(answer) = self.watch.as_mut().and_then(|w| w.message().now_or_never()) {
+            self.apply(answer);
+        }
+        if self.watch.is_some() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        self.mirror = None;
+        let mirror = self.read_all(&mut client).await?;
+        tracing::debug!(
+            records = mirror.len(),
+            revision = mirror.revision(),
+            "pool: read the pool's records"
+        );
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(mirror.revision() + 1);
+        let watch = self
+            .bounded(client.watch(self.prefix.clone(), Some(options)))
+            .await?;
+        self.mirror = Some(mirror);
+        self.watch = Some(watch);
+        Ok(())
+    }
+
+    /// Every member, owner and holder key, in pages of [`PAGE`] keys all read at the
+    /// revision of the first page, so the pages add up to one consistent state.
+    async fn read_all(&self, client: &mut Client) -> Result<Mirror, PoolError> {
+        let mut mirror: Option<Mirror> = None;
+        for kind in MIRRORED {
+            let start = self.key(kind, "").into_bytes();
+            let end = mirror::range_end(&start);
+            let mut from = start;
+            loop {
+                let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+                if let Some(m) = &mirror {
+                    options = options.with_revision(m.revision());
+                }
+                if kind == "holders" {
+                    // Keys only: the sealed records mean nothing without the key, and are read
+                    // one at a time where they are needed (a take-over's acquire).
+                    options = options.with_keys_only();
+                }
+                let page = self
+                    .bounded(client.get(from.clone(), Some(options)))
+                    .await?;
+                let mirror = mirror
+                    .get_or_insert_with(|| Mirror::at(page.header().map_or(0, |h| h.revision())));
+                for kv in page.kvs() {
+                    if let Some(key) = kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix))
+                    {
+                        mirror.put(key, kv.value());
+                    }
+                }
+                match page.kvs().last() {
+                    Some(last) if page.more() => from = mirror::after(last.key()),
+                    _ => break,
+                }
+            }
+        }
+        mirror.ok_or_else(|| PoolError::Coordinator("etcd answered no revision".into()))
+    }
+
+    /// Applies one watch answer to the mirror. A watch that ended, or that etcd cancelled
+    /// (e.g. its start revision was compacted), may have missed changes: the next sync reads
+    /// the pool again.
+    fn apply(&mut self, answer: Result<Option<WatchResponse>, etcd_client::Error>) {
+        let resp = match answer {
+            Ok(Some(resp)) if !resp.canceled() => resp,
+            Ok(Some(resp)) => {
+                tracing::info!(
+                    compacted_to = resp.compact_revision(),
+                    reason = resp.cancel_reason(),
+                    "pool: etcd cancelled the watch on the pool; reading its records again"
+                );
+                self.watch = None;
+                return;
+            }
+            Ok(None) | Err(_) => {
+                self.watch = None;
+                return;
+            }
+        };
+        let Some(mirror) = self.mirror.as_mut() else {
+            return;
+        };
+        for event in resp.events() {
+            let Some(kv) = event.kv() else {
+                continue;
+            };
+            let Some(key) = kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                continue;
+            };
+            let value = match event.event_type() {
+                EventType::Put => Some(kv.value()),
+                EventType::Delete => None,
+            };
+            mirror.changed(key, value, kv.mod_revision());
+        }
+    }
+
     /// The client and lease every per-agent request needs, or the reason there are none.
     async fn for_agents(&mut self) -> Result<(Client, i64), PoolError> {
         let lease = self.lease()?;
@@ -287,11 +427,12 @@ impl EtcdBackend {
 }
 
 impl LeaseRenewal for EtcdLease {
-    /// One keep-alive round trip on the lease's stream (opened on first use).
-    async fn renew(&mut self) -> Result<Renewal, PoolError> {
+    /// One keep-alive round trip on the lease's stream (opened on first use), within `bound`.
+    async fn renew(&mut self, bound: Duration) -> Result<Renewal, PoolError> {
+        let deadline = tokio::time::Instant::now() + bound;
         if self.keeper.is_none() {
             // Opening the stream sends a first keep-alive; a lease that is gone fails it.
-            match tokio::time::timeout(self.bound, self.client.lease_keep_alive(self.id)).await {
+            match tokio::time::timeout_at(deadline, self.client.lease_keep_alive(self.id)).await {
                 Ok(Ok(keeper)) => self.keeper = Some(keeper),
                 Ok(Err(e)) if lease_gone(&e) => return Ok(Renewal::Lost),
                 Ok(Err(e)) => return Err(coordinator(e)),
@@ -301,7 +442,7 @@ impl LeaseRenewal for EtcdLease {
         let Some((keeper, stream)) = self.keeper.as_mut() else {
             return Err(PoolError::Coordinator("no keep-alive stream".into()));
         };
-        let answer = tokio::time::timeout(self.bound, async {
+        let answer = tokio::time::timeout_at(deadline, async {
             keeper.keep_alive().await?;
             stream.message().await
         })
@@ -359,10 +500,13 @@ impl Backend for EtcdBackend {
             return Err(e);
         }
         self.lease = Some(id);
+        // Read the pool afresh under the new lease: records of a lost one are gone by now
+        // (etcd answers "lease not found" only once its keys are deleted), and a mirror kept
+        // from before could still show some as this instance's.
+        self.watch = None;
         let lease = EtcdLease {
             client,
             id,
-            bound: self.bound(),
             keeper: None,
         };
         Ok((Duration::from_secs(grant.ttl().max(0) as u64), lease))
@@ -390,53 +534,31 @@ impl Backend for EtcdBackend {
     }
 
     async fn view(&mut self) -> Result<View, PoolError> {
+        self.sync().await?;
+        let Some(mirror) = &self.mirror else {
+            return Err(PoolError::Coordinator(
+                "the pool's records are not read yet".into(),
+            ));
+        };
+        let members: Vec<(String, String)> = mirror
+            .members()
+            .map(|(m, d)| (m.to_owned(), d.to_owned()))
+            .collect();
+        let mut view = View {
+            members: members.iter().map(|(m, _)| m.clone()).collect(),
+            catalogs: HashMap::new(),
+            owners: mirror.owners(),
+            holders: mirror.holders(),
+        };
         let mut client = self.client().await?;
-        let members = self.key("members", "");
-        let owners = self.key("owners", "");
-        let holders = self.key("holders", "");
-        let txn = Txn::new().and_then([
-            TxnOp::get(members.clone(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(owners.clone(), Some(GetOptions::new().with_prefix())),
-            // Keys only: the sealed records mean nothing without the key, and are read one
-            // at a time where they are needed (a take-over's acquire).
-            TxnOp::get(
-                holders.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-        ]);
-        let resp = self.bounded(client.txn(txn)).await?;
-        let mut view = View::default();
-        let mut digests = Vec::new();
-        for (i, op) in resp.op_responses().into_iter().enumerate() {
-            let TxnOpResponse::Get(get) = op else {
-                continue;
-            };
-            for kv in get.kvs() {
-                let Ok(key) = kv.key_str() else {
-                    continue;
-                };
-                if let Some(agent) = key.strip_prefix(&holders).filter(|_| i == 2) {
-                    view.holders.insert(agent.to_owned());
-                    continue;
-                }
-                let Ok(value) = kv.value_str() else {
-                    continue;
-                };
-                if i == 0 {
-                    if let Some(member) = key.strip_prefix(&members) {
-                        view.members.push(member.to_owned());
-                        digests.push((member.to_owned(), value.to_owned()));
-                    }
-                } else if let Some(agent) = key.strip_prefix(&owners) {
-                    view.owners.insert(agent.to_owned(), value.to_owned());
-                }
+        for (member, digest) in &members {
+            if let Some(catalog) = self.catalog(&mut client, digest).await? {
+                view.catalogs.insert(member.clone(), catalog);
             }
         }
-        for (member, digest) in digests {
-            if let Some(catalog) = self.catalog(&mut client, &digest).await? {
-                view.catalogs.insert(member, catalog);
-            }
-        }
+        // Bounded by the members: a digest nobody names any more is not needed again.
+        self.catalogs
+            .retain(|digest, _| members.iter().any(|(_, d)| d == digest));
         Ok(view)
     }
 
@@ -447,7 +569,19 @@ impl Backend for EtcdBackend {
                 let requests = agents
                     .iter()
                     .map(|a| this.acquire_one(client.clone(), lease, a));
-                futures::future::join_all(requests).await
+                let results = futures::future::join_all(requests).await;
+                let instance = self.instance.clone();
+                agents
+                    .iter()
+                    .zip(results)
+                    .map(|(agent, result)| {
+                        let (acquired, revision) = result?;
+                        if matches!(acquired, Acquired::Won { .. }) {
+                            self.wrote_owner(agent, Some(instance.as_bytes()), revision);
+                        }
+                        Ok(acquired)
+                    })
+                    .collect()
             }
             Err(e) => agents.iter().map(|_| Err(coordinator(&e))).collect(),
         }
@@ -481,39 +615,30 @@ impl Backend for EtcdBackend {
                 let requests = agents.iter().map(|(a, record)| {
                     this.release_one(client.clone(), lease, a, record.as_deref())
                 });
-                futures::future::join_all(requests).await
+                let results = futures::future::join_all(requests).await;
+                agents
+                    .iter()
+                    .zip(results)
+                    .map(|((agent, _), result)| {
+                        let (released, revision) = result?;
+                        if released {
+                            self.wrote_owner(agent, None, revision);
+                        }
+                        Ok(released)
+                    })
+                    .collect()
             }
             Err(e) => agents.iter().map(|_| Err(coordinator(&e))).collect(),
         }
     }
 
     async fn changed(&mut self) {
-        if self.watch.is_none() {
-            let opened = match self.client().await {
-                Ok(mut client) => {
-                    let options = WatchOptions::new().with_prefix();
-                    self.bounded(client.watch(self.prefix.clone(), Some(options)))
-                        .await
-                        .ok()
-                }
-                Err(_) => None,
-            };
-            match opened {
-                Some(watch) => self.watch = Some(watch),
-                // Tried again at the next call; the loop's tick goes on meanwhile.
-                None => return std::future::pending().await,
-            }
-        }
+        // Without a watch the loop's tick reads the pool, and that read opens one.
         let Some(watch) = self.watch.as_mut() else {
             return std::future::pending().await;
         };
-        match watch.message().await {
-            Ok(Some(resp)) if !resp.canceled() => {}
-            _ => {
-                self.watch = None;
-                std::future::pending().await
-            }
-        }
+        let answer = watch.message().await;
+        self.apply(answer);
     }
 
     async fn leave(&mut self) -> Result<(), PoolError> {

@@ -12,8 +12,13 @@
 //!   out with its own Guid, then signs in plainly; without a Guid that still works it waits for
 //!   the gateway's idle sign-out (`100-002` until then), never forcing.
 //! - Hand-over is graceful: sign out, then release, so the next owner signs in with `login`.
-//! - Losing the lease ends every session here locally (never a sign-out, never a sign-in); an
-//!   unreachable coordinator keeps running sessions but allows no new sign-ins.
+//! - Losing the lease closes the gate and keeps the sessions (never a sign-out, never a
+//!   sign-in); after re-joining, an agent nobody took meanwhile is taken back with its session
+//!   unchanged, one another instance took ends here. An unreachable coordinator keeps running
+//!   sessions but allows no new sign-ins.
+//! - The pool's records are read once into a watch-fed mirror (`mirror.rs`), so no request or
+//!   answer grows with the pool; for one TTL after joining an instance takes nothing while
+//!   alone and nothing another instance's holder record names (the join grace).
 //!
 //! The backend is a small trait ([`Backend`]) so that a Kubernetes Lease backend can be added
 //! without touching this loop or the session code.
@@ -26,6 +31,8 @@ mod handoff;
 mod hints;
 mod lease;
 mod metrics;
+#[cfg(feature = "pool")]
+mod mirror;
 mod ownership;
 mod reconcile;
 mod rendezvous;
@@ -57,6 +64,8 @@ pub struct PoolConfig {
     pub instance: String,
     /// Lease time-to-live; renewed every third of it.
     pub lease_ttl: Duration,
+    /// How long a rebalancing move waits for the agent's play to end (`--pool-move-wait`).
+    pub move_wait: Duration,
     /// TLS to etcd (`https://` endpoints), if any.
     pub tls: Option<EtcdTls>,
     /// etcd user and password (an etcd with `auth enable`), if any.
@@ -126,10 +135,10 @@ pub struct View {
     /// that lists it. A member missing here (a bridge version that publishes no list) is taken
     /// to list every agent.
     pub catalogs: HashMap<String, Arc<HashSet<String>>>,
-    /// Agent → owning instance.
-    pub owners: HashMap<String, String>,
+    /// Agent → owning instance (shared with the backend's mirror: a view copies nothing).
+    pub owners: Arc<HashMap<String, String>>,
     /// Agents that have a holder record (see [`Backend::write_holders`]).
-    pub holders: HashSet<String>,
+    pub holders: Arc<HashSet<String>>,
 }
 
 /// The result of trying to take an agent.
@@ -225,8 +234,10 @@ pub trait Backend: Send + 'static {
 
 /// Renews one lease.
 pub trait LeaseRenewal: Send + 'static {
-    /// Renews the lease once.
-    fn renew(&mut self) -> impl Future<Output = Result<Renewal, PoolError>> + Send;
+    /// Renews the lease once, giving up (an error) after `bound`: the keep-alive bounds each
+    /// attempt by the time the lease has left.
+    fn renew(&mut self, bound: Duration)
+        -> impl Future<Output = Result<Renewal, PoolError>> + Send;
 }
 
 /// The running pool: its reconcile loop and the view the rest of the bridge reads.
@@ -304,9 +315,8 @@ impl Pool {
                     )
                 })
                 .collect(),
-            config.lease_ttl / 3,
+            config,
             stop.clone(),
-            config.keyring.clone(),
         );
         let task = tokio::spawn(reconciler.run());
         Pool {

@@ -51,7 +51,7 @@ pub(super) struct OwnershipState {
     pub(super) handing_over: HashSet<String>,
     /// Owned agents whose sign-in the pool started and that has not finished yet.
     pub(super) signing_in: HashSet<String>,
-    pub(super) owners: HashMap<String, String>,
+    pub(super) owners: std::sync::Arc<HashMap<String, String>>,
     /// Owned agents the gateway still counts as signed in elsewhere (`100-002`): this
     /// instance waits (keep-signed-in's back-off) for the gateway to free them, never forcing.
     pub(super) waiting_for_gateway: HashSet<String>,
@@ -110,7 +110,7 @@ impl Ownership {
                 owned: HashSet::new(),
                 handing_over: HashSet::new(),
                 signing_in: HashSet::new(),
-                owners: HashMap::new(),
+                owners: Default::default(),
                 waiting_for_gateway: HashSet::new(),
                 hand_overs: 0,
                 take_overs: 0,
@@ -182,7 +182,7 @@ impl Ownership {
                 "agent pool: coordinator (etcd) unreachable; running sessions are kept, no new sign-ins of pool agents",
             ),
             (LeaseState::Joining, true) => Condition::Degraded(
-                "agent pool: lease lost; its agents' sessions here were ended, joining again",
+                "agent pool: lease lost; sessions run on, no new sign-ins, joining again",
             ),
         }
     }

@@ -7,15 +7,20 @@ use super::clock::LeaseTime;
 use super::handoff::{now_ms, HandOff, Keyring};
 use super::metrics::TakeOver;
 use super::{
-    choose_among, lease, Acquired, Backend, HolderWrite, LeaseState, Leave, Ownership, PoolError,
-    View,
+    choose_among, lease, Acquired, Backend, HolderWrite, LeaseState, Leave, Ownership, PoolConfig,
+    PoolError, View,
 };
 use crate::session::{Orphan, OrphanEnd, SessionError, Sessions, SignInGate, SignInParams};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The shortest time between two reconciles the watch asks for: a burst of etcd revisions
+/// (a peer releasing 10,000 agents in batches, this instance's own writes) costs one pass over
+/// the mirror every 200 ms at most, not one per revision (issue 23 point 2).
+const COALESCE: Duration = Duration::from_millis(200);
 
 /// Failed gateway probes in a row (at most one a tick) after which an assignable instance steps
 /// out of the members, so its agents move to members that can serve them.
@@ -40,6 +45,23 @@ pub(super) struct Reconciler<B> {
     /// The holder record this instance wrote last for each agent, and for which session and
     /// Guid generation: a new one is written when either changes.
     recorded: HashMap<String, Recorded>,
+    /// Agents whose sessions ran on through a lost lease: not owned (the gate is closed for
+    /// them) until the pool shows whether another instance took them (then they end here) or
+    /// this instance takes them again (then they go on unchanged; issue 23 point 9).
+    kept: HashSet<String>,
+    /// When the current lease was granted: for one lease TTL after (the join grace), this
+    /// instance takes no agent while it is the only member, and no agent another instance's
+    /// holder record names, so peers re-joining after one etcd outage, or starting together,
+    /// find their agents where they left them instead of the first one up taking the world.
+    joined_at: Option<Instant>,
+    /// The join grace (the lease's TTL).
+    grace: Duration,
+    /// When the last reconcile started (see [`COALESCE`]).
+    last_reconcile: Option<Instant>,
+    /// How long a rebalancing move waits for the agent's play to end (`--pool-move-wait`).
+    move_wait: Duration,
+    /// Agents whose move waits for their play to end, and since when.
+    waiting_to_move: HashMap<String, Instant>,
 }
 
 /// A holder record as this instance wrote it.
@@ -88,15 +110,16 @@ impl<B: Backend> Leave for Leaving<B> {
 }
 
 impl<B: Backend> Reconciler<B> {
+    /// A loop renewing every third of `config.lease_ttl` (its tick), until `stop`.
     pub(super) fn new(
         backend: B,
         ownership: Arc<Ownership>,
         sessions: Sessions,
         agents: Vec<(String, SignInParams)>,
-        tick: Duration,
+        config: &PoolConfig,
         stop: CancellationToken,
-        keyring: Option<Arc<Keyring>>,
     ) -> Self {
+        let tick = config.lease_ttl / 3;
         Self {
             backend,
             ownership,
@@ -107,8 +130,14 @@ impl<B: Backend> Reconciler<B> {
             keep_alive: None,
             failed_probes: 0,
             last_probe: None,
-            keyring,
+            keyring: config.keyring.clone(),
             recorded: HashMap::new(),
+            kept: HashSet::new(),
+            joined_at: None,
+            grace: config.lease_ttl,
+            last_reconcile: None,
+            move_wait: config.move_wait,
+            waiting_to_move: HashMap::new(),
         }
     }
 
@@ -118,12 +147,22 @@ impl<B: Backend> Reconciler<B> {
         loop {
             if !first {
                 let draining = self.ownership.draining.clone();
-                tokio::select! {
+                let by_watch = tokio::select! {
                     () = self.stop.cancelled() => break,
-                    () = tokio::time::sleep(self.tick) => {}
-                    () = self.backend.changed() => {}
-                    () = self.ownership.wake.notified() => {}
-                    () = draining.cancelled(), if !stepped_out => {}
+                    () = tokio::time::sleep(self.tick) => false,
+                    () = self.backend.changed() => true,
+                    () = self.ownership.wake.notified() => false,
+                    () = draining.cancelled(), if !stepped_out => false,
+                };
+                if let Some(at) = self
+                    .last_reconcile
+                    .map(|t| t + COALESCE)
+                    .filter(|_| by_watch)
+                {
+                    tokio::select! {
+                        () = self.stop.cancelled() => break,
+                        () = tokio::time::sleep_until(at.into()) => {}
+                    }
                 }
             }
             first = false;
@@ -145,6 +184,7 @@ impl<B: Backend> Reconciler<B> {
                 continue;
             }
             self.update_assignable().await;
+            self.last_reconcile = Some(Instant::now());
             match self.backend.view().await {
                 Ok(view) => self.reconcile(view).await,
                 Err(e) => tracing::warn!(error = %e, "pool: reading the pool failed"),
@@ -158,13 +198,13 @@ impl<B: Backend> Reconciler<B> {
     }
 
     /// Whether the current lease's keep-alive still runs; if it ended (the lease was lost),
-    /// ends every owned session here.
+    /// closes the gate on every owned agent and keeps their sessions (see [`Self::kept`]).
     fn lease_alive(&mut self) -> bool {
         match &self.keep_alive {
             Some((task, _)) if !task.is_finished() => true,
             Some(_) => {
                 self.keep_alive = None;
-                self.drop_all();
+                self.keep_all();
                 false
             }
             None => false,
@@ -181,6 +221,7 @@ impl<B: Backend> Reconciler<B> {
                     let mut s = self.ownership.lock();
                     s.assignable = false;
                 }
+                self.joined_at = Some(Instant::now());
                 self.ownership
                     .set_lease(LeaseState::Held, Some(sent.after(ttl)));
                 let stop = CancellationToken::new();
@@ -259,23 +300,84 @@ impl<B: Backend> Reconciler<B> {
         }
     }
 
-    /// Ends every owned session here without signing out (the lease is gone: another instance
-    /// may own the agents by now, and its sign-in replaces these sessions).
-    fn drop_all(&mut self) {
+    /// The lease is gone: every ownership under it ended, so the gate closes on every agent
+    /// owned here. Their sessions run on: an etcd stall past the TTL costs no session when
+    /// nobody else took the agents meanwhile, and one who did logged the session out with the
+    /// Guid handed over in its holder record, so the gateway has already ended it (never a
+    /// sign-out or a sign-in from here without ownership).
+    fn keep_all(&mut self) {
         let owned: Vec<String> = {
             let mut s = self.ownership.lock();
             s.assignable = false;
             s.handing_over.clear();
             s.owned.drain().collect()
         };
-        for agent in owned {
-            tracing::warn!(agent_id = %agent, "pool: ownership lost with the lease");
-            // The holder record stays in etcd: whoever owns the agent next can log the session
-            // out with the Guid inside.
-            self.recorded.remove(&agent);
-            self.forget(agent);
+        if !owned.is_empty() {
+            tracing::warn!(agents = owned.len(), "pool: lease lost; the agents' sessions run on, no new sign-ins, until the pool shows whether another instance took them");
         }
+        self.kept.extend(owned);
         self.ownership.changed();
+    }
+
+    /// What a reconcile does with an agent whose session outlived a lost lease; `true` when it
+    /// is settled for this pass (nothing else to do with it).
+    fn settle_kept(&mut self, agent: &str, owner: Option<&String>, desired_here: bool) -> bool {
+        let me = &self.ownership.instance;
+        match owner {
+            Some(owner) if owner != me => {
+                tracing::warn!(agent_id = %agent, owner = %owner, "pool: agent taken by another instance while this one had no lease; ending its session here (the new owner logged it out with its Guid)");
+                self.kept.remove(agent);
+                self.recorded.remove(agent);
+                self.forget(agent.to_owned());
+                self.ownership.changed();
+                true
+            }
+            Some(_) => {
+                // Ours under the new lease already (an earlier take that answered late).
+                self.kept.remove(agent);
+                self.ownership.lock().owned.insert(agent.to_owned());
+                self.ownership.changed();
+                true
+            }
+            // Taken again in `take`, keeping the session.
+            None if desired_here => false,
+            // Members are still re-forming (this instance is not assignable yet, or in its
+            // join grace): keep it.
+            None if self.in_grace() || !self.ownership.lock().assignable => true,
+            None => {
+                // Another member should hold it: `converge` signs the session out with its own
+                // Guid, so the next owner signs in plainly.
+                self.kept.remove(agent);
+                false
+            }
+        }
+    }
+
+    /// Whether a rebalancing move of `agent` waits, because a play runs on it, for at most
+    /// `move_wait` since the first time it was due (issue 23 point 11: a sign-out cuts the
+    /// play). An instance that stepped out (the gateway does not answer it) moves at once.
+    fn waits_for_idle(&mut self, agent: &str, assignable: bool) -> bool {
+        if !assignable || self.move_wait.is_zero() || !self.sessions.is_playing(agent) {
+            self.waiting_to_move.remove(agent);
+            return false;
+        }
+        let since = *self
+            .waiting_to_move
+            .entry(agent.to_owned())
+            .or_insert_with(|| {
+                tracing::info!(agent_id = %agent, wait = ?self.move_wait, "pool: agent due to move to another instance; waiting for its play to end first");
+                Instant::now()
+            });
+        if since.elapsed() < self.move_wait {
+            return true;
+        }
+        tracing::warn!(agent_id = %agent, wait = ?self.move_wait, "pool: the agent's play did not end within --pool-move-wait; moving it now (the play is cut)");
+        self.waiting_to_move.remove(agent);
+        false
+    }
+
+    fn in_grace(&self) -> bool {
+        self.joined_at.is_some_and(|t| t.elapsed() < self.grace)
     }
 
     /// Ends the agent's session here without signing out, in the background: the session's
@@ -300,6 +402,12 @@ impl<B: Backend> Reconciler<B> {
             members.push(me.clone());
         }
         self.ownership.lock().owners = view.owners.clone();
+        let in_grace = self.in_grace();
+        {
+            let s = self.ownership.lock();
+            self.waiting_to_move.retain(|a, _| s.owned.contains(a));
+        }
+        let alone = members.iter().all(|m| *m == me);
         let (mut hand_over, mut take, mut reclaim, mut sign_in) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut holder_writes = Vec::new();
@@ -317,6 +425,15 @@ impl<B: Backend> Reconciler<B> {
                 agent,
             );
             let should_move = desired.is_some_and(|d| d != me);
+            if self.kept.contains(agent) {
+                if self.settle_kept(agent, view.owners.get(agent), desired == Some(me.as_str())) {
+                    continue;
+                }
+                if self.kept.contains(agent) {
+                    take.push((agent, params));
+                    continue;
+                }
+            }
             let (owned_here, moving) = {
                 let s = self.ownership.lock();
                 (s.owned.contains(agent), s.handing_over.contains(agent))
@@ -329,7 +446,9 @@ impl<B: Backend> Reconciler<B> {
                     } else if should_move && !signing_in {
                         // (Not while its sign-in runs: a take-over must finish, or its proof
                         // would be handed on with nobody having replaced the old session.)
-                        hand_over.push(agent.clone());
+                        if !self.waits_for_idle(agent, assignable) {
+                            hand_over.push((agent.clone(), desired.unwrap_or_default().to_owned()));
+                        }
                     } else if should_move {
                         // Handed over once its sign-in is done.
                     } else if !owned_here {
@@ -361,6 +480,12 @@ impl<B: Backend> Reconciler<B> {
                 }
                 Some(_) => {}
                 None if owned_here => reclaim.push(agent.clone()),
+                // In the join grace: not while alone, nor over another instance's holder record
+                // (its holder may be re-joining after the same outage).
+                None if in_grace
+                    && (alone
+                        || (view.holders.contains(agent)
+                            && !self.recorded.contains_key(agent))) => {}
                 None if !moving && desired == Some(me.as_str()) => take.push((agent, params)),
                 None => {}
             }
@@ -448,6 +573,17 @@ impl<B: Backend> Reconciler<B> {
                     continue;
                 }
             };
+            if self.kept.remove(agent.as_str()) && self.sessions.has_running_session(agent) {
+                // Nobody signed it in meanwhile (the gateway would have ended this session):
+                // it goes on unchanged. Its record is written again if it is not this one.
+                if self.recorded.get(agent.as_str()).map(|r| &r.record) != hand_off.as_ref() {
+                    self.recorded.remove(agent.as_str());
+                }
+                tracing::info!(agent_id = %agent, "pool: agent owned here again; its session ran on through the lost lease, unchanged");
+                self.ownership.lock().owned.insert(agent.clone());
+                self.ownership.changed();
+                continue;
+            }
             let take_over = hand_off.map(|record| self.open_hand_off(agent, &record));
             self.ownership.lock().owned.insert(agent.clone());
             self.ownership.changed();
@@ -601,7 +737,8 @@ impl<B: Backend> Reconciler<B> {
     /// Graceful hand-over to the instance that should hold these agents: close the gate, sign
     /// out, then release. An agent whose sign-out fails (or waits on its lifecycle lock longer
     /// than two ticks) is owned here again and tried again next tick.
-    async fn hand_over(&mut self, agents: Vec<String>) {
+    async fn hand_over(&mut self, moves: Vec<(String, String)>) {
+        let (agents, targets): (Vec<String>, Vec<String>) = moves.into_iter().unzip();
         {
             // The gate closes before the sign-out: a caller's SignIn in between is refused
             // rather than signing the agent in again behind the hand-over's back.
@@ -613,10 +750,10 @@ impl<B: Backend> Reconciler<B> {
         }
         self.ownership.changed();
         let tick = self.tick;
-        let sign_outs = agents.iter().map(|agent| {
+        let sign_outs = agents.iter().zip(&targets).map(|(agent, to)| {
             let sessions = self.sessions.clone();
             async move {
-                let out = sessions.sign_out(agent, Some(Instant::now() + tick));
+                let out = sessions.sign_out_moving(agent, Some(Instant::now() + tick), to);
                 match tokio::time::timeout(tick * 2, out).await {
                     Ok(
                         Ok(())

@@ -22,7 +22,10 @@ impl Sessions {
     pub async fn sign_out_all(&self, deadline: Option<Instant>) {
         let sessions = self.live_sessions();
         let logouts = sessions.iter().map(|s| async move {
-            if let Err(e) = self.logout(s, deadline).await {
+            if let Err(e) = self
+                .logout(s, deadline, crate::events::End::SignedOut)
+                .await
+            {
                 tracing::warn!(agent_id = %s.agent_id, error = %e, "sign-out at shutdown failed");
             }
         });

@@ -477,6 +477,28 @@ impl Sessions {
         agent_id: &str,
         deadline: Option<Instant>,
     ) -> Result<(), SessionError> {
+        self.sign_out_ending(agent_id, deadline, End::SignedOut)
+            .await
+    }
+
+    /// [`Self::sign_out`] for a pool hand-over to instance `to`: the agent's watch streams end
+    /// with `AGENT_MOVED` naming it, not with a clean end as after a deliberate sign-out.
+    pub async fn sign_out_moving(
+        &self,
+        agent_id: &str,
+        deadline: Option<Instant>,
+        to: &str,
+    ) -> Result<(), SessionError> {
+        let end = End::Moved { to: Arc::from(to) };
+        self.sign_out_ending(agent_id, deadline, end).await
+    }
+
+    async fn sign_out_ending(
+        &self,
+        agent_id: &str,
+        deadline: Option<Instant>,
+        end: End,
+    ) -> Result<(), SessionError> {
         let (slot, _guard) = match self.lock_slot(agent_id, false).await {
             // No slot here (another instance owns the agent, or the pool cannot tell now): this
             // instance holds nothing, so the goal of a sign-out is reached here (SignOut is
@@ -493,7 +515,7 @@ impl Sessions {
             // may have been lost does not show the agent out). A refusal the poll loop did not
             // confirm is taken as out: a lost answer alone is no proof (a person may have
             // kicked the bridge meanwhile).
-            self.logout(&session, deadline).await?;
+            self.logout(&session, deadline, end).await?;
         }
         self.end_slot_orphan(&slot, agent_id, deadline).await?;
         self.remove_if_same(agent_id, &slot);
@@ -527,7 +549,7 @@ impl Sessions {
         }
     }
 
-    /// `logout` for a live session; on success its streams end with `End::SignedOut`.
+    /// `logout` for a live session; on success its streams end with `end`.
     ///
     /// A sign-out is safe to repeat (a second one answers `100-006`, "already out"), so one
     /// whose answer was lost is sent once more. If the outcome stays unknown the session stays
@@ -537,6 +559,7 @@ impl Sessions {
         &self,
         session: &Arc<Session>,
         deadline: Option<Instant>,
+        end: End,
     ) -> Result<(), SessionError> {
         let signing_out = SigningOut::start(session);
         let mut result = self.send_logout(session, deadline).await;
@@ -553,7 +576,7 @@ impl Sessions {
         }
         signing_out.done();
         tracing::info!(agent_id = %session.agent_id, "agent signed out");
-        self.retire(session, End::SignedOut);
+        self.retire(session, end);
         Ok(())
     }
 

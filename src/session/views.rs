@@ -27,6 +27,14 @@ impl Sessions {
         Some((session.session_id.clone(), generation))
     }
 
+    /// Whether a play runs on the agent's session here (its events say so): a rebalancing
+    /// hand-over waits for it to end rather than cutting it.
+    pub fn is_playing(&self, agent_id: &str) -> bool {
+        let slot = self.slots().get(agent_id).cloned();
+        slot.and_then(|s| s.running())
+            .is_some_and(|s| s.hub.playing())
+    }
+
     /// The agent's running session as the pool hands it over, if one runs here.
     pub fn hand_off_of(&self, agent_id: &str) -> Option<SessionHandOff> {
         let session = self.slots().get(agent_id)?.running()?;

@@ -455,9 +455,14 @@ async fn a_restart_within_the_old_lease_says_so_and_joins_when_it_ends() {
     let all = set(&agents);
     let p = pool(&agents, 1).await;
     let mut a = Bridge::start(&p.setup, "again");
-    wait_until(SETTLE, "a holds its agents", || async {
-        a.held().await == all
-    })
+    wait_until(
+        SETTLE,
+        "a holds its agents and has handed their Guids on",
+        || async {
+            a.held().await == all
+                && tokio::task::block_in_place(|| p.etcd[0].holders("/ccgw-test/")) == all
+        },
+    )
     .await;
     a.sigkill();
     let mut b = Bridge::start(&p.setup, "again");

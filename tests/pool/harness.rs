@@ -205,6 +205,60 @@ impl Etcd {
         }
     }
 
+    /// SIGSTOP: etcd freezes with its connections open (a stall, not an outage).
+    pub fn sigstop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Etcd::sigstop`].
+    pub fn sigcont(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().expect("etcd runs"), sig);
+    }
+
+    /// Bytes etcd has sent to its clients so far (its own `/metrics`,
+    /// `etcd_network_client_grpc_sent_bytes_total`).
+    pub async fn sent_bytes(&self) -> f64 {
+        let addr = self.client_url.trim_start_matches("http://").to_owned();
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("etcd answers");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body.lines()
+            .filter(|l| l.starts_with("etcd_network_client_grpc_sent_bytes_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Writes `n` records `{prefix}{kind}/{id}` that no bridge of the test wrote (other
+    /// instances' agents, stale keys), each id `id_len` characters, in transactions of 100.
+    pub async fn pad(&self, prefix: &str, kind: &str, n: usize, id_len: usize) {
+        let mut client = etcd_client::Client::connect([self.client_url.as_str()], None)
+            .await
+            .expect("etcd answers");
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("{prefix}{kind}/{i:0>id_len$}"))
+            .collect();
+        for batch in keys.chunks(100) {
+            let ops: Vec<etcd_client::TxnOp> = batch
+                .iter()
+                .map(|k| etcd_client::TxnOp::put(k.as_str(), "other-instance", None))
+                .collect();
+            client
+                .txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .expect("padding written");
+        }
+    }
+
     /// Whether this member answers as a healthy member of a cluster with a leader.
     pub async fn healthy(&self) -> bool {
         let url = format!("{}/health", self.client_url.replace("http://", ""));
@@ -224,6 +278,21 @@ impl Etcd {
     /// `owners/{agent}` → instance under `prefix`, as etcd holds them now.
     pub fn owners(&self, prefix: &str) -> std::collections::BTreeMap<String, String> {
         owners_at(&self.client_url, prefix)
+    }
+
+    /// Agents with a holder record (`holders/{agent}`) under `prefix`, as etcd holds them now.
+    pub fn holders(&self, prefix: &str) -> BTreeSet<String> {
+        let out = self.ctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("{prefix}holders/"),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|k| Some(k.rsplit_once('/')?.1.to_owned()))
+            .filter(|a| !a.is_empty())
+            .collect()
     }
 
     /// Whether this member is the cluster's leader (from its own `/v3/maintenance/status`).
@@ -250,6 +319,17 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends `sig` (`-STOP`, `-KILL`, …) to `child`.
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id();
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
 }
 
 /// Waits until `cond` holds, checking every 50 ms; panics with `what` after `limit`.
@@ -481,13 +561,7 @@ impl Bridge {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
+        signal(self.child.as_ref().expect("running"), sig);
     }
 
     pub fn sigkill(&mut self) {
@@ -632,14 +706,28 @@ impl Bridge {
         text
     }
 
-    /// An AgentSessionService client.
-    pub async fn client(&self) -> AgentSessionServiceClient<tonic::transport::Channel> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
             .unwrap()
             .connect()
             .await
-            .expect("bridge accepts connections");
-        AgentSessionServiceClient::new(ch)
+            .expect("bridge accepts connections")
+    }
+
+    /// An AgentSessionService client.
+    pub async fn client(&self) -> AgentSessionServiceClient<tonic::transport::Channel> {
+        AgentSessionServiceClient::new(self.channel().await)
+    }
+
+    /// A RecordPlayService client.
+    pub async fn play(
+        &self,
+    ) -> ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient<
+        tonic::transport::Channel,
+    > {
+        ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient::new(
+            self.channel().await,
+        )
     }
 
     /// A `WatchOwnership` stream of this bridge.

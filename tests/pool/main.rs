@@ -452,6 +452,196 @@ async fn etcd_stopped_keeps_sessions_refuses_new_sign_ins_and_recovers() {
     );
 }
 
+/// Issue 23 point 9: etcd frozen past the TTL (SIGSTOP of its only member, then SIGCONT) ends
+/// every lease. No session may end for it and nothing may be signed in again: the sessions run
+/// on with the gate closed, and each instance takes its own agents back unchanged. Before, each
+/// instance ended every session when its lease was lost and signed all its agents in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_stall_past_the_ttl_ends_no_session_and_signs_nothing_in_again() {
+    let names = ["stall-a", "stall-b"];
+    let agents = agents_for(&names, 3);
+    let p = pool(&agents, 1).await;
+    let (a, want_a, b, want_b) = two_settled(&p, &agents, names).await;
+    let mark = p.sim.requests().len();
+    let ends = p.sim.session_ends().len();
+    let lost = |br: &Bridge| {
+        br.log_text()
+            .matches("pool: lease lost; no new sign-ins")
+            .count()
+    };
+
+    p.etcd[0].sigstop();
+    let unreachable = "ccgw_pool_lease{state=\"coordinator_unreachable\"} 1";
+    wait_until(SETTLE, "both bridges find etcd unreachable", || async {
+        has_sample(&a.metrics().await, unreachable) && has_sample(&b.metrics().await, unreachable)
+    })
+    .await;
+    // The fault itself: a stall twice the TTL, so etcd expires both leases when it resumes.
+    tokio::time::sleep(TTL * 2).await;
+    p.etcd[0].sigcont();
+    wait_until(SETTLE, "both learn their lease is gone", || async {
+        lost(&a) >= 1 && lost(&b) >= 1
+    })
+    .await;
+    let want_owners: std::collections::BTreeMap<String, String> = want_a
+        .iter()
+        .map(|x| (x.clone(), names[0].to_owned()))
+        .chain(want_b.iter().map(|x| (x.clone(), names[1].to_owned())))
+        .collect();
+    wait_until(
+        SETTLE,
+        "each owns its agents again under a new lease",
+        || async {
+            let owners = tokio::task::block_in_place(|| p.etcd[0].owners("/ccgw-test/"));
+            owners == want_owners
+        },
+    )
+    .await;
+    assert_eq!(a.held().await, want_a);
+    assert_eq!(b.held().await, want_b);
+    assert_eq!(
+        sign_ins(&p.sim.requests()[mark..]),
+        (0, 0),
+        "nothing signed in again"
+    );
+    let ended = &p.sim.session_ends()[ends..];
+    assert!(ended.is_empty(), "sessions ended by the stall: {ended:?}");
+    let log = a.log_text();
+    assert!(
+        log.contains("its session ran on through the lost lease, unchanged"),
+        "{log}"
+    );
+}
+
+/// Issue 23 point 10: a rebalancing hand-over ends the moved agent's watch streams with
+/// FAILED_PRECONDITION `AGENT_MOVED` naming the new owner. Before, they ended with a clean OK,
+/// exactly like a deliberate SignOut, so an app stopped watching and never resumed on b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_ends_watch_streams_with_agent_moved_naming_the_new_owner() {
+    use ccgw_bridge::proto::WatchPlayEventsRequest;
+    let names = ["mv-a", "mv-b"];
+    let (p, agents, a) = one_holding_all(names).await;
+    let moving = agents_for_member_of(&agents, &names, names[1])
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut stream = a
+        .play()
+        .await
+        .watch_play_events(WatchPlayEventsRequest {
+            agent_id: moving.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("the watch opens on a")
+        .into_inner();
+    let _b = Bridge::start(&p.setup, names[1]);
+    let ended = tokio::time::timeout(SETTLE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(status) => break Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends when the agent moves");
+    let status = ended.expect("a status, not a clean end");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "AGENT_MOVED");
+    assert_eq!(
+        info.metadata.get("owner").map(String::as_str),
+        Some(names[1])
+    );
+    assert_eq!(info.metadata.get("agent_id"), Some(&moving));
+}
+
+/// Issue 23 point 11: a rebalancing move waits for the agent's play to end instead of cutting
+/// it with a sign-out (`--pool-move-wait`, 60 s by default; the simulator's plays last 30 s).
+/// Before, a joining replica took its share at once, plays or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalancing_move_waits_for_the_agents_play_to_end() {
+    use ccgw_bridge::proto::{
+        BeginPlayRequest, PlayEventType, StopPlayRequest, WatchPlayEventsRequest,
+    };
+    let names = ["pl-a", "pl-b"];
+    let (p, agents, a) = one_holding_all(names).await;
+    let want_b = agents_for_member_of(&agents, &names, names[1]);
+    let playing = want_b.iter().next().unwrap().clone();
+    let mut play = a.play().await;
+    let mut events = play
+        .watch_play_events(WatchPlayEventsRequest {
+            agent_id: playing.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("the watch opens on a")
+        .into_inner();
+    play.begin_play(BeginPlayRequest {
+        agent_id: playing.clone(),
+        voice_path: "/prompts/welcome.wav".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("the play begins");
+    let next_type = |e: Option<ccgw_bridge::proto::PlayEvent>| e.expect("an event").r#type;
+    let started = next_type(events.message().await.expect("no error"));
+    assert_eq!(started, PlayEventType::PlayStarted as i32);
+
+    let b = Bridge::start(&p.setup, names[1]);
+    let others: BTreeSet<String> = want_b.iter().filter(|x| **x != playing).cloned().collect();
+    wait_until(
+        SETTLE,
+        "b holds its share but the playing agent",
+        || async { b.held().await == others },
+    )
+    .await;
+    assert!(
+        a.held().await.contains(&playing),
+        "the playing agent stays on a meanwhile"
+    );
+    let logouts = |agent: &str| {
+        p.sim
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == "DELETE"
+                    && r.agent_id.as_deref() == Some(agent)
+                    && r.path.contains("logout")
+            })
+            .count()
+    };
+    assert_eq!(logouts(&playing), 0, "the play was not cut by a sign-out");
+
+    play.stop_play(StopPlayRequest {
+        agent_id: playing.clone(),
+    })
+    .await
+    .expect("the play stops");
+    // The play's own events up to its end, on a: the sign-out did not cut it.
+    while next_type(events.message().await.expect("no error")) != PlayEventType::PlayStopped as i32
+    {
+    }
+    wait_until(SETTLE, "the agent moves once idle", || async {
+        b.held().await == want_b
+    })
+    .await;
+}
+
+/// A pool with two agents for each of `names`, and `names[0]` started and holding all four.
+async fn one_holding_all(names: [&str; 2]) -> (Pool, Vec<String>, Bridge) {
+    let agents = agents_for(&names, 2);
+    let p = pool(&agents, 1).await;
+    let a = Bridge::start(&p.setup, names[0]);
+    wait_until(SETTLE, "the first bridge holds every agent", || async {
+        a.held().await == set(&agents)
+    })
+    .await;
+    (p, agents, a)
+}
+
 /// Starts bridges `names[0]` and `names[1]` on `p` and waits until each holds its share.
 async fn two_settled(
     p: &Pool,
@@ -560,6 +750,10 @@ async fn a_take_over_of_an_agent_a_person_holds_never_kicks_the_person() {
     let serving_a: BTreeSet<String> = want_a.iter().filter(|x| **x != held).cloned().collect();
     let want_b = agents_for_member_of(&agents, &names, "kp-b");
     settled(&a, &serving_a, &b, &want_b).await;
+    wait_until(SETTLE, "a has handed its sessions' Guids on", || async {
+        tokio::task::block_in_place(|| p.etcd[0].holders("/ccgw-test/")).is_superset(&serving_a)
+    })
+    .await;
     let before = p.sim.requests().len();
     a.sigkill();
     let serving_b: BTreeSet<String> = agents.iter().filter(|x| **x != held).cloned().collect();

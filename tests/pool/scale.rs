@@ -37,3 +37,52 @@ async fn a_thousand_agents_are_taken_and_half_handed_over() {
     a.sigterm_and_wait().await;
     b.sigterm_and_wait().await;
 }
+
+/// Issue 23 point 1: a pool state larger than one etcd answer may carry (tonic's 4 MiB):
+/// 60,000 holder keys of other instances with 64-character ids, about 6 MB of keys. Before the
+/// mirror, every reconcile asked for all of them in one answer, failed ("decoded message length
+/// too large"), and the bridge never signed its three agents in; now the first read comes in
+/// pages and later ones read nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_state_larger_than_one_etcd_answer_is_read_in_pages() {
+    let agents = agents_for(&["big-a"], 3);
+    let p = pool(&agents, 1).await;
+    p.etcd[0].pad("/ccgw-test/", "holders", 60_000, 64).await;
+    let a = Bridge::start(&p.setup, "big-a");
+    wait_until(SETTLE, "a signs its three agents in", || async {
+        a.held().await == set(&agents)
+    })
+    .await;
+    let log = a.log_text();
+    assert!(!log.contains("reading the pool failed"), "{log}");
+}
+
+/// Issue 23 point 2: a reconcile reads the mirror, not etcd, so moving agents costs etcd
+/// answers the size of the changes, not of the pool. 20,000 stale holder keys make one full read
+/// about 2 MB; before, each revision of the move made every instance read all of it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_agents_reads_the_changes_from_etcd_not_the_whole_pool() {
+    let names = ["rd-a", "rd-b"];
+    let agents = agents_for(&names, 20);
+    let p = pool(&agents, 1).await;
+    p.etcd[0].pad("/ccgw-test/", "holders", 20_000, 64).await;
+    let (a, _, mut b, _) = two_settled(&p, &agents, names).await;
+    let before = p.etcd[0].sent_bytes().await;
+    assert!(
+        before > 2_000_000.0,
+        "etcd's byte counter saw the bridges' first reads: {before}"
+    );
+    b.sigterm_and_wait().await;
+    wait_until(SETTLE, "a serves every agent", || async {
+        a.held().await == set(&agents)
+    })
+    .await;
+    let sent = p.etcd[0].sent_bytes().await - before;
+    eprintln!(
+        "figure: 20 agents moved on a pool state of 20,000 stale keys: etcd sent {sent} bytes"
+    );
+    assert!(
+        sent < 500_000.0,
+        "etcd sent {sent} bytes to move 20 agents: a reconcile read the whole pool (about 2 MB) again"
+    );
+}

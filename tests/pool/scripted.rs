@@ -54,7 +54,7 @@ struct Scripted {
 struct Renewer(Script);
 
 impl LeaseRenewal for Renewer {
-    async fn renew(&mut self) -> Result<Renewal, PoolError> {
+    async fn renew(&mut self, _bound: Duration) -> Result<Renewal, PoolError> {
         if self.0.with(|c| c.renewals_fail) {
             return Err(PoolError::Coordinator("scripted: unreachable".into()));
         }
@@ -86,7 +86,7 @@ impl Backend for Scripted {
             members: c.members.clone(),
             // Only this instance publishes a list; the script's peers are taken to list all.
             catalogs: [(me, Arc::default())].into(),
-            owners: c.owners.clone(),
+            owners: Arc::new(c.owners.clone()),
             holders: Default::default(),
         }))
     }
@@ -244,6 +244,7 @@ async fn in_process_scripted(
         prefix: "/".into(),
         instance: "a".into(),
         lease_ttl: TTL,
+        move_wait: Duration::ZERO,
         tls: None,
         auth: None,
         keyring: Some(Arc::new(Keyring::from_keys(&[POOL_KEY]))),
