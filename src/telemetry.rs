@@ -125,6 +125,21 @@ pub const POLL_ERROR_KINDS: [&str; 7] = [
     "bad_answer",
 ];
 
+/// Every outcome of a push callback (`ccgw_callbacks_total{outcome}`), created at 0 at start.
+pub const CALLBACK_OUTCOMES: [&str; 11] = [
+    "accepted",
+    "wrong_token",
+    "wrong_guid",
+    "unknown_agent",
+    "wrong_work_no",
+    "malformed",
+    "too_large",
+    "timeout",
+    "not_found",
+    "wrong_method",
+    "session_ended",
+];
+
 /// The gateway transport outcomes of `ccgw_gateway_requests_total{retcode}`, created at 0 for
 /// every interface at start (retcodes are the gateway's answers, created when seen).
 pub const GATEWAY_TRANSPORT_OUTCOMES: [&str; 5] = [
@@ -207,6 +222,7 @@ pub struct Metrics {
     guid_adoptions: Counter,
     resign_ins: Counter,
     poll_errors: Family<Labels1, Counter>,
+    callbacks: Family<Labels1, Counter>,
     watchers: Gauge,
     events_received: Counter,
     events_delivered: Counter,
@@ -242,6 +258,7 @@ impl Default for Metrics {
         let guid_adoptions = Counter::default();
         let resign_ins = Counter::default();
         let poll_errors = Family::<Labels1, Counter>::default();
+        let callbacks = Family::<Labels1, Counter>::default();
         let watchers = Gauge::default();
         let events_received = Counter::default();
         let events_delivered = Counter::default();
@@ -296,6 +313,11 @@ impl Default for Metrics {
             "Failed event polls, by kind",
             poll_errors.clone(),
         );
+        registry.register(
+            "callbacks",
+            "Push-mode callbacks from the gateway, by outcome (accepted, or why refused)",
+            callbacks.clone(),
+        );
         registry.register("watchers", "Open event streams", watchers.clone());
         registry.register(
             "events_received",
@@ -349,6 +371,9 @@ impl Default for Metrics {
         for kind in POLL_ERROR_KINDS {
             let _ = poll_errors.get_or_create(&[("kind", kind)]);
         }
+        for outcome in CALLBACK_OUTCOMES {
+            let _ = callbacks.get_or_create(&[("outcome", outcome)]);
+        }
         for rpc in RPC_METHODS {
             // Every status code, created at 0 for every method at start.
             for code in (0..=16).map(|c| code_label(tonic::Code::from_i32(c))) {
@@ -391,6 +416,7 @@ impl Default for Metrics {
             guid_adoptions,
             resign_ins,
             poll_errors,
+            callbacks,
             watchers,
             events_received,
             events_delivered,
@@ -481,6 +507,15 @@ impl Metrics {
             "poll error kind {kind:?} missing from POLL_ERROR_KINDS (created at start)"
         );
         self.poll_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// A push callback was answered (`outcome`: one of [`CALLBACK_OUTCOMES`]).
+    pub fn callback(&self, outcome: &'static str) {
+        debug_assert!(
+            CALLBACK_OUTCOMES.contains(&outcome),
+            "callback outcome {outcome:?} missing from CALLBACK_OUTCOMES"
+        );
+        self.callbacks.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     /// A watcher stream opened (+1) or closed (-1).

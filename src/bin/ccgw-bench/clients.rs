@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
+use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::SignInRequest;
 use futures::StreamExt;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE};
@@ -236,6 +237,21 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// `BeginPlay` of the bench's prompt on `agent` (a bridge's or a baseline's API).
+pub async fn begin_play(
+    client: &mut RecordPlayServiceClient<Channel>,
+    agent: &str,
+) -> Result<(), tonic::Status> {
+    client
+        .begin_play(ccgw_bridge::proto::BeginPlayRequest {
+            agent_id: agent.to_owned(),
+            voice_path: VOICE_PATH.into(),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
 }
 
 /// A plain-text HTTP/2 channel to the bridge.
