@@ -53,13 +53,17 @@ pub(super) struct Reconciler<B> {
     /// this instance takes them again (then they go on unchanged; issue 23 point 9).
     kept: HashSet<String>,
     /// When the current lease was granted: for one lease TTL after (the join grace), this
-    /// instance takes only agents it has seen owned by another instance since it joined (they
-    /// were handed over or their holder's lease ended while it watched), and none whose holder
-    /// record another instance wrote. Replicas starting together, or re-joining after one etcd
-    /// stall (every lease ended at once), thus wait for each other and find their agents where
-    /// they left them, instead of the first one up taking the world; a joiner still takes what
-    /// a rolling update hands over to it at once.
+    /// instance takes no agent whose holder record another instance wrote, and, if it found
+    /// the pool empty (no agent owned: a cold start, or every lease ended in one etcd stall),
+    /// only agents it has since seen owned by another instance (handed over, or their holder's
+    /// lease ended while it watched). Replicas starting together, or re-joining after one etcd
+    /// stall, thus wait for each other and find their agents where they left them, instead of
+    /// the first one up taking the world; a replica joining a running pool (a rolling update,
+    /// a restart under the same name) takes what is handed over to it at once.
     joined_at: Option<Instant>,
+    /// Whether the pool had no owned agent at this instance's first reconcile after joining
+    /// (`None` until then; see `joined_at`).
+    found_empty: Option<bool>,
     /// Agents seen owned by another instance since this instance joined (see `joined_at`).
     seen_owned: HashSet<String>,
     /// The join grace (the lease's TTL).
@@ -149,6 +153,7 @@ impl<B: Backend> Reconciler<B> {
             recorded: HashMap::new(),
             kept: HashSet::new(),
             joined_at: None,
+            found_empty: None,
             seen_owned: HashSet::new(),
             grace: config.lease_ttl,
             last_reconcile: None,
@@ -245,6 +250,7 @@ impl<B: Backend> Reconciler<B> {
                 }
                 self.joined_at = Some(Instant::now());
                 self.seen_owned.clear();
+                self.found_empty = None;
                 self.ownership
                     .set_lease(LeaseState::Held, Some(sent.after(ttl)));
                 let stop = CancellationToken::new();
@@ -426,6 +432,7 @@ impl<B: Backend> Reconciler<B> {
         }
         self.ownership.lock().owners = view.owners.clone();
         let in_grace = self.in_grace();
+        let cold = *self.found_empty.get_or_insert(view.owners.is_empty());
         {
             let s = self.ownership.lock();
             self.waiting_to_move.retain(|a, _| s.owned.contains(a));
@@ -505,10 +512,11 @@ impl<B: Backend> Reconciler<B> {
                 }
                 Some(_) => {}
                 None if owned_here => reclaim.push(agent.clone()),
-                // In the join grace: only what was handed over while this instance watched,
-                // never over another instance's holder record (see `joined_at`).
+                // In the join grace: never over another instance's holder record, and after a
+                // cold start only what was handed over while this instance watched (see
+                // `joined_at`).
                 None if in_grace
-                    && (!self.seen_owned.contains(agent)
+                    && ((cold && !self.seen_owned.contains(agent))
                         || (view.holders.contains(agent)
                             && !self.recorded.contains_key(agent))) => {}
                 None if !moving && desired == Some(me.as_str()) => take.push((agent, params)),
