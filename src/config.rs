@@ -20,7 +20,7 @@ mod pem;
 mod validate;
 
 pub use agents_file::load_agents;
-pub use flags::{BridgeArgs, SimulateArgs};
+pub use flags::{BridgeArgs, EventsFlag, SimulateArgs};
 
 /// PEM material for TLS on the API listener.
 #[derive(Clone)]
@@ -110,6 +110,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// API listener limits and caller authentication.
     pub server: ServerSettings,
+    /// Push mode's callback server (`--events push`); `None` in poll mode.
+    pub callback: Option<crate::callback::CallbackSettings>,
     /// The agent pool (`--etcd-endpoints`); `None` when every agent is this bridge's alone.
     pub pool: Option<PoolConfig>,
     /// A coordinator other than the etcd pool that every sign-in must pass, for embedders

@@ -4,6 +4,7 @@
 //! polls their events and fans them out, so no caller ever handles a Guid.
 
 pub mod args;
+pub mod callback;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -5,7 +5,7 @@
 use ccgw_bridge::args::{Cli, Command};
 use ccgw_bridge::config::{Config, PinnedAgent, SimulateArgs};
 use ccgw_bridge::secret::Password;
-use ccgw_bridge::session::SignInParams;
+use ccgw_bridge::session::{EventMode, SignInParams};
 use ccgw_bridge::sim::{AuthMode, SimConfig, Simulator};
 use ccgw_bridge::telemetry::{self, LogFormat};
 use ccgw_bridge::{run, Listeners};
@@ -95,6 +95,30 @@ async fn bridge(cli: Cli) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let callback = match &config.callback {
+        Some(callback) => match tokio::net::TcpListener::bind(callback.listen).await {
+            Ok(l) => {
+                if cli.bridge.simulate && cli.bridge.callback_url.is_none() {
+                    // The demo's URL names the port actually bound (`--callback-listen` may
+                    // say port 0).
+                    if let (EventMode::Push(push), Ok(bound)) =
+                        (&mut config.sessions.events, l.local_addr())
+                    {
+                        push.callback_url = format!("https://{bound}{}", callback.path).into();
+                    }
+                }
+                Some(l)
+            }
+            Err(e) => {
+                eprintln!(
+                    "ccgw-bridge: cannot listen on {} (--callback-listen): {e}",
+                    callback.listen
+                );
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+        None => None,
+    };
     let simulator = if cli.bridge.simulate {
         let sim_config = SimConfig {
             play_duration: std::time::Duration::from_secs(10),
@@ -113,6 +137,12 @@ async fn bridge(cli: Cli) -> ExitCode {
     if let Some(sim) = &simulator {
         config.gateway.base_url = sim.url();
         config.gateway.ca_pem = Some(sim.ca_pem().as_bytes().to_vec());
+        if let Some(callback) = config.callback.as_mut() {
+            // The demo's callback server presents the simulator's own certificate (loopback
+            // names), which the simulator trusts.
+            callback.cert_pem = sim.server_cert_pem().as_bytes().to_vec();
+            callback.key_pem = sim.server_key_pem().as_bytes().to_vec();
+        }
         config.agents.push(PinnedAgent {
             agent_id: DEMO_AGENT.into(),
             params: SignInParams {
@@ -131,6 +161,7 @@ async fn bridge(cli: Cli) -> ExitCode {
     let listeners = Listeners {
         grpc,
         admin: Some(admin),
+        callback,
     };
     let result = run(listeners, config, shutdown_signal()).await;
     // The exporter flush blocks; keep it off the runtime's worker threads.
@@ -172,7 +203,16 @@ async fn wait_signal() {
 
 async fn simulate_only(args: SimulateArgs) -> ExitCode {
     let telemetry = telemetry::init(LogFormat::Text, None);
+    let callback_ca_pem = match args.callback_ca.as_deref().map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(pem)) => Some(pem),
+        Some(Err(e)) => {
+            eprintln!("ccgw-bridge simulate: --callback-ca: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let config = SimConfig {
+        callback_ca_pem,
         poll_hold: args.poll_hold,
         play_duration: args.play_duration,
         auth: match args.rotate_every {

@@ -3,6 +3,7 @@
 //! `main` and the end-to-end tests call the same function (the mini-redis shape), so what the
 //! tests prove is what ships.
 
+use crate::callback::CallbackServerError;
 use crate::config::Config;
 use crate::gateway::{ClientBuildError, GatewayClient};
 use crate::grpc::auth::TokenCheck;
@@ -34,6 +35,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Health, metrics and probes; `None` disables the admin listener.
     pub admin: Option<TcpListener>,
+    /// Push mode's callback server (`--callback-listen`); needed when `config.callback` is set.
+    pub callback: Option<TcpListener>,
 }
 
 /// Why the bridge could not run.
@@ -51,6 +54,9 @@ pub enum RunError {
     /// The agent pool could not start.
     #[error("agent pool: {0}")]
     Pool(#[from] PoolError),
+    /// The push callback server could not start.
+    #[error(transparent)]
+    Callback(#[from] CallbackServerError),
 }
 
 /// Service names whose health is reported, besides the overall `""`.
@@ -182,6 +188,28 @@ pub async fn run(
         );
     let grpc = tokio::spawn(grpc);
 
+    let stop_callback = CancellationToken::new();
+    let callback = match (&config.callback, listeners.callback) {
+        (Some(settings), Some(listener)) => {
+            let acceptor = crate::callback::acceptor(settings)?;
+            tracing::info!(callback_listen = %show_addr(listener.local_addr().ok()), "push mode: callback server serving");
+            Some(tokio::spawn(crate::callback::serve(
+                listener,
+                acceptor,
+                settings.clone(),
+                sessions.clone(),
+                metrics.clone(),
+                stop_callback.clone(),
+            )))
+        }
+        (Some(_), None) => {
+            return Err(RunError::Serve(
+                "--events push needs the callback listener bound".into(),
+            ))
+        }
+        (None, _) => None,
+    };
+
     let ready = Arc::new(ReadyStatus::default());
     let stop_admin = CancellationToken::new();
     let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -240,11 +268,9 @@ pub async fn run(
                 .await
         }
     });
-    let show =
-        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
-        listen = %show(grpc_addr),
-        admin = %show(admin_addr),
+        listen = %show_addr(grpc_addr),
+        admin = %show_addr(admin_addr),
         version = env!("CARGO_PKG_VERSION"),
         "ccgw-bridge serving"
     );
@@ -317,6 +343,11 @@ pub async fn run(
     // budget is already spent.
     let rest = || deadline.max(Instant::now() + Duration::from_millis(100));
     let _ = tokio::time::timeout_at(rest().into(), sessions.wait_stopped()).await;
+    // Events pushed during the drain had no stream left to go to; the sign-outs are done.
+    stop_callback.cancel();
+    if let Some(callback) = callback {
+        let _ = tokio::time::timeout_at(rest().into(), callback).await;
+    }
     stop_admin.cancel();
     if let Some(mut admin) = admin {
         // The admin port has nothing in flight worth the drain budget (probes, scrapes), but a
@@ -332,6 +363,11 @@ pub async fn run(
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     Ok(())
+}
+
+/// A listener's address for the start-up log line.
+fn show_addr(a: Option<std::net::SocketAddr>) -> String {
+    a.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }
 
 /// `google.rpc.Status` and the error details (`ErrorInfo`, `BadRequest`, `RetryInfo`,

@@ -38,22 +38,80 @@ impl EvictionCause {
     }
 }
 
-/// The gRPC methods (`grpc_method` label) whose series are resolved once at start.
-const RPC_METHODS: [&str; 13] = [
-    "SignIn",
-    "SignOut",
-    "GetSession",
-    "ListSessions",
-    "BeginPlay",
-    "StopPlay",
-    "PausePlay",
-    "ResumePlay",
-    "FastForward",
-    "Rewind",
-    "WatchAgentEvents",
-    "WatchPlayEvents",
-    "WatchOwnership",
+/// A gRPC method as the `ccgw_grpc_server_*` families label it: the label set of
+/// go-grpc-prometheus / grpc-ecosystem (`grpc_type`, `grpc_service`, `grpc_method`, plus
+/// `grpc_code` on the counter), which stock gRPC dashboards query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rpc {
+    method: &'static str,
+    /// The fully qualified service, as in the request path.
+    service: &'static str,
+    /// `unary` or `server_stream` (the only kinds `ccgw.v1` has).
+    kind: &'static str,
+}
+
+const RECORD_PLAY: &str = crate::proto::server::record_play_service_server::SERVICE_NAME;
+const AGENT_SESSION: &str = crate::proto::server::agent_session_service_server::SERVICE_NAME;
+
+const fn unary(service: &'static str, method: &'static str) -> Rpc {
+    Rpc {
+        method,
+        service,
+        kind: "unary",
+    }
+}
+
+const fn server_stream(service: &'static str, method: &'static str) -> Rpc {
+    Rpc {
+        method,
+        service,
+        kind: "server_stream",
+    }
+}
+
+/// Every gRPC method of `ccgw.v1`: their series are resolved once at start.
+const RPC_METHODS: [Rpc; 13] = [
+    unary(AGENT_SESSION, "SignIn"),
+    unary(AGENT_SESSION, "SignOut"),
+    unary(AGENT_SESSION, "GetSession"),
+    unary(AGENT_SESSION, "ListSessions"),
+    unary(RECORD_PLAY, "BeginPlay"),
+    unary(RECORD_PLAY, "StopPlay"),
+    unary(RECORD_PLAY, "PausePlay"),
+    unary(RECORD_PLAY, "ResumePlay"),
+    unary(RECORD_PLAY, "FastForward"),
+    unary(RECORD_PLAY, "Rewind"),
+    server_stream(AGENT_SESSION, "WatchAgentEvents"),
+    server_stream(RECORD_PLAY, "WatchPlayEvents"),
+    server_stream(AGENT_SESSION, "WatchOwnership"),
 ];
+
+type RpcLabels = [(&'static str, &'static str); 4];
+type RpcTimeLabels = [(&'static str, &'static str); 3];
+
+impl Rpc {
+    /// The method's entry (a name missing from the table, which a test would have to make up,
+    /// is labelled service `unknown`).
+    fn of(method: &'static str) -> Rpc {
+        RPC_METHODS
+            .into_iter()
+            .find(|r| r.method == method)
+            .unwrap_or(unary("unknown", method))
+    }
+
+    fn time_labels(self) -> RpcTimeLabels {
+        [
+            ("grpc_type", self.kind),
+            ("grpc_service", self.service),
+            ("grpc_method", self.method),
+        ]
+    }
+
+    fn labels(self, code: &'static str) -> RpcLabels {
+        let [kind, service, method] = self.time_labels();
+        [kind, service, method, ("grpc_code", code)]
+    }
+}
 
 /// Every kind of failed event poll (`ccgw_poll_errors_total{kind}`), created at 0 at start so
 /// that `increase()` sees the first burst (a series born at its first error hides it).
@@ -65,6 +123,21 @@ pub const POLL_ERROR_KINDS: [&str; 7] = [
     "http_status",
     "timeout",
     "bad_answer",
+];
+
+/// Every outcome of a push callback (`ccgw_callbacks_total{outcome}`), created at 0 at start.
+pub const CALLBACK_OUTCOMES: [&str; 11] = [
+    "accepted",
+    "wrong_token",
+    "wrong_guid",
+    "unknown_agent",
+    "wrong_work_no",
+    "malformed",
+    "too_large",
+    "timeout",
+    "not_found",
+    "wrong_method",
+    "session_ended",
 ];
 
 /// The gateway transport outcomes of `ccgw_gateway_requests_total{retcode}`, created at 0 for
@@ -141,14 +214,15 @@ pub struct Metrics {
     registry: std::sync::Mutex<Registry>,
     /// `process_*`, named as Prometheus' client libraries name them (no `ccgw_` prefix).
     process: Registry,
-    rpc_total: Family<Labels2, Counter>,
-    rpc_seconds: Family<Labels1, Histogram>,
+    rpc_total: Family<RpcLabels, Counter>,
+    rpc_seconds: Family<RpcTimeLabels, Histogram>,
     gateway_total: Family<Labels2, Counter>,
     gateway_seconds: Family<Labels1, Histogram>,
     sessions: Family<Labels1, Gauge>,
     guid_adoptions: Counter,
     resign_ins: Counter,
     poll_errors: Family<Labels1, Counter>,
+    callbacks: Family<Labels1, Counter>,
     watchers: Gauge,
     events_received: Counter,
     events_delivered: Counter,
@@ -173,9 +247,10 @@ fn latency_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("ccgw");
-        let rpc_total = Family::<Labels2, Counter>::default();
-        let rpc_seconds =
-            Family::<Labels1, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let rpc_total = Family::<RpcLabels, Counter>::default();
+        let rpc_seconds = Family::<RpcTimeLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> _,
+        );
         let gateway_total = Family::<Labels2, Counter>::default();
         let gateway_seconds =
             Family::<Labels1, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
@@ -183,6 +258,7 @@ impl Default for Metrics {
         let guid_adoptions = Counter::default();
         let resign_ins = Counter::default();
         let poll_errors = Family::<Labels1, Counter>::default();
+        let callbacks = Family::<Labels1, Counter>::default();
         let watchers = Gauge::default();
         let events_received = Counter::default();
         let events_delivered = Counter::default();
@@ -199,12 +275,12 @@ impl Default for Metrics {
             .clone();
         registry.register(
             "grpc_server_handled",
-            "gRPC calls completed, by method and status code",
+            "gRPC calls completed, by type, service, method and status code",
             rpc_total.clone(),
         );
         registry.register(
             "grpc_server_handling_seconds",
-            "gRPC call latency, by method (for Watch* streams: the time to open the stream)",
+            "gRPC call latency, by type, service and method (for Watch* streams: the time to open the stream)",
             rpc_seconds.clone(),
         );
         registry.register(
@@ -236,6 +312,11 @@ impl Default for Metrics {
             "poll_errors",
             "Failed event polls, by kind",
             poll_errors.clone(),
+        );
+        registry.register(
+            "callbacks",
+            "Push-mode callbacks from the gateway, by outcome (accepted, or why refused)",
+            callbacks.clone(),
         );
         registry.register("watchers", "Open event streams", watchers.clone());
         registry.register(
@@ -290,10 +371,13 @@ impl Default for Metrics {
         for kind in POLL_ERROR_KINDS {
             let _ = poll_errors.get_or_create(&[("kind", kind)]);
         }
-        for method in RPC_METHODS {
+        for outcome in CALLBACK_OUTCOMES {
+            let _ = callbacks.get_or_create(&[("outcome", outcome)]);
+        }
+        for rpc in RPC_METHODS {
             // Every status code, created at 0 for every method at start.
             for code in (0..=16).map(|c| code_label(tonic::Code::from_i32(c))) {
-                let _ = rpc_total.get_or_create(&[("grpc_method", method), ("grpc_code", code)]);
+                let _ = rpc_total.get_or_create(&rpc.labels(code));
             }
         }
         for interface in crate::gateway::Interface::ALL.map(crate::gateway::Interface::name) {
@@ -304,13 +388,14 @@ impl Default for Metrics {
         }
         let mut process = Registry::default();
         process::register(&mut process);
-        let rpc_resolved = Resolved::table(
-            &RPC_METHODS,
-            "grpc_method",
-            ("grpc_code", "OK"),
-            &rpc_total,
-            &rpc_seconds,
-        );
+        let rpc_resolved = RPC_METHODS
+            .iter()
+            .map(|rpc| Resolved {
+                name: rpc.method,
+                ok: rpc_total.get_or_create(&rpc.labels("OK")).clone(),
+                seconds: rpc_seconds.get_or_create(&rpc.time_labels()).clone(),
+            })
+            .collect();
         let gateway_resolved = Resolved::table(
             &crate::gateway::Interface::ALL.map(crate::gateway::Interface::name),
             "interface",
@@ -331,6 +416,7 @@ impl Default for Metrics {
             guid_adoptions,
             resign_ins,
             poll_errors,
+            callbacks,
             watchers,
             events_received,
             events_delivered,
@@ -354,7 +440,7 @@ impl Metrics {
             }
             _ => {
                 self.rpc_total
-                    .get_or_create(&[("grpc_method", method), ("grpc_code", code)])
+                    .get_or_create(&Rpc::of(method).labels(code))
                     .inc();
             }
         }
@@ -363,7 +449,7 @@ impl Metrics {
                 Some(r) => r.seconds.observe(elapsed.as_secs_f64()),
                 None => self
                     .rpc_seconds
-                    .get_or_create(&[("grpc_method", method)])
+                    .get_or_create(&Rpc::of(method).time_labels())
                     .observe(elapsed.as_secs_f64()),
             }
         }
@@ -421,6 +507,15 @@ impl Metrics {
             "poll error kind {kind:?} missing from POLL_ERROR_KINDS (created at start)"
         );
         self.poll_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// A push callback was answered (`outcome`: one of [`CALLBACK_OUTCOMES`]).
+    pub fn callback(&self, outcome: &'static str) {
+        debug_assert!(
+            CALLBACK_OUTCOMES.contains(&outcome),
+            "callback outcome {outcome:?} missing from CALLBACK_OUTCOMES"
+        );
+        self.callbacks.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     /// A watcher stream opened (+1) or closed (-1).
@@ -646,11 +741,11 @@ mod tests {
         m.gateway_request("notAnInterface", "0", Duration::from_millis(1));
         let text = m.render();
         for line in [
-            r#"ccgw_grpc_server_handled_total{grpc_method="BeginPlay",grpc_code="OK"} 2"#,
-            r#"ccgw_grpc_server_handled_total{grpc_method="BeginPlay",grpc_code="UNAVAILABLE"} 1"#,
-            r#"ccgw_grpc_server_handled_total{grpc_method="NotAMethod",grpc_code="OK"} 1"#,
-            r#"ccgw_grpc_server_handling_seconds_count{grpc_method="BeginPlay"} 3"#,
-            r#"ccgw_grpc_server_handling_seconds_count{grpc_method="NotAMethod"} 1"#,
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="BeginPlay",grpc_code="OK"} 2"#,
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="BeginPlay",grpc_code="UNAVAILABLE"} 1"#,
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="unknown",grpc_method="NotAMethod",grpc_code="OK"} 1"#,
+            r#"ccgw_grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="BeginPlay"} 3"#,
+            r#"ccgw_grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="unknown",grpc_method="NotAMethod"} 1"#,
             r#"ccgw_gateway_requests_total{interface="getAgentEvent",retcode="0"} 1"#,
             r#"ccgw_gateway_requests_total{interface="getAgentEvent",retcode="timeout"} 1"#,
             r#"ccgw_gateway_requests_total{interface="notAnInterface",retcode="0"} 1"#,

@@ -3,6 +3,7 @@
 //! checked against its documented rule, written out independently here: it never panics,
 //! accepts exactly what the rule allows, and reports a refusal as one violation of the field.
 
+use ccgw_bridge::events::parse_callback;
 use ccgw_bridge::gateway::{parse_set_guid, Envelope};
 use ccgw_bridge::grpc::validate::{self, Limits, Violations, VoicePathPolicy};
 use proptest::prelude::*;
@@ -177,6 +178,50 @@ proptest! {
                 prop_assert_eq!(ev.content, content);
             }
             None => prop_assert!(e.event.is_none()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// parse_callback (push mode)
+
+fn check_callback(bytes: &[u8]) {
+    if let Ok(batch) = parse_callback(bytes) {
+        assert!(!batch.work_no.is_empty(), "a batch names its agent");
+        assert!(batch.events.iter().all(|e| !e.event_type.is_empty()));
+    }
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn callback_parser_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_callback(&bytes);
+    }
+
+    #[test]
+    fn callback_parser_never_panics_on_jsonish_text(text in jsonish()) {
+        check_callback(text.as_bytes());
+    }
+
+    /// A well-formed batch decodes to exactly its events, oldest first.
+    #[test]
+    fn callback_parser_keeps_the_batch(
+        work_no in "[0-9]{3,6}",
+        events in prop::collection::vec(("[A-Za-z_]{1,30}", json_value()), 0..8),
+    ) {
+        let list: Vec<Value> = events
+            .iter()
+            .map(|(t, c)| json!({"eventType": t, "workNo": work_no, "content": c}))
+            .collect();
+        let body = json!({"workNo": work_no, "eventList": list});
+        let batch = parse_callback(body.to_string().as_bytes()).expect("decodes");
+        prop_assert_eq!(&batch.work_no, &work_no);
+        prop_assert_eq!(batch.events.len(), events.len());
+        for (got, (t, c)) in batch.events.iter().zip(&events) {
+            prop_assert_eq!(&got.event_type, t);
+            prop_assert_eq!(&got.content, c);
         }
     }
 }

@@ -77,7 +77,7 @@ fn no_password_copy_is_left_in_freed_memory() {
     assert_eq!(loaded[0].params.password.expose().as_bytes(), MARKER);
 
     let body = freed_copies(|| {
-        let body = loaded[0].params.body();
+        let body = loaded[0].params.body(None);
         assert!(body.len() > 128, "{}", body.len());
         drop(body);
     });

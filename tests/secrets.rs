@@ -115,8 +115,9 @@ async fn secrets_never_reach_logs_errors_or_debug_output() {
         })
         .await
         .ok();
-    let metrics = h.metrics().await;
+    let mut metrics = h.metrics().await;
     h.stop().await.unwrap();
+    let tokens = push_mode(&mut guids, &mut errors, &mut metrics).await;
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(
@@ -124,13 +125,17 @@ async fn secrets_never_reach_logs_errors_or_debug_output() {
         "TRACE logging really captured: {}",
         logs.len()
     );
-    assert!(guids.len() >= 2, "Guids rotated during the test");
+    assert!(guids.len() >= 4, "Guids rotated during the test");
+    assert!(!tokens.is_empty(), "push sessions had tokens");
     for (what, text) in [
         ("logs", &logs),
         ("errors", &errors.join("\n")),
         ("metrics", &metrics),
     ] {
         assert!(!text.contains(PASSWORD), "password in {what}");
+        for token in &tokens {
+            assert!(!text.contains(token.as_str()), "service token in {what}");
+        }
         assert!(!text.contains("other-secret-pw"), "password in {what}");
         for g in &guids {
             // The UUID part alone must not appear either.
@@ -138,4 +143,75 @@ async fn secrets_never_reach_logs_errors_or_debug_output() {
             assert!(!text.contains(uuid), "Guid {uuid} in {what}");
         }
     }
+}
+
+/// Push mode (issue 24): a session with rotating Guids, pushed events, and callbacks refused
+/// for their token, their Guid and their body. Returns the service tokens the bridge sent;
+/// adds the Guids seen, the errors and the metrics.
+async fn push_mode(
+    guids: &mut std::collections::HashSet<String>,
+    errors: &mut Vec<String>,
+    metrics: &mut String,
+) -> Vec<String> {
+    let sim = SimConfig {
+        auth: AuthMode::Dynamic {
+            rotate_every: Duration::from_millis(100),
+            strict: true,
+            overlap: Duration::ZERO,
+        },
+        password: Some(PASSWORD.into()),
+        ..fast_sim()
+    };
+    let h = Harness::push(sim, |_| {}).await;
+    let mut req = sign_in_request("1001");
+    req.password = PASSWORD.into();
+    h.sessions().await.sign_in(req).await.unwrap();
+    // The simulator's request log is a test instrument, not a log.
+    let login = h
+        .sim
+        .wait_for_request(|r| r.path.ends_with("/onlineagent/1001"))
+        .await;
+    let body: serde_json::Value = serde_json::from_str(&login.body).unwrap();
+    let token = body["serviceToken"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        h.sim.queue_event(
+            "1001",
+            serde_json::json!({"eventType": "AgentState_Busy", "workNo": "1001", "content": {"i": i}}),
+        );
+        h.sim.wait_pushed("1001", 3 + i).await;
+        // Heartbeats carry the rotations.
+        h.sim.clear_requests();
+        h.sim
+            .wait_for_request(|r| r.path.ends_with("/onlineagent/1001/handshake"))
+            .await;
+        guids.extend(h.sim.current_guid("1001"));
+    }
+    let guid = h.sim.current_guid("1001").unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(h.sim.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://{}{CALLBACK_PATH}/1001", h.callback.unwrap());
+    for (token, guid, body) in [
+        (token.as_str(), "bogus", "{}"),
+        ("WrongToken", guid.as_str(), "{}"),
+        (token.as_str(), guid.as_str(), "{not json"),
+    ] {
+        let answer = client
+            .post(&url)
+            .header("Guid", guid)
+            .header("service_token", token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let head = format!("{answer:?}");
+        errors.push(format!(
+            "{head} {}",
+            answer.text().await.unwrap_or_default()
+        ));
+    }
+    metrics.push_str(&h.metrics().await);
+    h.stop().await.unwrap();
+    vec![token]
 }

@@ -22,6 +22,9 @@ Usage: python3 checks.py --formula docs/memory.md --flags docs/configuration.md 
    Service that reaches the bridge's API needs an API listener that is not loopback, secured by
    TLS and a token. Every Service's and PodDisruptionBudget's selector selects some pod template of
    its file (a typo would select nothing, which the API server accepts silently).
+6. Push mode (--events=push): an https --callback-url the gateway can dial (not 0.0.0.0 or
+   loopback; $(POD_IP) from status.podIP), the callback port declared, the certificate's key
+   from a Secret.
 5. A pooled bridge reaches etcd securely: https:// endpoints only (no `http://`), --etcd-ca-cert,
    a client certificate, and its key and the etcd user's password file mounted from Secrets.
 """
@@ -242,6 +245,9 @@ def check_file(name, formula, figures):
                 check_availability(name, where, labels, pod, replicas, pdbs)
             if pooled:
                 check_etcd_security(where, c, pod, env)
+            if flag(args, "--events") == "push" or \
+                    (env.get("CCGW_EVENTS") or {}).get("value") == "push":
+                check_push(where, c, pod)
             listen = flag(args, "--listen") or "127.0.0.1:50051"
             api_port = int(listen.rsplit(":", 1)[1])
             port_names = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
@@ -345,6 +351,38 @@ def check_etcd_security(where, container, pod, env):
         path = flag(args, f)
         if path is not None and not secret_mounted(path, container, pod):
             error(where, f"{f}={path} is not mounted from a Secret")
+
+
+def check_push(where, container, pod):
+    """Push mode (docs/events-poll-or-push.md): the gateway must reach the callback server, so
+    --callback-url is https on an address the gateway can dial (not 0.0.0.0, not loopback), the
+    callback port is a declared container port, and the certificate's key comes from a Secret."""
+    args = container.get("args") or []
+    url = flag(args, "--callback-url")
+    if url is None:
+        error(where, "--events=push without --callback-url")
+    elif not url.startswith("https://"):
+        error(where, f"--callback-url {url}: the gateway calls back over https only")
+    elif re.match(r"https://(0\.0\.0\.0|127\.|localhost|\[::1?\])", url):
+        error(where, f"--callback-url {url}: no gateway can call that address; use the pod IP "
+                     f"($(POD_IP) from status.podIP) or a name the gateway resolves")
+    listen = flag(args, "--callback-listen") or "0.0.0.0:9443"
+    port = int(listen.rsplit(":", 1)[1])
+    if listen.startswith(("127.", "localhost", "[::1]")):
+        error(where, f"--callback-listen {listen} is loopback: the gateway cannot reach it")
+    if port not in {p.get("containerPort") for p in container.get("ports") or []}:
+        error(where, f"the callback port {port} (--callback-listen) is no containerPort")
+    for f in ("--callback-cert", "--callback-key"):
+        path = flag(args, f)
+        if path is None:
+            error(where, f"--events=push without {f}")
+        elif f == "--callback-key" and not secret_mounted(path, container, pod):
+            error(where, f"{f}={path} is not mounted from a Secret")
+    if url and "$(POD_IP)" in url:
+        env = {e.get("name"): e for e in container.get("env") or []}
+        field = (((env.get("POD_IP") or {}).get("valueFrom") or {}).get("fieldRef") or {})
+        if field.get("fieldPath") != "status.podIP":
+            error(where, "--callback-url uses $(POD_IP), but POD_IP is not status.podIP")
 
 
 def main(argv):

@@ -20,6 +20,18 @@ PAGES = {"README.md": HERE / "README.md", "memory.md": ROOT / "docs/memory.md",
 
 # (file, text to replace, replacement, text the report must contain)
 CASES = [
+    ("pod-sidecar-push.yaml", "--callback-url=https://$(POD_IP)", "--callback-url=http://$(POD_IP)",
+     "the gateway calls back over https only"),
+    ("pod-sidecar-push.yaml", "--callback-url=https://$(POD_IP)", "--callback-url=https://0.0.0.0",
+     "no gateway can call that address"),
+    ("pod-sidecar-push.yaml", "              containerPort: 9443", "              containerPort: 9444",
+     "the callback port 9443 (--callback-listen) is no containerPort"),
+    ("pod-sidecar-push.yaml", "fieldPath: status.podIP", "fieldPath: status.hostIP",
+     "POD_IP is not status.podIP"),
+    ("pod-sidecar-push.yaml",
+     "        - name: ccgw-callback-tls\n          secret:\n            secretName: ccgw-callback-tls\n",
+     "        - name: ccgw-callback-tls\n          configMap:\n            name: ccgw-callback-tls\n",
+     "--callback-key=/etc/ccgw/callback-tls/tls.key is not mounted from a Secret"),
     ("pool-replicas.yaml", "              memory: 48Mi", "              memory: 32Mi",
      "resources: memory request 32Mi, the comment derives 48Mi"),
     ("pod-sidecar.yaml", "84.8 MiB -> 96Mi", "84.8 MiB -> 128Mi",

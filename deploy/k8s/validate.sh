@@ -69,6 +69,9 @@ prom="$here/../prometheus"
 "$venv/bin/python" "$prom/checks.py" --rules "$prom/ccgw-bridge.rules.yml" \
   --docs "$docs/metrics-and-alerts.md" --pods "$here"/*.yaml -- \
   "$prom/ccgw-bridge.podmonitor.yaml" "$prom/ccgw-bridge.prometheusrule.yaml" || src=1
+# The Grafana dashboard: JSON, its variables, a datasource and queries on every panel (that each
+# query returns data is tests/pool/dashboard.rs's, against a real Prometheus).
+"$venv/bin/python" "$here/../grafana/checks.py" "$here/../grafana/ccgw-bridge.json" || src=1
 # The checks themselves: each defect they exist for, planted in a copy, must be reported.
 if [[ $# -eq 0 ]]; then
   "$venv/bin/python" "$here/checks_test.py" || src=1
@@ -79,4 +82,4 @@ if [[ $rc -ne 0 || $src -ne 0 ]] || grep -qv '^INFO ' <<<"$out"; then
   exit 1
 fi
 echo "validate.sh: ${#files[@]} file(s) valid against Kubernetes $k8s_version (strict);" \
-  "deploy/prometheus's PodMonitor and PrometheusRule checked"
+  "deploy/prometheus's PodMonitor and PrometheusRule and deploy/grafana's dashboard checked"

@@ -185,6 +185,10 @@ pub enum CallOp {
         /// Print the current snapshot only, then exit.
         #[arg(long)]
         once: bool,
+        /// Also the pool-wide table: every agent of the pool and the instance that owns it, as
+        /// this instance last read etcd (at most one reconcile tick old); a snapshot, as --once.
+        #[arg(long)]
+        all: bool,
     },
     /// Print the agent's play events as they arrive, until the stream ends or Ctrl-C
     /// (WatchPlayEvents; WatchAgentEvents with --all).

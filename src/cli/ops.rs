@@ -220,12 +220,15 @@ pub(super) async fn call(args: &CallArgs) -> Result<(), Failure> {
                 .into_inner();
             out.session(&s)?;
         }
-        CallOp::Ownership { once } => {
+        CallOp::Ownership { once, all } => {
             let mut stream = sessions()
-                .watch_ownership(WatchOwnershipRequest {})
+                .watch_ownership(WatchOwnershipRequest {
+                    include_pool_owners: *all,
+                })
                 .await?
                 .into_inner();
-            if *once {
+            // The table of other instances' agents is not pushed at their changes: a snapshot.
+            if *once || *all {
                 if let Some(o) = stream.message().await? {
                     out.ownership(&o)?;
                 }

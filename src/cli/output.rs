@@ -76,10 +76,20 @@ impl Output {
 
     pub(super) fn ownership(&self, o: &Ownership) -> std::io::Result<()> {
         if self.json {
-            emit!(
-                "{}",
-                json!({"instance": o.instance, "lease_state": o.lease_state, "agent_ids": o.agent_ids, "waiting_for_gateway": o.waiting_for_gateway})
-            )
+            let mut v = json!({"instance": o.instance, "lease_state": o.lease_state, "agent_ids": o.agent_ids, "waiting_for_gateway": o.waiting_for_gateway});
+            if !o.pool_owners.is_empty() {
+                // agent -> owner (null: nobody owns it now)
+                let owners: Map<String, Value> = o
+                    .pool_owners
+                    .iter()
+                    .map(|a| {
+                        let owner = (!a.instance.is_empty()).then(|| a.instance.clone());
+                        (a.agent_id.clone(), json!(owner))
+                    })
+                    .collect();
+                v["pool_owners"] = owners.into();
+            }
+            emit!("{v}")
         } else {
             let agents = if o.agent_ids.is_empty() {
                 "-".to_owned()
@@ -95,7 +105,17 @@ impl Output {
                 "instance={} lease={} agents={agents}{waiting}",
                 o.instance,
                 o.lease_state
-            )
+            )?;
+            // The pool-wide table (--all): one line per agent, `-` while nobody owns it.
+            for a in &o.pool_owners {
+                let owner = if a.instance.is_empty() {
+                    "-"
+                } else {
+                    &a.instance
+                };
+                emit!("{} owner={owner}", a.agent_id)?;
+            }
+            Ok(())
         }
     }
 

@@ -29,6 +29,18 @@ pub struct SimulateArgs {
     /// With --rotate-every: refuse the old Guid as soon as the new one was delivered.
     #[arg(long, env = "CCGW_SIM_STRICT")]
     pub strict: bool,
+    /// Push mode: PEM CA trusted for bridges' callback servers (besides the simulator's own CA).
+    #[arg(long, env = "CCGW_SIM_CALLBACK_CA", value_name = "FILE")]
+    pub callback_ca: Option<PathBuf>,
+}
+
+/// `--events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFlag {
+    /// Long-poll the gateway per agent.
+    Poll,
+    /// The gateway calls the bridge back.
+    Push,
 }
 
 /// The sections of `ccgw-bridge --help`, one per concern an operator looks for.
@@ -119,6 +131,41 @@ pub struct BridgeArgs {
     /// [default: 0.0.0.0:9090; 127.0.0.1:9090 with --simulate, a demo nobody else probes]
     #[arg(long, help_heading = ADMIN, env = "CCGW_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// How events reach the bridge: `poll` (each signed-in agent holds a long poll to the
+    /// gateway) or `push` (the gateway POSTs events to --callback-url; see
+    /// docs/events-poll-or-push.md).
+    #[arg(long, help_heading = EVENTS, env = "CCGW_EVENTS", value_enum, default_value = "poll")]
+    pub events: EventsFlag,
+    /// Push mode: address of the HTTPS server the gateway calls back (its own certificate,
+    /// --callback-cert/--callback-key; TLS 1.2+). [default: 0.0.0.0:9443; 127.0.0.1:9443 with
+    /// --simulate]
+    #[arg(long, help_heading = EVENTS, env = "CCGW_CALLBACK_LISTEN")]
+    pub callback_listen: Option<SocketAddr>,
+    /// Push mode: the https URL the gateway is told to call (an address the gateway can reach:
+    /// in Kubernetes the pod IP or the pod's own name). Each agent's callback is this URL plus
+    /// `/<agent id>`; with it at most 200 characters (the vendor's limit).
+    #[arg(long, help_heading = EVENTS, env = "CCGW_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+    /// Push mode: PEM certificate chain of the callback server (with --callback-key).
+    #[arg(long, help_heading = EVENTS, env = "CCGW_CALLBACK_CERT", requires = "callback_key")]
+    pub callback_cert: Option<PathBuf>,
+    /// Push mode: PEM private key of --callback-cert.
+    #[arg(long, help_heading = EVENTS, env = "CCGW_CALLBACK_KEY", requires = "callback_cert")]
+    pub callback_key: Option<PathBuf>,
+    /// Push mode: PEM CA bundle; the gateway must present a client certificate it signed.
+    #[arg(long, help_heading = EVENTS, env = "CCGW_CALLBACK_CLIENT_CA", requires = "callback_cert")]
+    pub callback_client_ca: Option<PathBuf>,
+    /// Push mode: largest callback body accepted (bytes, or with KiB/MiB).
+    #[arg(long, help_heading = EVENTS, env = "CCGW_CALLBACK_MAX_BODY", default_value = "1MiB", value_parser = byte_size)]
+    pub callback_max_body: usize,
+    /// Push mode: a callback's headers must arrive within this, and its body within this
+    /// again (slow clients are cut off).
+    #[arg(long, help_heading = EVENTS, env = "CCGW_CALLBACK_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub callback_timeout: Duration,
+    /// Push mode: heartbeat period (vendor: 30 s; the gateway signs an agent out after
+    /// 2 minutes without one). At most a third of --gateway-idle-timeout.
+    #[arg(long, help_heading = EVENTS, env = "CCGW_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
     /// Read timeout of the event long poll; must exceed the gateway's hold (10 s).
     #[arg(long, help_heading = EVENTS, env = "CCGW_POLL_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub poll_timeout: Duration,

@@ -2,15 +2,18 @@
 //! [`Config`], before any port is bound.
 
 use super::agents_file::{read_password_file, refuse_world_readable};
+use super::flags::EventsFlag;
 use super::{
     invalid, load_agents, pem, read, BridgeArgs, Config, ConfigError, PinnedAgent, ServerSettings,
     ServerTls,
 };
+use crate::callback::CallbackSettings;
 use crate::events::EventBudget;
+use crate::events::HeartbeatSettings;
 use crate::gateway::GatewayConfig;
 use crate::grpc::validate::{Limits, VoicePathPolicy};
 use crate::pool::{EtcdAuth, EtcdTls, Keyring, PoolConfig};
-use crate::session::SessionSettings;
+use crate::session::{EventMode, PushSettings, SessionSettings};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,17 @@ use zeroize::Zeroizing;
 
 /// The admin listener's default: the pod IP, where the kubelet's probes and Prometheus dial.
 const ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
+/// The callback listener's default: the pod IP, where the gateway calls back.
+const CALLBACK_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9443);
+/// Under `--simulate` the gateway is in this process: loopback.
+const SIMULATE_CALLBACK_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9443);
+/// The callback path of the `--simulate` demo.
+const SIMULATE_CALLBACK_PATH: &str = "/ccgw/events";
+/// Connections the callback server serves at once (the gateway needs a handful; the bound
+/// keeps slow or hostile clients from exhausting file descriptors).
+const CALLBACK_MAX_CONNECTIONS: usize = 256;
+/// The vendor's limit for `callBackUri` (api-notes §1.1).
+const MAX_CALLBACK_URI: usize = 200;
 /// Under `--simulate` a demo on a workstation: no kubelet probes it, so it stays on loopback.
 const SIMULATE_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 
@@ -119,12 +133,14 @@ impl BridgeArgs {
         };
         let server = self.server_settings()?;
         let pool = self.pool_config(&agents)?;
+        let (events, callback) = self.push_config()?;
         let mut sessions = SessionSettings {
             event_window: self.event_window,
             event_budget: EventBudget::new(self.event_budget, self.event_max_age),
             hold_credentials: !self.no_resign_in,
             sign_in_concurrency: self.sign_in_concurrency,
             gateway_idle_timeout: self.gateway_idle_timeout,
+            events,
             ..SessionSettings::default()
         };
         sessions.poll.gap = self.poll_gap;
@@ -151,9 +167,91 @@ impl BridgeArgs {
             sign_out_on_shutdown: !self.no_sign_out_on_shutdown,
             drain_timeout: self.drain_timeout,
             server,
+            callback,
             pool,
             coordinator: None,
         })
+    }
+
+    /// `--events` and the push-mode flags. Under `--simulate` the callback server's
+    /// certificate is the simulator's (filled in by `main` once it runs; the simulator trusts
+    /// its own CA), and the URL defaults to the loopback listener.
+    fn push_config(&self) -> Result<(EventMode, Option<CallbackSettings>), ConfigError> {
+        let push_flags = self.callback_url.is_some()
+            || self.callback_listen.is_some()
+            || self.callback_cert.is_some();
+        if self.events == EventsFlag::Poll {
+            if push_flags {
+                return Err(invalid(
+                    "--callback-url, --callback-listen and --callback-cert are for --events push (CCGW_EVENTS=push); drop them or add it",
+                ));
+            }
+            return Ok((EventMode::Poll, None));
+        }
+        if self.heartbeat_interval.is_zero()
+            || self.heartbeat_interval > self.gateway_idle_timeout / 3
+        {
+            return Err(invalid(format!(
+                "--heartbeat-interval {:?} must be above zero and at most a third of --gateway-idle-timeout ({:?}), so two lost heartbeats do not sign agents out (vendor: 30 s against 2 minutes)",
+                self.heartbeat_interval, self.gateway_idle_timeout
+            )));
+        }
+        if self.callback_max_body < 1024 {
+            return Err(invalid("--callback-max-body must be at least 1KiB"));
+        }
+        if self.callback_timeout.is_zero() {
+            return Err(invalid("--callback-timeout must be above zero"));
+        }
+        let listen = self.callback_listen.unwrap_or(if self.simulate {
+            SIMULATE_CALLBACK_LISTEN
+        } else {
+            CALLBACK_LISTEN
+        });
+        let url = match (&self.callback_url, self.simulate) {
+            (Some(url), _) => url.clone(),
+            (None, true) => format!("https://{listen}{SIMULATE_CALLBACK_PATH}"),
+            (None, false) => {
+                return Err(invalid(
+                    "--events push needs --callback-url (CCGW_CALLBACK_URL): the https address the gateway can reach this bridge at, e.g. https://10.0.0.7:9443/ccgw/events (in Kubernetes: the pod IP from the downward API)",
+                ))
+            }
+        };
+        let path = validate_callback_url(&url, self.agent_id_max)?;
+        let (cert_pem, key_pem) = match (&self.callback_cert, &self.callback_key) {
+            (Some(cert), Some(key)) => {
+                pem::identity((cert, "--callback-cert"), (key, "--callback-key"))?
+            }
+            // Filled in by `main` from the simulator.
+            _ if self.simulate => (Vec::new(), Vec::new()),
+            _ => {
+                return Err(invalid(
+                    "--events push needs --callback-cert and --callback-key (CCGW_CALLBACK_CERT, CCGW_CALLBACK_KEY): the certificate the gateway sees when it calls back (TLS 1.2+)",
+                ))
+            }
+        };
+        let callback = CallbackSettings {
+            listen,
+            cert_pem,
+            key_pem,
+            client_ca_pem: self
+                .callback_client_ca
+                .as_deref()
+                .map(|p| pem::ca_bundle(p, "--callback-client-ca"))
+                .transpose()?,
+            path,
+            max_body_bytes: self.callback_max_body,
+            header_timeout: self.callback_timeout,
+            body_timeout: self.callback_timeout,
+            max_connections: CALLBACK_MAX_CONNECTIONS,
+        };
+        let push = PushSettings {
+            callback_url: Arc::from(url.trim_end_matches('/')),
+            heartbeat: HeartbeatSettings {
+                every: self.heartbeat_interval,
+                ..HeartbeatSettings::default()
+            },
+        };
+        Ok((EventMode::Push(push), Some(callback)))
     }
 
     fn pool_config(&self, agents: &[PinnedAgent]) -> Result<Option<PoolConfig>, ConfigError> {
@@ -343,6 +441,48 @@ fn validate_gateway_url(url: &str) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
+}
+
+/// Checks `--callback-url` (https, a host the gateway can reach, no query, short enough for
+/// the vendor's 200 characters once `/<agent id>` is appended) and returns its path.
+fn validate_callback_url(url: &str, agent_id_max: u64) -> Result<String, ConfigError> {
+    let example = "e.g. https://10.0.0.7:9443/ccgw/events";
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        invalid(format!(
+            "--callback-url {url:?} is not a URL ({e}); {example}"
+        ))
+    })?;
+    if parsed.scheme() != "https" {
+        return Err(invalid(format!(
+            "--callback-url must be https: the gateway calls back over TLS 1.2 or newer only; {example}"
+        )));
+    }
+    match parsed.host_str() {
+        None | Some("") => {
+            return Err(invalid(format!("--callback-url names no host; {example}")));
+        }
+        Some("0.0.0.0" | "[::]") => {
+            return Err(invalid(format!(
+                "--callback-url names {}, which no gateway can call; give the address the gateway reaches this bridge at (in Kubernetes the pod IP: status.podIP through the downward API); {example}",
+                parsed.host_str().unwrap_or_default()
+            )));
+        }
+        Some(_) => {}
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid(format!(
+            "--callback-url must have no query or fragment: the agent id is appended to its path; {example}"
+        )));
+    }
+    let id_digits = agent_id_max.to_string().len();
+    let longest = url.trim_end_matches('/').chars().count() + 1 + id_digits;
+    if longest > MAX_CALLBACK_URI {
+        return Err(invalid(format!(
+            "--callback-url is {} characters; with /<agent id> (up to {id_digits} digits) that is {longest}, above the gateway's limit of {MAX_CALLBACK_URI}: shorten the path or use an IP address",
+            url.chars().count()
+        )));
+    }
+    Ok(parsed.path().trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]

@@ -228,6 +228,15 @@ impl Hub {
         self.tick.send_replace(());
     }
 
+    /// Whether the stream has ended (a push callback for it is refused, not applied).
+    pub fn is_closed(&self) -> bool {
+        self.window
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .end
+            .is_some()
+    }
+
     /// Sequence of the newest event (0 before the first).
     pub fn last_sequence(&self) -> u64 {
         self.window

@@ -1,12 +1,17 @@
-//! Agent events: the per-agent poll loop, decoding, sequence numbers, the retained window and
+//! Agent events: their sources (the per-agent poll loop, or the gateway pushing), decoding, sequence numbers, the retained window and
 //! fan-out to watchers.
 
 mod budget;
 mod event;
 mod hub;
-mod poller;
+mod source;
 
 pub use budget::{EventBudget, DEFAULT_BUDGET_BYTES, DEFAULT_MAX_AGE};
 pub use event::{play_type, Event, SHUTDOWN_SERVICE};
 pub use hub::{End, Hub, Next, SubscribeError, Subscription};
-pub use poller::{backoff, unix_ms, PollEnd, PollSettings, Poller};
+pub use source::poll::{backoff, unix_ms, PollEnd, PollSettings, Poller};
+pub use source::push::{
+    constant_time_eq, parse_callback, CallbackBatch, CallbackError, Closed, Heartbeat,
+    HeartbeatSettings, PushInbox, ServiceToken,
+};
+pub use source::SessionLink;

@@ -29,6 +29,13 @@ pub struct SignInBody<'a> {
     /// State after sign-in: 3 busy, 4 idle, 5 wrap-up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u32>,
+    /// Push mode: where the gateway POSTs the agent's events (≤ 200 characters). Push mode is
+    /// selected only when this and `serviceToken` are both sent (api-notes §1.1).
+    #[serde(rename = "callBackUri", skip_serializing_if = "Option::is_none")]
+    pub call_back_uri: Option<&'a str>,
+    /// Push mode: the token the gateway presents on every callback (≤ 50 alphanumerics).
+    #[serde(rename = "serviceToken", skip_serializing_if = "Option::is_none")]
+    pub service_token: Option<&'a str>,
 }
 
 /// Body of `beginPlay` (api-notes §4.1).
@@ -118,6 +125,8 @@ mod tests {
             releasephone: None,
             agenttype: None,
             status: Some(4),
+            call_back_uri: None,
+            service_token: None,
         });
         assert_eq!(
             &s[..],
@@ -136,6 +145,8 @@ mod tests {
             releasephone: Some(false),
             agenttype: Some(11),
             status: Some(5),
+            call_back_uri: Some("https://10.1.2.3:9443/ccgw/callback"),
+            service_token: Some("A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"),
         };
         let buf = secret_json(&body);
         assert!(buf.len() > 128, "{}", buf.len());

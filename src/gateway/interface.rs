@@ -16,6 +16,8 @@ pub enum Interface {
     Logout,
     /// `GET /agentevent/{id}` — the long poll, also the agent's heartbeat.
     Poll,
+    /// `POST /onlineagent/{id}/handshake` — the heartbeat of a push-mode session (api-notes §3.3).
+    Heartbeat,
     /// `PUT /recordplay/{id}/play`
     BeginPlay,
     /// `DELETE /recordplay/{id}/stopplay`
@@ -33,11 +35,12 @@ pub enum Interface {
 impl Interface {
     /// Every interface once (the seconds of the fast-play ones do not matter): for what is
     /// prepared per interface, such as pre-resolved metric series.
-    pub const ALL: [Interface; 10] = [
+    pub const ALL: [Interface; 11] = [
         Interface::Login,
         Interface::ForceLogin,
         Interface::Logout,
         Interface::Poll,
+        Interface::Heartbeat,
         Interface::BeginPlay,
         Interface::StopPlay,
         Interface::PausePlay,
@@ -53,6 +56,7 @@ impl Interface {
             Interface::ForceLogin => "forceLogin",
             Interface::Logout => "logout",
             Interface::Poll => "getAgentEvent",
+            Interface::Heartbeat => "handShake",
             Interface::BeginPlay => "beginPlay",
             Interface::StopPlay => "stopPlay",
             Interface::PausePlay => "pausePlay",
@@ -68,7 +72,8 @@ impl Interface {
             Interface::Login | Interface::ForceLogin | Interface::BeginPlay => Method::PUT,
             Interface::Logout | Interface::StopPlay => Method::DELETE,
             Interface::Poll => Method::GET,
-            Interface::PausePlay
+            Interface::Heartbeat
+            | Interface::PausePlay
             | Interface::ResumePlay
             | Interface::FastForward(_)
             | Interface::Rewind(_) => Method::POST,
@@ -89,6 +94,7 @@ impl Interface {
             Interface::ForceLogin => (["onlineagent", agent_id, "forcelogin", ""], 3),
             Interface::Logout => (["onlineagent", agent_id, "logout", ""], 3),
             Interface::Poll => (["agentevent", agent_id, "", ""], 2),
+            Interface::Heartbeat => (["onlineagent", agent_id, "handshake", ""], 3),
             Interface::BeginPlay => (["recordplay", agent_id, "play", ""], 3),
             Interface::StopPlay => (["recordplay", agent_id, "stopplay", ""], 3),
             Interface::PausePlay => (["recordplay", agent_id, "pauseplay", ""], 3),
@@ -120,6 +126,7 @@ mod tests {
             (Interface::ForceLogin, "PUT", "/onlineagent/101/forcelogin"),
             (Interface::Logout, "DELETE", "/onlineagent/101/logout"),
             (Interface::Poll, "GET", "/agentevent/101"),
+            (Interface::Heartbeat, "POST", "/onlineagent/101/handshake"),
             (Interface::BeginPlay, "PUT", "/recordplay/101/play"),
             (Interface::StopPlay, "DELETE", "/recordplay/101/stopplay"),
             (Interface::PausePlay, "POST", "/recordplay/101/pauseplay"),

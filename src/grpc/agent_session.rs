@@ -17,17 +17,33 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct AgentSessionApi(pub Bridge);
 
-/// The current ownership, then one snapshot per change, until the pool stops (drain).
-fn ownership_stream(pool: Arc<crate::pool::Ownership>) -> EventStream<Ownership> {
+/// The current ownership, then one snapshot per change, until the pool stops (drain); with
+/// `pool_owners`, each snapshot also carries the pool-wide agent → owner table.
+fn ownership_stream(
+    pool: Arc<crate::pool::Ownership>,
+    pool_owners: bool,
+) -> EventStream<Ownership> {
     use futures::StreamExt;
     let draining = pool.draining();
     let snapshots = tokio_stream::wrappers::WatchStream::new(pool.subscribe()).map(move |_| {
         let s = pool.status();
+        let table = if pool_owners {
+            pool.pool_owners()
+        } else {
+            Vec::new()
+        };
         Ok(Ownership {
             instance: s.instance,
             agent_ids: s.owned,
             lease_state: s.lease.label().to_owned(),
             waiting_for_gateway: s.waiting_for_gateway,
+            pool_owners: table
+                .into_iter()
+                .map(|(agent_id, owner)| AgentOwner {
+                    agent_id,
+                    instance: owner.unwrap_or_default(),
+                })
+                .collect(),
         })
     });
     let end = futures::stream::once(async {
@@ -175,7 +191,7 @@ impl AgentSessionService for AgentSessionApi {
         &self,
         request: Request<WatchOwnershipRequest>,
     ) -> Result<Response<Self::WatchOwnershipStream>, Status> {
-        let (meta, _, _) = request.into_parts();
+        let (meta, _, r) = request.into_parts();
         let bridge = &self.0;
         bridge
             .observe("WatchOwnership", "", &meta, async {
@@ -188,7 +204,7 @@ impl AgentSessionService for AgentSessionApi {
                         &[],
                     )
                 })?;
-                Ok(Response::new(ownership_stream(pool)))
+                Ok(Response::new(ownership_stream(pool, r.include_pool_owners)))
             })
             .await
     }

@@ -99,6 +99,8 @@ pub struct EtcdLease {
     client: Client,
     id: i64,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// For keep-alive failures worded as every other etcd failure (cause and fix).
+    setup: hints::OwnedSetup,
 }
 
 /// Whether etcd answered that the lease no longer exists (expired or revoked).
@@ -112,17 +114,6 @@ fn lease_gone(e: &etcd_client::Error) -> bool {
 
 fn coordinator(e: impl std::fmt::Display) -> PoolError {
     PoolError::Coordinator(e.to_string())
-}
-
-/// `f`, failed as a coordinator error if it takes longer than `bound`.
-async fn bounded<T>(
-    bound: Duration,
-    f: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, PoolError> {
-    match tokio::time::timeout(bound, f).await {
-        Ok(r) => r.map_err(coordinator),
-        Err(_) => Err(PoolError::Coordinator("request timed out".into())),
-    }
 }
 
 impl EtcdBackend {
@@ -213,7 +204,7 @@ impl EtcdBackend {
                 ),
             ])
             .or_else([TxnOp::get(owner, None)]);
-        let resp = bounded(self.bound(), client.txn(txn)).await?;
+        let resp = self.bounded(client.txn(txn)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let got = resp.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
@@ -252,7 +243,7 @@ impl EtcdBackend {
         let txn = Txn::new()
             .when([Compare::lease(owner, CompareOp::Equal, lease)])
             .and_then(ops);
-        let resp = bounded(self.bound(), client.txn(txn)).await?;
+        let resp = self.bounded(client.txn(txn)).await?;
         Ok((resp.succeeded(), resp.header().map_or(0, |h| h.revision())))
     }
 
@@ -288,7 +279,7 @@ impl EtcdBackend {
                 }
             })
             .collect();
-        bounded(self.bound(), client.txn(Txn::new().and_then(ops))).await?;
+        self.bounded(client.txn(Txn::new().and_then(ops))).await?;
         Ok(())
     }
 
@@ -435,7 +426,7 @@ impl LeaseRenewal for EtcdLease {
             match tokio::time::timeout_at(deadline, self.client.lease_keep_alive(self.id)).await {
                 Ok(Ok(keeper)) => self.keeper = Some(keeper),
                 Ok(Err(e)) if lease_gone(&e) => return Ok(Renewal::Lost),
-                Ok(Err(e)) => return Err(coordinator(e)),
+                Ok(Err(e)) => return Err(self.setup.describe(e)),
                 Err(_) => return Err(PoolError::Coordinator("keep-alive timed out".into())),
             }
         }
@@ -461,7 +452,7 @@ impl LeaseRenewal for EtcdLease {
                 if lease_gone(&e) {
                     return Ok(Renewal::Lost);
                 }
-                Err(coordinator(e))
+                Err(self.setup.describe(e))
             }
             Err(_) => {
                 self.keeper = None;
@@ -508,6 +499,11 @@ impl Backend for EtcdBackend {
             client,
             id,
             keeper: None,
+            setup: hints::OwnedSetup {
+                endpoints: self.endpoints.clone(),
+                tls: self.tls.clone(),
+                auth: self.auth.clone(),
+            },
         };
         Ok((Duration::from_secs(grant.ttl().max(0) as u64), lease))
     }
@@ -603,6 +599,28 @@ impl Backend for EtcdBackend {
             }
             Err(e) => writes.iter().map(|_| Err(coordinator(&e))).collect(),
         }
+    }
+
+    async fn forget_holders(&mut self, agents: &[String]) -> Result<(), PoolError> {
+        let mut client = self.client().await?;
+        for batch in agents.chunks(HOLDER_WRITES_PER_TXN) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|agent| {
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::create_revision(
+                                self.key("owners", agent),
+                                CompareOp::Equal,
+                                0,
+                            )])
+                            .and_then([TxnOp::delete(self.key("holders", agent), None)]),
+                    )
+                })
+                .collect();
+            self.bounded(client.txn(Txn::new().and_then(ops))).await?;
+        }
+        Ok(())
     }
 
     async fn release(

@@ -16,6 +16,29 @@ pub(super) struct Setup<'a> {
     pub auth: Option<&'a EtcdAuth>,
 }
 
+/// [`Setup`] owned, for the lease's keep-alive, which runs on a task of its own and outlives
+/// any borrow of the backend: its failures get the same one-line hints.
+#[derive(Clone)]
+pub(super) struct OwnedSetup {
+    pub endpoints: Vec<String>,
+    pub tls: Option<EtcdTls>,
+    pub auth: Option<EtcdAuth>,
+}
+
+impl OwnedSetup {
+    /// [`describe`] with this setup.
+    pub(super) fn describe(&self, e: etcd_client::Error) -> PoolError {
+        describe(
+            e,
+            &Setup {
+                endpoints: &self.endpoints,
+                tls: self.tls.as_ref(),
+                auth: self.auth.as_ref(),
+            },
+        )
+    }
+}
+
 /// A failed etcd request as a [`PoolError`] whose message is one line with its fix.
 pub(super) fn describe(e: etcd_client::Error, setup: &Setup) -> PoolError {
     PoolError::Coordinator(explain(&e, setup))

@@ -41,6 +41,11 @@ impl PoolMetrics {
             "Agents taken over from an instance whose lease ended, by how the take-over ended: guid_logout (its session logged out with the Guid it handed off), free (nothing held the agent), waited_for_gateway (held until the gateway signed it out)",
             m.take_overs.clone(),
         );
+        // Every outcome exists at 0 from the start, so that increase() (CcgwPoolTakeOvers, the
+        // dashboard) sees the first take-over too: a series born at its first sample hides it.
+        for outcome in TakeOver::ALL {
+            let _ = m.take_overs.get_or_create(&[("outcome", outcome.label())]);
+        }
         registry.register(
             "pool_agents_waiting_for_gateway",
             "Agents owned here that the gateway still counts as signed in elsewhere (100-002): a previous holder's session without a usable Guid, or a person; retried with back-off, never forced",
@@ -90,6 +95,13 @@ pub enum TakeOver {
 }
 
 impl TakeOver {
+    /// Every outcome (each a series of `ccgw_pool_take_overs_total` from the start).
+    pub const ALL: [TakeOver; 3] = [
+        TakeOver::GuidLogout,
+        TakeOver::Free,
+        TakeOver::WaitedForGateway,
+    ];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -211,6 +211,13 @@ pub trait Backend: Send + 'static {
         &mut self,
         writes: &[HolderWrite],
     ) -> impl Future<Output = Vec<Result<(), PoolError>>> + Send;
+    /// Deletes the holder records of `agents`, each only while nobody owns the agent: records
+    /// of agents no member lists any more, which nobody will take over (housekeeping, so the
+    /// pool's state does not grow with every agent ever removed from the agents file).
+    fn forget_holders(
+        &mut self,
+        agents: &[String],
+    ) -> impl Future<Output = Result<(), PoolError>> + Send;
     /// Takes each of `agents` under the lease if nobody holds it (requests sent concurrently).
     fn acquire(
         &mut self,
@@ -250,11 +257,19 @@ pub struct Pool {
 /// The part of the loop that outlives it: releasing what was signed out and leaving at
 /// shutdown.
 trait Leave: Send {
-    fn leave_after<'a>(
+    /// Releases agents signed out here (their holder records go with them).
+    fn release<'a>(
         &'a mut self,
-        released: Vec<String>,
+        agents: Vec<String>,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// Ends the lease (last: every agent not released is then free for a take-over).
+    fn leave<'a>(&'a mut self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
+
+/// The time kept back from the drain's deadline for the releases still due and the lease's
+/// revocation: without it, the drain's deadline cancelled the hand-over before anything was
+/// released or revoked, and peers waited a whole TTL for every agent.
+const LEAVE_RESERVE: Duration = Duration::from_millis(500);
 
 impl Pool {
     /// Connects to the configured coordinator and starts the pool (etcd; needs the `pool`
@@ -339,34 +354,67 @@ impl Pool {
         self.ownership.draining.cancel();
     }
 
-    /// The drain's hand-over: with `sign_out`, signs every owned agent out (in parallel) and
-    /// releases those signed out (in parallel), so their next owner signs in with a plain
-    /// `login`; then ends the lease. Agents still signed in (a failed sign-out, or
-    /// `--no-sign-out-on-shutdown`) are not released: the lease's end marks them crashed, so
-    /// their next owner may take their gateway session over.
+    /// The drain's hand-over: with `sign_out`, signs every owned agent out, at most
+    /// `--sign-in-concurrency` at a time, and releases each as soon as its sign-out ended, so
+    /// its next owner signs in with a plain `login` at once and one slow sign-out delays only
+    /// its own agent; then ends the lease. Sign-outs still running shortly before `deadline`
+    /// are given up ([`LEAVE_RESERVE`]). Agents not released (a failed or given-up sign-out,
+    /// or `--no-sign-out-on-shutdown`) are freed by the lease's end: their next owner takes
+    /// their gateway session over with the handed-off Guid.
     pub async fn leave(self, sessions: &Sessions, sign_out: bool, deadline: Option<Instant>) {
         self.stop.cancel();
         let Ok(mut backend) = self.task.await else {
             return;
         };
         let owned = self.ownership.status().owned;
-        let mut released = Vec::new();
+        let mut released = 0;
         if sign_out {
-            let outs = owned.iter().map(|a| sessions.sign_out(a, deadline));
-            for (agent, result) in owned.iter().zip(futures::future::join_all(outs).await) {
-                match result {
-                    Ok(()) | Err(SessionError::NotSignedIn { .. }) => released.push(agent.clone()),
-                    Err(e) => {
-                        tracing::warn!(agent_id = %agent, error = %e, "pool: sign-out at shutdown failed; not releasing the agent")
+            let mut outs = tokio::task::JoinSet::new();
+            for agent in owned.iter().cloned() {
+                let sessions = sessions.clone();
+                outs.spawn(async move {
+                    let _permit = sessions.background_sign_in_permit().await;
+                    let result = sessions.sign_out(&agent, deadline).await;
+                    (agent, result)
+                });
+            }
+            let release_by = deadline.map(|d| d.checked_sub(LEAVE_RESERVE).unwrap_or(d));
+            loop {
+                let next = match release_by {
+                    Some(t) => match tokio::time::timeout_at(t.into(), outs.join_next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            tracing::warn!(still_signing_out = outs.len(), "pool: sign-outs still running at the drain's deadline; their agents are freed by the lease's end");
+                            break;
+                        }
+                    },
+                    None => outs.join_next().await,
+                };
+                let Some(done) = next else {
+                    break;
+                };
+                // Release this one with every other sign-out that has ended meanwhile.
+                let mut batch = Vec::new();
+                for (agent, result) in std::iter::once(done)
+                    .chain(std::iter::from_fn(|| outs.try_join_next()))
+                    .flatten()
+                {
+                    match result {
+                        Ok(()) | Err(SessionError::NotSignedIn { .. }) => batch.push(agent),
+                        Err(e) => {
+                            tracing::warn!(agent_id = %agent, error = %e, "pool: sign-out at shutdown failed; not releasing the agent")
+                        }
                     }
                 }
+                released += batch.len();
+                backend.release(batch).await;
             }
         }
         tracing::info!(
-            released = released.len(),
-            kept = owned.len() - released.len(),
-            "pool: handing agents over and leaving"
+            released,
+            kept = owned.len() - released,
+            "pool: agents handed over; leaving"
         );
-        backend.leave_after(released).await;
+        backend.leave().await;
     }
 }

@@ -143,6 +143,28 @@ impl Ownership {
         }
     }
 
+    /// The pool-wide agent → owner table (`call ownership --all`), sorted by agent: every agent
+    /// of the agents file, and any other the coordinator names an owner for (a peer's newer
+    /// agents file during a rolling update), with its owner (`None`: nobody owns it). Read from
+    /// the reconcile loop's last view of the coordinator, so it needs no coordinator request
+    /// of its own; this instance's own agents come from what it owns now, fresher than that
+    /// view.
+    pub fn pool_owners(&self) -> Vec<(String, Option<String>)> {
+        let s = self.lock();
+        let mut table: std::collections::BTreeMap<String, Option<String>> = self
+            .pool
+            .iter()
+            .map(|agent| (agent.clone(), None))
+            .collect();
+        for (agent, owner) in s.owners.iter() {
+            table.insert(agent.clone(), Some(owner.clone()));
+        }
+        for agent in &s.owned {
+            table.insert(agent.clone(), Some(self.instance.clone()));
+        }
+        table.into_iter().collect()
+    }
+
     /// What readiness reports about the pool (O(1)): nothing while the lease is held and the
     /// instance takes agents. An instance that never joined, or that cannot reach the gateway
     /// (it stays an observer, given no agents), is not ready, so a rolling update does not

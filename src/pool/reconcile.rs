@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 /// the mirror every 200 ms at most, not one per revision (issue 23 point 2).
 const COALESCE: Duration = Duration::from_millis(200);
 
+/// Stale holder records deleted per reconcile at most (see [`Reconciler::sweep_stale_holders`]).
+const SWEEP_PER_PASS: usize = 1_000;
+
 /// Failed gateway probes in a row (at most one a tick) after which an assignable instance steps
 /// out of the members, so its agents move to members that can serve them.
 const STEP_OUT_AFTER: u32 = 3;
@@ -50,10 +53,15 @@ pub(super) struct Reconciler<B> {
     /// this instance takes them again (then they go on unchanged; issue 23 point 9).
     kept: HashSet<String>,
     /// When the current lease was granted: for one lease TTL after (the join grace), this
-    /// instance takes no agent while it is the only member, and no agent another instance's
-    /// holder record names, so peers re-joining after one etcd outage, or starting together,
-    /// find their agents where they left them instead of the first one up taking the world.
+    /// instance takes only agents it has seen owned by another instance since it joined (they
+    /// were handed over or their holder's lease ended while it watched), and none whose holder
+    /// record another instance wrote. Replicas starting together, or re-joining after one etcd
+    /// stall (every lease ended at once), thus wait for each other and find their agents where
+    /// they left them, instead of the first one up taking the world; a joiner still takes what
+    /// a rolling update hands over to it at once.
     joined_at: Option<Instant>,
+    /// Agents seen owned by another instance since this instance joined (see `joined_at`).
+    seen_owned: HashSet<String>,
     /// The join grace (the lease's TTL).
     grace: Duration,
     /// When the last reconcile started (see [`COALESCE`]).
@@ -81,12 +89,12 @@ struct Leaving<B> {
 }
 
 impl<B: Backend> Leave for Leaving<B> {
-    fn leave_after<'a>(
+    fn release<'a>(
         &'a mut self,
-        released: Vec<String>,
+        agents: Vec<String>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            let released: Vec<(String, Option<Vec<u8>>)> = released
+            let released: Vec<(String, Option<Vec<u8>>)> = agents
                 .into_iter()
                 .map(|a| {
                     let record = self.recorded.remove(&a).map(|r| r.record);
@@ -99,6 +107,13 @@ impl<B: Backend> Leave for Leaving<B> {
                     tracing::warn!(agent_id = %agent, error = %e, "pool: release at shutdown failed");
                 }
             }
+        })
+    }
+
+    fn leave<'a>(
+        &'a mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
             if let Err(e) = self.backend.leave().await {
                 tracing::warn!(error = %e, "pool: leaving failed; the lease will expire");
             }
@@ -134,6 +149,7 @@ impl<B: Backend> Reconciler<B> {
             recorded: HashMap::new(),
             kept: HashSet::new(),
             joined_at: None,
+            seen_owned: HashSet::new(),
             grace: config.lease_ttl,
             last_reconcile: None,
             move_wait: config.move_wait,
@@ -190,6 +206,12 @@ impl<B: Backend> Reconciler<B> {
                 Err(e) => tracing::warn!(error = %e, "pool: reading the pool failed"),
             }
         }
+        if self.ownership.draining.is_cancelled() && !stepped_out && self.lease_alive() {
+            // Stopped before the loop saw the drain (nothing else was in flight): step out now,
+            // or peers keep counting on this instance and leave its released agents alone
+            // until its lease ends.
+            self.set_assignable(false).await;
+        }
         Box::new(Leaving {
             backend: self.backend,
             keep_alive: self.keep_alive.map(|(_, stop)| stop),
@@ -222,6 +244,7 @@ impl<B: Backend> Reconciler<B> {
                     s.assignable = false;
                 }
                 self.joined_at = Some(Instant::now());
+                self.seen_owned.clear();
                 self.ownership
                     .set_lease(LeaseState::Held, Some(sent.after(ttl)));
                 let stop = CancellationToken::new();
@@ -407,7 +430,6 @@ impl<B: Backend> Reconciler<B> {
             let s = self.ownership.lock();
             self.waiting_to_move.retain(|a, _| s.owned.contains(a));
         }
-        let alone = members.iter().all(|m| *m == me);
         let (mut hand_over, mut take, mut reclaim, mut sign_in) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut holder_writes = Vec::new();
@@ -478,12 +500,15 @@ impl<B: Backend> Reconciler<B> {
                     self.ownership.changed();
                     continue;
                 }
+                Some(_) if in_grace => {
+                    self.seen_owned.insert(agent.clone());
+                }
                 Some(_) => {}
                 None if owned_here => reclaim.push(agent.clone()),
-                // In the join grace: not while alone, nor over another instance's holder record
-                // (its holder may be re-joining after the same outage).
+                // In the join grace: only what was handed over while this instance watched,
+                // never over another instance's holder record (see `joined_at`).
                 None if in_grace
-                    && (alone
+                    && (!self.seen_owned.contains(agent)
                         || (view.holders.contains(agent)
                             && !self.recorded.contains_key(agent))) => {}
                 None if !moving && desired == Some(me.as_str()) => take.push((agent, params)),
@@ -510,6 +535,43 @@ impl<B: Backend> Reconciler<B> {
         }
         if !hand_over.is_empty() {
             self.hand_over(hand_over).await;
+        }
+        if assignable && !in_grace {
+            self.seen_owned.clear();
+            self.sweep_stale_holders(&view).await;
+        }
+    }
+
+    /// Deletes holder records of agents that no member lists and nobody owns (agents removed
+    /// from the agents files): nobody will take them over, and the pool's state would otherwise
+    /// grow with every agent ever removed (issue 23 point 8). Done by one member only (the first
+    /// by name), and only while every member's list is known: a member whose list is unknown
+    /// may hold any agent.
+    async fn sweep_stale_holders(&mut self, view: &View) {
+        let me = &self.ownership.instance;
+        let first = view.members.iter().min();
+        if first != Some(me) || view.members.iter().any(|m| !view.catalogs.contains_key(m)) {
+            return;
+        }
+        let stale: Vec<String> = view
+            .holders
+            .iter()
+            .filter(|a| !view.owners.contains_key(*a))
+            .filter(|a| !view.catalogs.values().any(|c| c.contains(*a)))
+            .take(SWEEP_PER_PASS)
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        match self.backend.forget_holders(&stale).await {
+            Ok(()) => tracing::info!(
+                records = stale.len(),
+                "pool: deleted the holder records of agents no member lists any more"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "pool: deleting stale holder records failed; trying again next tick")
+            }
         }
     }
 

@@ -121,7 +121,7 @@ pub(super) enum Settled {
 }
 
 /// After a Guid refusal: waits (at most `wait`) until a Guid newer than `generation` arrives,
-/// the next poll is answered without one, or the poll loop ends.
+/// the next poll (heartbeat, in push mode) is answered without one, or the loop ends.
 ///
 /// In dynamic authentication the gateway refuses the old Guid as soon as it has handed the new
 /// one to the poll, which the bridge may not have read yet; the poll answer in flight settles
@@ -132,6 +132,10 @@ pub(super) async fn settle_refusal(session: &Session, generation: u64, wait: Dur
     let mut guids = session.auth.subscribe();
     let mut polls = session.polls.subscribe();
     polls.borrow_and_update();
+    if let Some(inbox) = &session.push {
+        // Push mode: no poll is in flight to settle it; a heartbeat now does the same.
+        inbox.kick();
+    }
     let answered = async {
         tokio::select! {
             _ = guids.wait_for(|s| s.generation != generation) => false,

@@ -6,10 +6,10 @@
 use super::ending::{Orphan, OrphanEnd};
 use super::guid_retry::{remaining, settle_refusal, Settled};
 use super::{
-    lock_owned, new_session_id, not_signed_in, params::CredentialsHash, EndReason, Ended, Session,
-    SessionError, Sessions, SignInParams, Slot,
+    lock_owned, new_session_id, not_signed_in, params::CredentialsHash, EndReason, Ended,
+    EventMode, Session, SessionError, Sessions, SignInParams, Slot,
 };
-use crate::events::{End, Hub, PollEnd, Poller};
+use crate::events::{End, Heartbeat, Hub, PollEnd, Poller, PushInbox, SessionLink};
 use crate::gateway::{AgentAuth, GatewayError, Interface};
 use crate::readiness::Pinned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,6 +131,15 @@ impl Sessions {
             });
         }
         let auth = Arc::new(AgentAuth::default());
+        // Push mode: a fresh token per session, so a callback carrying an older session's token
+        // is refused (the gateway replaces the callback and token at every sign-in).
+        let push = match &self.shared.settings.events {
+            EventMode::Poll => None,
+            EventMode::Push(p) => Some((
+                format!("{}/{agent_id}", p.callback_url),
+                Arc::new(PushInbox::new()),
+            )),
+        };
         let (iface, call_deadline) = if params.force {
             let forced_deadline = match (deadline, force_by) {
                 (Some(d), Some(f)) => Some(d.min(f)),
@@ -148,7 +157,12 @@ impl Sessions {
                 agent_id,
                 &auth,
                 None,
-                Some(params.body()),
+                Some(
+                    params.body(
+                        push.as_ref()
+                            .map(|(url, inbox)| (url.as_str(), inbox.token())),
+                    ),
+                ),
                 call_deadline,
             )
             .await;
@@ -191,6 +205,7 @@ impl Sessions {
             agent_id: agent,
             session_id,
             auth,
+            push: push.map(|(_, inbox)| inbox),
             signed_in_at: SystemTime::now(),
             last_poll_at: Arc::new(AtomicU64::new(0)),
             polls: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -206,7 +221,7 @@ impl Sessions {
             self.retire(&previous, End::SessionEnded);
         }
         tracing::info!(agent_id, session_id = %session.session_id, "agent signed in");
-        self.start_polling(slot.clone(), session.clone());
+        self.start_event_source(slot.clone(), session.clone());
         (Ok(session), orphan_end)
     }
 
@@ -243,23 +258,44 @@ impl Sessions {
         );
         end
     }
-    fn start_polling(&self, slot: Arc<Slot>, session: Arc<Session>) {
-        let poller = Poller {
+
+    /// Starts the session's event source: the poll loop, or in push mode the heartbeat loop
+    /// (events then arrive at the callback server). Both end the same way.
+    fn start_event_source(&self, slot: Arc<Slot>, session: Arc<Session>) {
+        let link = SessionLink {
             gateway: self.shared.gateway.clone(),
             agent_id: session.agent_id.clone(),
             auth: session.auth.clone(),
-            hub: session.hub.clone(),
             last_poll_at: session.last_poll_at.clone(),
             polls: session.polls.clone(),
             cancel: session.cancel.clone(),
-            settings: self.shared.settings.poll.clone(),
             metrics: self.shared.metrics.clone(),
         };
         let this = self.clone();
-        self.shared.tasks.spawn(async move {
-            let end = poller.run().await;
-            this.on_poll_end(slot, session, end).await;
-        });
+        match (&self.shared.settings.events, &session.push) {
+            (EventMode::Push(push), Some(inbox)) => {
+                let heartbeat = Heartbeat {
+                    link,
+                    inbox: inbox.clone(),
+                    settings: push.heartbeat.clone(),
+                };
+                self.shared.tasks.spawn(async move {
+                    let end = heartbeat.run().await;
+                    this.on_poll_end(slot, session, end).await;
+                });
+            }
+            _ => {
+                let poller = Poller {
+                    link,
+                    hub: session.hub.clone(),
+                    settings: self.shared.settings.poll.clone(),
+                };
+                self.shared.tasks.spawn(async move {
+                    let end = poller.run().await;
+                    this.on_poll_end(slot, session, end).await;
+                });
+            }
+        }
     }
 
     /// The poll loop ended: records why, ends the session's streams, and signs the agent in

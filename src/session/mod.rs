@@ -34,7 +34,7 @@ pub use params::SignInParams;
 pub use session::{Session, SessionInfo, State};
 pub use views::SessionHandOff;
 
-use crate::events::{EventBudget, PollSettings};
+use crate::events::{EventBudget, HeartbeatSettings, PollSettings};
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::readiness::PinnedAgents;
 use crate::telemetry::Metrics;
@@ -46,9 +46,32 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How the events of the bridge's sessions reach it (`--events`).
+#[derive(Debug, Clone, Default)]
+pub enum EventMode {
+    /// Each session long-polls the gateway (one held request per signed-in agent).
+    #[default]
+    Poll,
+    /// The gateway POSTs events to the bridge's callback; each session sends a heartbeat.
+    Push(PushSettings),
+}
+
+/// Push mode settings: per bridge, handed to every sign-in. This is the seam for the agent
+/// pool: each instance has its own `callback_url` (the address the gateway can reach *it* at),
+/// so a hand-over's sign-in by the new owner replaces the URL at the gateway.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// `callBackUri` sent at sign-in (https, ≤ 200 characters; validated by the config).
+    pub callback_url: Arc<str>,
+    /// Heartbeat pacing.
+    pub heartbeat: HeartbeatSettings,
+}
+
 /// Tunables of the session layer.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
+    /// Where events come from.
+    pub events: EventMode,
     /// Poll loop pacing.
     pub poll: PollSettings,
     /// Events retained per session for resume.
@@ -82,6 +105,7 @@ pub struct SessionSettings {
 impl Default for SessionSettings {
     fn default() -> Self {
         Self {
+            events: EventMode::Poll,
             poll: PollSettings::default(),
             event_window: 4096,
             event_budget: EventBudget::default(),

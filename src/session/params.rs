@@ -1,5 +1,6 @@
 //! What a sign-in needs, held (password zeroized on drop) for re-sign-in.
 
+use crate::events::ServiceToken;
 use crate::gateway::bodies::{to_secret_bytes, SignInBody};
 use crate::secret::Password;
 use bytes::Bytes;
@@ -42,7 +43,9 @@ impl SignInParams {
 
     /// The JSON body for `login`/`forcelogin`. It holds the password in clear, so its buffer
     /// is wiped when the last reference to it (the HTTP client's, after sending) is dropped.
-    pub fn body(&self) -> Bytes {
+    /// `push`: the callback URL and the session's token, which select push mode for the
+    /// session (both or neither).
+    pub fn body(&self, push: Option<(&str, &ServiceToken)>) -> Bytes {
         let body = SignInBody {
             password: self.password.expose(),
             phonenum: &self.phone_number,
@@ -51,6 +54,8 @@ impl SignInParams {
             releasephone: self.release_phone,
             agenttype: self.agent_type,
             status: self.status,
+            call_back_uri: push.map(|(url, _)| url),
+            service_token: push.map(|(_, token)| token.expose()),
         };
         to_secret_bytes(&body)
     }

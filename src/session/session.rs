@@ -1,6 +1,6 @@
 //! One signed-in agent: its Guid, its event hub and its poll loop.
 
-use crate::events::Hub;
+use crate::events::{Hub, PushInbox};
 use crate::gateway::AgentAuth;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub struct Session {
     pub last_poll_at: Arc<AtomicU64>,
     /// Answered polls, counted by the poll loop.
     pub polls: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Push mode: the session's token and callback order (`None` in poll mode).
+    pub push: Option<Arc<PushInbox>>,
     /// Stops the poll loop.
     pub(crate) cancel: CancellationToken,
     /// Set while the bridge signs the agent out, so the poll loop's `100-006` is not taken for

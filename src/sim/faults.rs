@@ -63,6 +63,8 @@ pub enum Interface {
     BackFast,
     /// `PUT /onlineagent/{id}/updateGuid`
     UpdateGuid,
+    /// `POST /onlineagent/{id}/handshake` (push mode's heartbeat)
+    Heartbeat,
     /// Anything else (unknown paths, wrong methods).
     Other,
 }

@@ -29,6 +29,7 @@ mod idle;
 mod play;
 mod playback;
 mod poll;
+mod push;
 mod record;
 mod routes;
 mod server;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use faults::{Fault, FaultKind, FaultMatch, Interface};
+pub use push::{PushFault, Pushed};
 pub use record::RecordedRequest;
 pub use shared::SimStats;
 pub use state::{Client, EndCause, SessionEnd};
@@ -112,6 +114,9 @@ pub struct SimConfig {
     /// Append `; Path=/agentgateway; Secure; HttpOnly` to every `Set-GUID` value, to test that
     /// clients parse the header defensively (notes §9.9).
     pub set_guid_attributes: bool,
+    /// Push mode: a CA (PEM) trusted for callbacks besides the simulator's own (whose server
+    /// certificate, [`Simulator::server_cert_pem`], a receiver may present).
+    pub callback_ca_pem: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -125,6 +130,7 @@ impl Default for SimConfig {
             password: None,
             empty_poll: EmptyPollStyle::Rotate,
             set_guid_attributes: false,
+            callback_ca_pem: None,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct Simulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: zeroize::Zeroizing<String>,
     /// The CA written to a file, on first request only: the in-process `--simulate` needs no
     /// file, and a container's read-only root has no writable temp directory.
     ca_path: std::sync::OnceLock<PathBuf>,
@@ -150,12 +158,17 @@ impl Simulator {
         let acceptor = tls::acceptor(&certs)?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config));
+        let push = push::Push::new(&certs.ca_pem, config.callback_ca_pem.as_deref())?;
+        let (shared, push_starts) = Shared::new(config, push);
+        let shared = Arc::new(shared);
+        tokio::spawn(shared::start_pushers(Arc::clone(&shared), push_starts));
         tokio::spawn(server::serve(listener, acceptor, Arc::clone(&shared)));
         tokio::spawn(idle::reap_idle_agents(Arc::clone(&shared)));
         Ok(Simulator {
             shared,
             addr,
+            server_cert_pem: certs.leaf_pem,
+            server_key_pem: certs.leaf_key_pem,
             ca_pem: certs.ca_pem,
             ca_path: std::sync::OnceLock::new(),
         })
@@ -176,6 +189,43 @@ impl Simulator {
     /// memory.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The simulator's own server certificate (PEM; for `localhost`, `127.0.0.1`, `::1`,
+    /// signed by [`Simulator::ca_pem`]). A push-mode receiver on loopback may present it: the
+    /// simulator trusts its own CA for callbacks (the `--simulate` demo does).
+    pub fn server_cert_pem(&self) -> &str {
+        &self.server_cert_pem
+    }
+
+    /// The private key of [`Simulator::server_cert_pem`] (PEM).
+    pub fn server_key_pem(&self) -> &str {
+        &self.server_key_pem
+    }
+
+    /// Adds a fault for a later callback POST of push mode (one per POST attempt, in order).
+    pub fn add_push_fault(&self, fault: PushFault) {
+        self.shared.push.add_fault(fault)
+    }
+
+    /// Every event delivered to the agent's push callbacks so far, in delivery order (a
+    /// duplicated delivery appears twice): the simulator's record of what it pushed.
+    pub fn pushed(&self, agent_id: &str) -> Vec<serde_json::Value> {
+        self.shared.push.pushed(agent_id)
+    }
+
+    /// Waits (event driven) until at least `n` events were delivered to the agent's callbacks;
+    /// returns them all.
+    pub async fn wait_pushed(&self, agent_id: &str, n: usize) -> Vec<serde_json::Value> {
+        self.shared.push.wait_pushed(agent_id, n).await
+    }
+
+    /// Callback POSTs that were not answered with success (refused, or failed in transport).
+    pub fn push_failures(&self) -> u64 {
+        self.shared
+            .push
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// File holding [`Simulator::ca_pem`], for clients configured by path (`--ca-cert`): written
@@ -273,7 +323,7 @@ impl Simulator {
     /// agent's desktop would; not recorded among [`Simulator::requests`]. Returns the retcode
     /// of a refusal (`100-002` when the agent is signed in and `force` is false).
     pub fn sign_in_elsewhere(&self, agent_id: &str, force: bool) -> Result<(), &'static str> {
-        signin::sign_in(&self.shared, agent_id, None, force, Client::Person).map(|_| ())
+        signin::sign_in(&self.shared, agent_id, None, force, Client::Person, None).map(|_| ())
     }
 
     /// A supervisor replaces whatever session the agent has with a person's: the old session
@@ -281,7 +331,7 @@ impl Simulator {
     /// person holds the agent from then on (a plain login answers `100-002`). Not a bridge's
     /// doing, so not counted in [`SimStats::other_clients_kicked`].
     pub fn supervisor_replaces(&self, agent_id: &str) {
-        let _ = signin::sign_in(&self.shared, agent_id, None, true, Client::Supervisor);
+        let _ = signin::sign_in(&self.shared, agent_id, None, true, Client::Supervisor, None);
     }
 
     /// A person signs the agent out at their softphone (the session of another client ends,

@@ -15,6 +15,9 @@ use tokio::time::Instant;
 use super::routes::Dropped;
 use super::shared::Shared;
 use super::state::{Agent, AgentState, NOT_SIGNED_IN};
+
+/// Retcode for "wrong method used to obtain agent events" (api-notes §7).
+const WRONG_METHOD: &str = "000-001";
 use super::wire::{self, Reply};
 use super::EmptyPollStyle;
 
@@ -44,6 +47,9 @@ pub(crate) async fn poll(
             return render(shared, answer);
         }
         match state.authenticate(guid, now) {
+            // The poll interface is not for push-mode sessions (api-notes §3.1): "wrong method
+            // used to obtain agent events".
+            Ok(session) if session.push.is_some() => return Ok(Reply::retcode(WRONG_METHOD)),
             Ok(session) => {
                 session.polls_in_flight += 1;
                 session.poll_ticket += 1;

@@ -14,7 +14,7 @@ use super::record::RecordedRequest;
 use super::shared::{Shared, SignInInProgress};
 use super::state::NOT_SIGNED_IN;
 use super::wire::{self, Reply};
-use super::{control, poll, signin};
+use super::{control, poll, push, signin};
 
 /// Base path of every gateway interface.
 const BASE: &str = "/agentgateway/resource/";
@@ -40,6 +40,7 @@ enum Op<'a> {
     Login { force: bool },
     Logout,
     UpdateGuid,
+    Heartbeat,
     Poll,
     Play,
     StopPlay,
@@ -55,6 +56,7 @@ impl Op<'_> {
             Op::Login { force: true } => Interface::ForceLogin,
             Op::Logout => Interface::Logout,
             Op::UpdateGuid => Interface::UpdateGuid,
+            Op::Heartbeat => Interface::Heartbeat,
             Op::Poll => Interface::Poll,
             Op::Play => Interface::Play,
             Op::StopPlay => Interface::StopPlay,
@@ -84,6 +86,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         ["onlineagent", id, "forcelogin"] => (Method::PUT, *id, Op::Login { force: true }),
         ["onlineagent", id, "logout" | "forcelogout"] => (Method::DELETE, *id, Op::Logout),
         ["onlineagent", id, "updateGuid"] => (Method::PUT, *id, Op::UpdateGuid),
+        ["onlineagent", id, "handshake"] => (Method::POST, *id, Op::Heartbeat),
         ["agentevent", id] => (Method::GET, *id, Op::Poll),
         ["recordplay", id, "play"] => (Method::PUT, *id, Op::Play),
         ["recordplay", id, "stopplay"] => (Method::DELETE, *id, Op::StopPlay),
@@ -234,6 +237,7 @@ async fn operate(
         Op::Login { force } => return Ok(signin::login(shared, agent_id, body, force)),
         Op::Logout => return Ok(signin::logout(shared, agent_id, guid)),
         Op::UpdateGuid => return Ok(signin::update_guid(shared, agent_id, guid)),
+        Op::Heartbeat => return Ok(push::heartbeat(shared, agent_id, guid)),
         Op::Poll => return poll::poll(shared, agent_id, guid).await,
         Op::Play => PlayOp::Begin(body),
         Op::StopPlay => PlayOp::Stop,

@@ -6,9 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
 use super::faults::FaultTable;
+use super::push::Push;
 use super::record::RequestLog;
-use super::state::Agents;
+use super::state::{Agent, Agents};
 use super::{EmptyPollStyle, SimConfig};
 
 /// Counters since the simulator started, so tests and benchmarks can check connection reuse and
@@ -54,12 +59,40 @@ pub(crate) struct Shared {
     /// See [`SimStats::other_clients_kicked`].
     pub other_clients_kicked: AtomicU64,
     empty_polls: AtomicU64,
+    /// Push mode's client, faults and delivery record.
+    pub push: Push,
+    /// Push sessions whose pusher is to be started (see [`start_pushers`]).
+    push_starts: mpsc::UnboundedSender<(Arc<Agent>, u64)>,
+}
+
+/// Starts a pusher for every push session announced on `starts`, until shutdown. (Sign-in
+/// handlers hold only `&Shared`; the pusher needs its own `Arc`.)
+pub(crate) async fn start_pushers(
+    shared: Arc<Shared>,
+    mut starts: mpsc::UnboundedReceiver<(Arc<Agent>, u64)>,
+) {
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            start = starts.recv() => match start {
+                Some((agent, serial)) => {
+                    tokio::spawn(super::push::pusher(Arc::clone(&shared), agent, serial));
+                }
+                None => return,
+            },
+        }
+    }
 }
 
 impl Shared {
-    /// Fresh state for a simulator configured by `config`.
-    pub fn new(config: SimConfig) -> Shared {
-        Shared {
+    /// Fresh state for a simulator configured by `config`, and the receiving end of its
+    /// pusher starts (for [`start_pushers`]).
+    pub fn new(
+        config: SimConfig,
+        push: Push,
+    ) -> (Shared, mpsc::UnboundedReceiver<(Arc<Agent>, u64)>) {
+        let (push_starts, starts) = mpsc::unbounded_channel();
+        let shared = Shared {
             agents: Agents::new(&config),
             config,
             faults: FaultTable::default(),
@@ -74,7 +107,16 @@ impl Shared {
             max_concurrent_sign_ins: AtomicU64::new(0),
             other_clients_kicked: AtomicU64::new(0),
             empty_polls: AtomicU64::new(0),
-        }
+            push,
+            push_starts,
+        };
+        (shared, starts)
+    }
+
+    /// Has a pusher started for push session `serial` of `agent`.
+    pub fn start_pusher(&self, agent: &Arc<Agent>, serial: u64) {
+        // Fails only when the simulator shuts down: no one is left to push to then.
+        let _ = self.push_starts.send((Arc::clone(agent), serial));
     }
 
     /// A snapshot of the counters.

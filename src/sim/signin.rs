@@ -6,6 +6,7 @@ use http::header::{HeaderName, SET_COOKIE};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::push::PushTarget;
 use super::shared::Shared;
 use super::state::{Client, EndCause, NOT_SIGNED_IN};
 use super::wire::{self, Reply};
@@ -28,8 +29,14 @@ pub(crate) fn login(shared: &Shared, agent_id: &str, body: &[u8], force: bool) -
     {
         return Reply::retcode("100-004");
     }
-    let (guid, login_time) = match sign_in(shared, agent_id, request.status, force, Client::Bridge)
-    {
+    let (guid, login_time) = match sign_in(
+        shared,
+        agent_id,
+        request.status,
+        force,
+        Client::Bridge,
+        request.push,
+    ) {
         Ok(signed_in) => signed_in,
         Err(retcode) => return Reply::retcode(retcode),
     };
@@ -64,6 +71,7 @@ pub(crate) fn sign_in(
     status: Option<i64>,
     force: bool,
     client: Client,
+    push: Option<PushTarget>,
 ) -> Result<(String, u64), &'static str> {
     let agent = shared.agents.get_or_create(agent_id);
     let signed_in = {
@@ -84,6 +92,10 @@ pub(crate) fn sign_in(
         }
         let session = state.start_session(agent_id, shared.agents.rotation_period());
         session.client = client;
+        if push.is_some() {
+            session.push = push;
+            shared.start_pusher(&agent, session.serial);
+        }
         session.push_event("AgentOther_InService", Value::Null);
         session.push_event("AgentState_Ready", Value::Null);
         match status {
@@ -155,7 +167,14 @@ pub(crate) fn update_guid(shared: &Shared, agent_id: &str, guid: Option<&str>) -
 struct LoginRequest {
     password: String,
     status: Option<i64>,
+    /// Both `callBackUri` and `serviceToken` given: push mode (api-notes §1.1).
+    push: Option<PushTarget>,
 }
+
+/// Longest accepted `callBackUri` (characters).
+const MAX_CALLBACK_URI: usize = 200;
+/// Longest accepted `serviceToken` (characters; alphanumerics only).
+const MAX_SERVICE_TOKEN: usize = 50;
 
 impl LoginRequest {
     /// `None` when the body breaks the documented rules (→ `100-001`): not a JSON object,
@@ -180,9 +199,28 @@ impl LoginRequest {
             Some(Value::String(s)) => s.trim().parse().ok(),
             _ => None,
         };
+        let uri = value.get("callBackUri").and_then(Value::as_str);
+        let token = value.get("serviceToken").and_then(Value::as_str);
+        if uri.is_some_and(|u| u.chars().count() > MAX_CALLBACK_URI)
+            || token.is_some_and(|t| {
+                t.chars().count() > MAX_SERVICE_TOKEN
+                    || !t.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+        {
+            return None;
+        }
+        // [Unsure: whether the gateway checks the URI's scheme; it calls back over HTTPS only.]
+        let push = match (uri, token) {
+            (Some(uri), Some(token)) if !uri.is_empty() && !token.is_empty() => Some(PushTarget {
+                uri: uri.to_owned(),
+                token: token.to_owned(),
+            }),
+            _ => None,
+        };
         Some(LoginRequest {
             password: password.to_owned(),
             status,
+            push,
         })
     }
 }
@@ -203,5 +241,29 @@ mod tests {
         assert!(LoginRequest::parse(long_pw.as_bytes()).is_none());
         let long_phone = format!(r#"{{"password":"","phonenum":"{}"}}"#, "1".repeat(25));
         assert!(LoginRequest::parse(long_phone.as_bytes()).is_none());
+        let push = |extra: &str| {
+            LoginRequest::parse(format!(r#"{{"password":"","phonenum":"1"{extra}}}"#).as_bytes())
+                .map(|r| r.push.is_some())
+        };
+        assert_eq!(
+            push(r#","callBackUri":"https://h/x","serviceToken":"abc1""#),
+            Some(true)
+        );
+        assert_eq!(push(r#","callBackUri":"https://h/x""#), Some(false));
+        assert_eq!(push(r#","serviceToken":"abc1""#), Some(false));
+        assert_eq!(
+            push(r#","callBackUri":"https://h/x","serviceToken":"a-b""#),
+            None
+        );
+        let long_uri = format!(
+            r#","callBackUri":"https://h/{}","serviceToken":"a""#,
+            "x".repeat(200)
+        );
+        assert_eq!(push(&long_uri), None);
+        let long_token = format!(
+            r#","callBackUri":"https://h/x","serviceToken":"{}""#,
+            "a".repeat(51)
+        );
+        assert_eq!(push(&long_token), None);
     }
 }

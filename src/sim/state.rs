@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::playback::Play;
+use super::push::PushTarget;
 use super::sync::lock;
 use super::wire;
 use super::{AuthMode, SimConfig};
@@ -351,6 +352,7 @@ impl AgentState {
             sign_in_again: None,
             play: Play::default(),
             client: Client::Bridge,
+            push: None,
         })
     }
 
@@ -436,6 +438,7 @@ impl AgentState {
             poll_ticket: session.poll_ticket,
             guids,
             events,
+            push: session.push.take(),
         });
         Some(client)
     }
@@ -448,6 +451,8 @@ pub(crate) struct Farewell {
     pub poll_ticket: u64,
     pub guids: Vec<String>,
     pub events: VecDeque<Value>,
+    /// A push session's callback: its pusher delivers the farewell there.
+    pub push: Option<PushTarget>,
 }
 
 /// A signed-in agent.
@@ -474,6 +479,8 @@ pub(crate) struct Session {
     pub play: Play,
     /// Who signed it in.
     pub client: Client,
+    /// Push mode: where its events go (`None`: they wait for polls).
+    pub push: Option<PushTarget>,
 }
 
 impl Session {

@@ -16,6 +16,9 @@ use tokio_rustls::TlsAcceptor;
 /// A fresh CA and the server certificate it signed.
 pub(crate) struct SimCerts {
     pub ca_pem: String,
+    /// The leaf, for a push-mode receiver on loopback that the simulator then trusts.
+    pub leaf_pem: String,
+    pub leaf_key_pem: zeroize::Zeroizing<String>,
     leaf_der: CertificateDer<'static>,
     leaf_key_der: Vec<u8>,
 }
@@ -54,6 +57,8 @@ impl SimCerts {
             .map_err(io::Error::other)?;
         Ok(SimCerts {
             ca_pem: ca_cert.pem(),
+            leaf_pem: leaf.pem(),
+            leaf_key_pem: zeroize::Zeroizing::new(leaf_key.serialize_pem()),
             leaf_der: leaf.der().clone(),
             leaf_key_der: leaf_key.serialize_der(),
         })

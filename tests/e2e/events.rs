@@ -25,14 +25,6 @@ fn raw_event(agent: &str, name: &str, content: serde_json::Value) -> serde_json:
     json!({"eventType": name, "workNo": agent, "content": content})
 }
 
-async fn next_event<T>(s: &mut Streaming<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), s.message())
-        .await
-        .expect("an event within 10 s")
-        .expect("stream healthy")
-        .expect("stream not finished")
-}
-
 async fn stream_end<T: std::fmt::Debug>(s: &mut Streaming<T>) -> Result<(), tonic::Status> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), s.message())

@@ -89,8 +89,41 @@ impl Drop for Scratch {
 }
 
 /// [`run_example`], keeping the run's name and `TMPDIR` with its summary.
-async fn run_in(cmd: Command, name: String, tmp: Scratch) -> (serde_json::Value, Scratch, String) {
+async fn run_in(
+    (cmd, name, tmp): (Command, String, Scratch),
+) -> (serde_json::Value, Scratch, String) {
     (run_example(cmd, &name).await, tmp, name)
+}
+
+/// The Python example run as a user runs it: the address as `--addr`, a `TMPDIR` of its own.
+fn python_example(addr: &str, agent: &str, label: &str) -> (Command, String, Scratch) {
+    let tmp = Scratch::new("py");
+    let mut python = Command::new(venv::python());
+    python
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("TMPDIR", &tmp.0)
+        .arg("examples/python/client.py")
+        .args(["--addr", addr, "--agent", agent]);
+    let name = format!("examples/python/client.py --addr {addr} ({label})");
+    (python, name, tmp)
+}
+
+/// The Node example run as a user runs it: the address as `$CCGW_ADDR`, as the manifest hands
+/// it to the app.
+fn node_example(
+    client: &std::path::Path,
+    addr: &str,
+    agent: &str,
+    label: &str,
+) -> (Command, String, Scratch) {
+    let tmp = Scratch::new("js");
+    let mut node = Command::new("node");
+    node.arg(client)
+        .args(["--agent", agent])
+        .env("TMPDIR", &tmp.0)
+        .env("CCGW_ADDR", addr);
+    let name = format!("examples/node/client.js with CCGW_ADDR={addr} ({label})");
+    (node, name, tmp)
 }
 
 /// Every manifest's `CCGW_ADDR` (deploy/k8s/*.yaml), unchanged but for the port, is the target
@@ -106,24 +139,13 @@ async fn the_python_and_node_examples_run_against_every_manifest_address() {
     let mut agents = Vec::new();
     for (i, (manifest, addr)) in addrs.iter().enumerate() {
         let (py_agent, js_agent) = (format!("{}", 1001 + 2 * i), format!("{}", 1002 + 2 * i));
-        let py_tmp = Scratch::new("py");
-        let mut python = Command::new(venv::python());
-        python
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("TMPDIR", &py_tmp.0)
-            .arg("examples/python/client.py")
-            .args(["--addr", addr, "--agent", &py_agent]);
-        let js_tmp = Scratch::new("js");
-        let mut node = Command::new("node");
-        node.arg(&node_client)
-            .args(["--agent", &js_agent])
-            .env("TMPDIR", &js_tmp.0)
-            // The address the app gets: $CCGW_ADDR, as the manifest sets it.
-            .env("CCGW_ADDR", addr);
-        let py_name = format!("examples/python/client.py --addr {addr} ({manifest})");
-        let js_name = format!("examples/node/client.js with CCGW_ADDR={addr} ({manifest})");
-        runs.push(run_in(python, py_name, py_tmp));
-        runs.push(run_in(node, js_name, js_tmp));
+        runs.push(run_in(python_example(addr, &py_agent, manifest)));
+        runs.push(run_in(node_example(
+            &node_client,
+            addr,
+            &js_agent,
+            manifest,
+        )));
         agents.push(py_agent);
         agents.push(js_agent);
     }
@@ -137,6 +159,44 @@ async fn the_python_and_node_examples_run_against_every_manifest_address() {
         );
         assert!(!h.sim.signed_in(agent), "{agent} signed out by its example");
     }
+    h.stop().await.expect("bridge stops cleanly");
+}
+
+/// Push mode (`--events push`): both examples, unchanged, with the same assertions as in poll
+/// mode, while every event they see was pushed by the simulator and no agent was polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_and_node_examples_run_the_same_in_push_mode() {
+    let h = Harness::push(fast_sim(), |_| {}).await;
+    let addr = format!("127.0.0.1:{}", h.addr.port());
+    let node_client = venv::npm_dir("examples/node").join("client.js");
+    let agents = ["1001", "1002"];
+    let runs = vec![
+        run_in(python_example(&addr, agents[0], "push mode")),
+        run_in(node_example(&node_client, &addr, agents[1], "push mode")),
+    ];
+    let results = futures::future::join_all(runs).await;
+    for ((summary, tmp, name), agent) in results.into_iter().zip(agents) {
+        check_summary(&summary, agent);
+        assert_eq!(tmp.leftovers(), Vec::<String>::new(), "{name} left files");
+        assert!(!h.sim.signed_in(agent), "{agent} signed out by its example");
+        let pushed: Vec<String> = h
+            .sim
+            .pushed(agent)
+            .iter()
+            .filter_map(|e| e["eventType"].as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            pushed.iter().any(|t| t == "AgentMediaEvent_Play_Succ"),
+            "{agent}'s play events were pushed: {pushed:?}"
+        );
+    }
+    assert!(
+        h.sim
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("/agentevent/")),
+        "no agent was polled in push mode"
+    );
     h.stop().await.expect("bridge stops cleanly");
 }
 

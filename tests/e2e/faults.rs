@@ -625,11 +625,15 @@ async fn faults_are_counted_in_metrics() {
     );
     assert_eq!(m(r#"ccgw_poll_errors_total{kind="http_status"}"#), 2.0);
     assert_eq!(
-        m(r#"ccgw_grpc_server_handled_total{grpc_method="StopPlay",grpc_code="UNKNOWN"}"#),
+        m(
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="StopPlay",grpc_code="UNKNOWN"}"#
+        ),
         4.0
     );
     assert_eq!(
-        m(r#"ccgw_grpc_server_handled_total{grpc_method="StopPlay",grpc_code="UNAVAILABLE"}"#),
+        m(
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="StopPlay",grpc_code="UNAVAILABLE"}"#
+        ),
         1.0
     );
 }

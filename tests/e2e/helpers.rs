@@ -3,7 +3,9 @@
 //! them, real tonic clients in front.
 
 use ccgw_bridge::args::Cli;
+use ccgw_bridge::callback::CallbackSettings;
 use ccgw_bridge::config::{Config, PinnedAgent};
+use ccgw_bridge::events::HeartbeatSettings;
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::{
@@ -12,6 +14,7 @@ use ccgw_bridge::proto::{
 };
 use ccgw_bridge::secret::Password;
 use ccgw_bridge::session::SignInParams;
+use ccgw_bridge::session::{EventMode, PushSettings};
 use ccgw_bridge::sim::{SimConfig, Simulator};
 use ccgw_bridge::{run, Listeners, RunError};
 use clap::Parser;
@@ -44,6 +47,45 @@ pub fn config_for(sim: &Simulator) -> Config {
     config
 }
 
+/// The next message of a stream (within 10 s, healthy, not finished).
+pub async fn next_event<T>(s: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream healthy")
+        .expect("stream not finished")
+}
+
+/// The callback path push-mode tests use.
+pub const CALLBACK_PATH: &str = "/ccgw/events";
+
+/// Switches `config` to push mode in front of `sim`: binds the callback listener (returned,
+/// for [`Harness::bridge_with`]) on a loopback port, presenting the simulator's own
+/// certificate, with 100 ms heartbeats and a 64 KiB body limit and 1 s callback timeouts.
+pub async fn push_mode(sim: &Simulator, config: &mut Config) -> tokio::net::TcpListener {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap();
+    config.sessions.events = EventMode::Push(PushSettings {
+        callback_url: format!("https://{listen}{CALLBACK_PATH}").into(),
+        heartbeat: HeartbeatSettings {
+            every: Duration::from_millis(100),
+            ..HeartbeatSettings::default()
+        },
+    });
+    config.callback = Some(CallbackSettings {
+        listen,
+        cert_pem: sim.server_cert_pem().as_bytes().to_vec(),
+        key_pem: sim.server_key_pem().as_bytes().to_vec(),
+        client_ca_pem: None,
+        path: CALLBACK_PATH.into(),
+        max_body_bytes: 64 * 1024,
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        max_connections: 64,
+    });
+    listener
+}
+
 /// A running simulator + bridge pair.
 pub struct Harness {
     /// The simulated CC-Gateway (inspect requests, inject faults).
@@ -52,6 +94,8 @@ pub struct Harness {
     pub addr: SocketAddr,
     /// The bridge's admin address.
     pub admin: SocketAddr,
+    /// Push mode: the bridge's callback server.
+    pub callback: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), RunError>>>,
 }
@@ -72,8 +116,30 @@ impl Harness {
         Self::bridge(sim, config).await
     }
 
+    /// [`Harness::with`] in push mode (`--events push`): the callback server on a loopback
+    /// port presenting the simulator's own certificate (which the simulator trusts), 100 ms
+    /// heartbeats.
+    pub async fn push(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Self {
+        let sim = Simulator::start(sim_config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("simulator starts");
+        let mut config = config_for(&sim);
+        let callback = push_mode(&sim, &mut config).await;
+        tweak(&mut config);
+        Self::bridge_with(sim, config, Some(callback)).await
+    }
+
     /// Starts a bridge with `config` in front of an already running `sim`.
     pub async fn bridge(sim: Simulator, config: Config) -> Self {
+        Self::bridge_with(sim, config, None).await
+    }
+
+    /// [`Harness::bridge`] with push mode's callback listener (see [`push_mode`]).
+    pub async fn bridge_with(
+        sim: Simulator,
+        config: Config,
+        callback: Option<tokio::net::TcpListener>,
+    ) -> Self {
         // Before any client of the test is built: the bridge installs it too, but in its own
         // task, which may run after a test's first request (reqwest panics without a provider).
         ccgw_bridge::crypto::install_crypto_provider();
@@ -81,11 +147,13 @@ impl Harness {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
+        let callback_addr = callback.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(
             Listeners {
                 grpc,
                 admin: Some(admin),
+                callback,
             },
             config,
             async move {
@@ -96,6 +164,7 @@ impl Harness {
             sim,
             addr,
             admin: admin_addr,
+            callback: callback_addr,
             stop: Some(stop),
             task: Some(task),
         }

@@ -809,7 +809,7 @@ async fn begin_play_refused(h: &Harness, agent: &str, code: Code, want_reason: &
 /// depend on how threads interleave: every answer but the farewell is counted.
 #[tokio::test]
 async fn the_farewell_poll_answer_is_not_counted_as_accepted() {
-    use ccgw_bridge::events::{EventBudget, Hub, PollEnd, PollSettings, Poller};
+    use ccgw_bridge::events::{EventBudget, Hub, PollEnd, PollSettings, Poller, SessionLink};
     use ccgw_bridge::gateway::{AgentAuth, GatewayClient, Interface as Gw};
     use ccgw_bridge::telemetry::Metrics;
     use std::sync::Arc;
@@ -820,28 +820,30 @@ async fn the_farewell_poll_answer_is_not_counted_as_accepted() {
     let metrics = Arc::new(Metrics::default());
     let gateway = GatewayClient::new(config_for(&sim).gateway, metrics.clone()).unwrap();
     let auth = Arc::new(AgentAuth::default());
-    let body = pinned_agent("1001").params.body();
+    let body = pinned_agent("1001").params.body(None);
     gateway
         .call(Gw::Login, "1001", &auth, None, Some(body), None)
         .await
         .expect("signed in");
     let polls = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let poller = Poller {
-        gateway,
-        agent_id: Arc::from("1001"),
-        auth,
+        link: SessionLink {
+            gateway,
+            agent_id: Arc::from("1001"),
+            auth,
+            last_poll_at: Arc::default(),
+            polls: polls.clone(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            metrics: metrics.clone(),
+        },
         hub: Arc::new(Hub::new(
             64,
             &EventBudget::default(),
-            metrics.clone(),
+            metrics,
             Arc::from("1001"),
             Arc::from("s"),
         )),
-        last_poll_at: Arc::default(),
-        polls: polls.clone(),
-        cancel: tokio_util::sync::CancellationToken::new(),
         settings: PollSettings::default(),
-        metrics,
     };
     let run = tokio::spawn(poller.run());
     request_of(&sim, |r| r.path.ends_with("/agentevent/1001")).await;

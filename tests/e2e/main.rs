@@ -11,6 +11,7 @@ mod lifecycle_model;
 mod limits;
 mod metrics;
 mod ops;
+mod push;
 mod python;
 mod readiness;
 mod recordplay;

@@ -224,10 +224,15 @@ async fn every_bounded_series_exists_from_the_start_with_process_and_build_metri
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    for method in ["SignIn", "BeginPlay", "WatchPlayEvents", "WatchOwnership"] {
+    for (kind, service, method) in [
+        ("unary", "AgentSessionService", "SignIn"),
+        ("unary", "RecordPlayService", "BeginPlay"),
+        ("server_stream", "RecordPlayService", "WatchPlayEvents"),
+        ("server_stream", "AgentSessionService", "WatchOwnership"),
+    ] {
         for code in codes {
             let series = format!(
-                r#"ccgw_grpc_server_handled_total{{grpc_method="{method}",grpc_code="{code}"}}"#
+                r#"ccgw_grpc_server_handled_total{{grpc_type="{kind}",grpc_service="ccgw.v1.{service}",grpc_method="{method}",grpc_code="{code}"}}"#
             );
             if !has(&series) {
                 missing.push(series);
@@ -332,6 +337,44 @@ async fn alert_rules_name_only_exported_metrics() {
         assert!(
             in_scrape || in_pool,
             "{name} (deploy/prometheus) is exported by neither the bridge nor the pool"
+        );
+    }
+}
+
+/// The `ccgw_grpc_server_*` families carry the label set of go-grpc-prometheus / grpc-ecosystem
+/// (`grpc_type`, `grpc_service`, `grpc_method`, and `grpc_code` on the counter), which stock
+/// gRPC dashboards query: a unary call and a stream opening, each with its own type and service.
+#[tokio::test]
+async fn grpc_server_series_carry_type_and_service() {
+    let h = Harness::start().await;
+    h.sign_in("1001").await;
+    let _stream = h.watch_play("1001").await;
+    let (_, text) = scrape(&h, None).await;
+    for (series, at_least) in [
+        (
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.AgentSessionService",grpc_method="SignIn",grpc_code="OK"}"#,
+            1.0,
+        ),
+        (
+            r#"ccgw_grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="ccgw.v1.AgentSessionService",grpc_method="SignIn"}"#,
+            1.0,
+        ),
+        (
+            r#"ccgw_grpc_server_handled_total{grpc_type="server_stream",grpc_service="ccgw.v1.RecordPlayService",grpc_method="WatchPlayEvents",grpc_code="OK"}"#,
+            1.0,
+        ),
+        (
+            r#"ccgw_grpc_server_handling_seconds_count{grpc_type="server_stream",grpc_service="ccgw.v1.RecordPlayService",grpc_method="WatchPlayEvents"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(metric(&text, series) >= at_least, "{series}:\n{text}");
+    }
+    // Every sample of the two families has both labels (none was left with the old label set).
+    for line in text.lines().filter(|l| l.starts_with("ccgw_grpc_server_")) {
+        assert!(
+            line.contains("grpc_type=\"") && line.contains("grpc_service=\"ccgw.v1."),
+            "{line}"
         );
     }
 }

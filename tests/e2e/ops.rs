@@ -226,13 +226,15 @@ async fn metrics_count_what_happened() {
     let text = crate::guid::reqwest_metrics(&h).await;
     let line = |l: &str| metric(&text, l);
     assert_eq!(
-        line(r#"ccgw_grpc_server_handled_total{grpc_method="BeginPlay",grpc_code="OK"}"#),
+        line(
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="BeginPlay",grpc_code="OK"}"#
+        ),
         3.0,
         "{text}"
     );
     assert_eq!(
         line(
-            r#"ccgw_grpc_server_handled_total{grpc_method="BeginPlay",grpc_code="INVALID_ARGUMENT"}"#
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="BeginPlay",grpc_code="INVALID_ARGUMENT"}"#
         ),
         1.0
     );

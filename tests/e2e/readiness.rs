@@ -28,6 +28,7 @@ async fn a_pinned_agent_held_elsewhere_does_not_block_readiness() {
         Listeners {
             grpc,
             admin: Some(admin),
+            callback: None,
         },
         config,
         async move {

@@ -486,7 +486,7 @@ async fn slow_gateway_deadline_is_fast_and_leaves_nothing_behind() {
     assert_eq!(
         metric(
             &text,
-            r#"ccgw_grpc_server_handled_total{grpc_method="BeginPlay",grpc_code="DEADLINE_EXCEEDED"}"#
+            r#"ccgw_grpc_server_handled_total{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="BeginPlay",grpc_code="DEADLINE_EXCEEDED"}"#
         ),
         1.0
     );
@@ -1141,7 +1141,7 @@ async fn begin_play_is_replayed_only_after_an_authentication_refusal() {
     for (code, n) in [("UNKNOWN", 1.0), ("DEADLINE_EXCEEDED", 1.0), ("OK", 2.0)] {
         assert_eq!(
             m(&format!(
-                r#"ccgw_grpc_server_handled_total{{grpc_method="BeginPlay",grpc_code="{code}"}}"#
+                r#"ccgw_grpc_server_handled_total{{grpc_type="unary",grpc_service="ccgw.v1.RecordPlayService",grpc_method="BeginPlay",grpc_code="{code}"}}"#
             )),
             n,
             "BeginPlay {code}: {text}"

@@ -369,7 +369,11 @@ async fn already_signed_in_elsewhere_is_already_exists() {
     let addr = grpc.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let other = tokio::spawn(run(
-        Listeners { grpc, admin: None },
+        Listeners {
+            grpc,
+            admin: None,
+            callback: None,
+        },
         config_for(&h.sim),
         async move {
             let _ = stopped.await;

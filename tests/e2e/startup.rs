@@ -2,7 +2,9 @@
 //! after the drain, and start-up errors that say what to do (exit 64 before any port is bound,
 //! naming the flag and the file).
 
+use crate::helpers::play_request;
 use crate::ops::{health_watch, until_status};
+use clap::Parser;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -333,6 +335,164 @@ async fn bad_tls_material_exits_64_naming_the_file_before_binding() {
             "{args:?}: names {flag} and {file}: {err}"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--simulate --events push` (issue 24): the two-command demo in push mode, on ephemeral
+/// ports: a play with `await_outcome` gets its outcome from pushed events, counted as accepted
+/// callbacks, and the simulated agent is never polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_demo_runs_in_push_mode() {
+    let mut p = Running::spawn(simulate(&[
+        "--events",
+        "push",
+        "--callback-listen",
+        "127.0.0.1:0",
+    ]));
+    let (_, serving) = p.until("ccgw-bridge serving").await;
+    let listen = serving["fields"]["listen"].as_str().unwrap().to_owned();
+    let admin: SocketAddr = serving["fields"]["admin"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    p.until("readiness changed: ready").await;
+    let mut play =
+        ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient::connect(format!(
+            "http://{listen}"
+        ))
+        .await
+        .unwrap();
+    let begun = play
+        .begin_play(ccgw_bridge::proto::BeginPlayRequest {
+            await_outcome: true,
+            ..play_request("1001")
+        })
+        .await
+        .expect("BeginPlay in the push demo")
+        .into_inner();
+    assert!(begun.outcome_sequence.is_some(), "{begun:?}");
+    ccgw_bridge::crypto::install_crypto_provider();
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let accepted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ccgw_callbacks_total{outcome=\"accepted\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("the callback metric");
+    assert!(accepted >= 1, "events were pushed: {metrics}");
+    let polls = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "ccgw_gateway_requests_total{interface=\"getAgentEvent\",retcode=\"0\"} ",
+            )
+        })
+        .unwrap_or("0");
+    assert_eq!(polls.trim(), "0", "no poll in push mode");
+    p.signal("-TERM");
+    p.until("drained").await;
+}
+
+/// Push mode's flags are checked before any port is bound: exit 64, one line, with a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_flags_are_refused_before_binding_with_hints() {
+    let dir = scratch("push");
+    let (cert, key) = self_signed("10.0.0.7");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let (cert_path, key_path) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let gateway = ["--gateway-url", "https://127.0.0.1:1"];
+    let tls = ["--callback-cert", cert_path, "--callback-key", key_path];
+    let long = format!("https://10.0.0.7:9443/{}", "p".repeat(172));
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (vec!["--events", "push"], &["--callback-url", "pod IP"]),
+        (
+            vec![
+                "--events",
+                "push",
+                "--callback-url",
+                "http://10.0.0.7:9443/cb",
+            ],
+            &["must be https", "TLS 1.2"],
+        ),
+        (
+            vec!["--events", "push", "--callback-url", &long],
+            &["200", "shorten"],
+        ),
+        (
+            vec![
+                "--events",
+                "push",
+                "--callback-url",
+                "https://0.0.0.0:9443/cb",
+            ],
+            &["0.0.0.0", "status.podIP"],
+        ),
+        (
+            vec![
+                "--events",
+                "push",
+                "--callback-url",
+                "https://10.0.0.7:9443/cb?x=1",
+            ],
+            &["query"],
+        ),
+        (
+            vec![
+                "--events",
+                "push",
+                "--callback-url",
+                "https://10.0.0.7:9443/cb",
+            ],
+            &["--callback-cert"],
+        ),
+        (
+            vec!["--callback-url", "https://10.0.0.7:9443/cb"],
+            &["--events push"],
+        ),
+        (
+            vec![
+                "--events",
+                "push",
+                "--callback-url",
+                "https://10.0.0.7:9443/cb",
+                "--heartbeat-interval",
+                "90s",
+            ],
+            &["--heartbeat-interval", "a third"],
+        ),
+    ];
+    for (args, hints) in &cases {
+        let mut all: Vec<&str> = gateway.to_vec();
+        all.extend(args.iter().copied());
+        if args.contains(&"--heartbeat-interval") {
+            all.extend(tls);
+        }
+        let (code, err) = refused(&all).await;
+        assert_eq!(code, Some(64), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        for hint in *hints {
+            assert!(err.contains(hint), "{args:?}: says {hint:?}: {err}");
+        }
+    }
+    // 200 characters with the id is accepted (parses and validates; the run then starts).
+    let fits = format!("https://10.0.0.7:9443/{}", "p".repeat(171));
+    assert_eq!(fits.len() + 1 + 6, 200);
+    let cli = ccgw_bridge::args::Cli::try_parse_from(
+        ["ccgw-bridge", "--events", "push", "--callback-url", &fits]
+            .into_iter()
+            .chain(gateway)
+            .chain(tls),
+    )
+    .unwrap();
+    assert!(cli.bridge.validate(None).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -584,7 +584,23 @@ impl Bridge {
 
     /// SIGTERM; returns once the process has exited (its drain done).
     pub async fn sigterm_and_wait(&mut self) {
+        self.sigterm();
+        self.wait_exit().await;
+    }
+
+    /// SIGTERM, without waiting: the drain begins.
+    pub fn sigterm(&self) {
         self.signal("-TERM");
+    }
+
+    /// Whether the process has exited (without reaping it).
+    pub fn exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("started");
+        child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// Waits until the process has exited, successfully.
+    pub async fn wait_exit(&mut self) {
         let mut child = self.child.take().unwrap();
         let status = tokio::task::spawn_blocking(move || child.wait())
             .await
@@ -730,11 +746,28 @@ impl Bridge {
         )
     }
 
+    /// A caller's `SignIn` of a pool agent (the agents file's password and a phone number).
+    pub async fn caller_sign_in(
+        &self,
+        agent: &str,
+    ) -> Result<ccgw_bridge::proto::Session, tonic::Status> {
+        self.client()
+            .await
+            .sign_in(ccgw_bridge::proto::SignInRequest {
+                agent_id: agent.to_owned(),
+                password: "secret".into(),
+                phone_number: "80000".into(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// A `WatchOwnership` stream of this bridge.
     pub async fn watch_ownership(&self) -> tonic::Streaming<ccgw_bridge::proto::Ownership> {
         self.client()
             .await
-            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest {})
+            .watch_ownership(ccgw_bridge::proto::WatchOwnershipRequest::default())
             .await
             .expect("WatchOwnership opens")
             .into_inner()

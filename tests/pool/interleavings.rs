@@ -97,14 +97,7 @@ async fn a_sign_in_on_the_old_owner_during_its_hand_over_is_refused_and_the_pool
     let agent = first_out.agent_id.unwrap();
     // A caller on the old owner signs that agent in again at the worst moment.
     let refused = a
-        .client()
-        .await
-        .sign_in(SignInRequest {
-            agent_id: agent.clone(),
-            password: "secret".into(),
-            phone_number: "80000".into(),
-            ..Default::default()
-        })
+        .caller_sign_in(&agent)
         .await
         .expect_err("a SignIn during the hand-over is refused");
     assert!(

@@ -58,14 +58,15 @@ async fn a_pool_state_larger_than_one_etcd_answer_is_read_in_pages() {
 }
 
 /// Issue 23 point 2: a reconcile reads the mirror, not etcd, so moving agents costs etcd
-/// answers the size of the changes, not of the pool. 20,000 stale holder keys make one full read
-/// about 2 MB; before, each revision of the move made every instance read all of it again.
+/// answers the size of the changes, not of the pool. 20,000 owner records of another pool's
+/// agents make one full read about 2 MB; before, each revision of the move made every instance
+/// read all of it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_agents_reads_the_changes_from_etcd_not_the_whole_pool() {
     let names = ["rd-a", "rd-b"];
     let agents = agents_for(&names, 20);
     let p = pool(&agents, 1).await;
-    p.etcd[0].pad("/ccgw-test/", "holders", 20_000, 64).await;
+    p.etcd[0].pad("/ccgw-test/", "owners", 20_000, 64).await;
     let (a, _, mut b, _) = two_settled(&p, &agents, names).await;
     let before = p.etcd[0].sent_bytes().await;
     assert!(
@@ -84,5 +85,63 @@ async fn moving_agents_reads_the_changes_from_etcd_not_the_whole_pool() {
     assert!(
         sent < 500_000.0,
         "etcd sent {sent} bytes to move 20 agents: a reconcile read the whole pool (about 2 MB) again"
+    );
+}
+
+/// Issue 23 point 8: holder records of agents no member lists any more (removed from the agents
+/// file) are deleted, so the pool's state does not grow with every agent ever removed. Before,
+/// they stayed for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_records_of_agents_no_member_lists_are_deleted() {
+    let agents = agents_for(&["sweep-a"], 3);
+    let p = pool(&agents, 1).await;
+    p.etcd[0].pad("/ccgw-test/", "holders", 1_500, 8).await;
+    let a = Bridge::start(&p.setup, "sweep-a");
+    wait_until(
+        SETTLE,
+        "only the records of the pool's own agents remain",
+        || async {
+            a.held().await == set(&agents)
+                && tokio::task::block_in_place(|| p.etcd[0].holders("/ccgw-test/")) == set(&agents)
+        },
+    )
+    .await;
+    assert!(a
+        .log_text()
+        .contains("deleted the holder records of agents no member lists"));
+}
+
+/// Issue 23 point 6: replicas started together sign each agent in once, on its final owner.
+/// Before, the first one up took every agent and handed two thirds of them over again. The
+/// join grace is one TTL; 9 s here, so the three processes start well within it however loaded
+/// the machine is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_sign_each_agent_in_once() {
+    let names = ["cold-a", "cold-b", "cold-c"];
+    let agents = agents_for(&names, 4);
+    let mut p = pool(&agents, 1).await;
+    p.setup.lease_ttl = "9s";
+    let bridges: Vec<Bridge> = names.iter().map(|n| Bridge::start(&p.setup, n)).collect();
+    let wants: Vec<BTreeSet<String>> = names
+        .iter()
+        .map(|n| agents_for_member_of(&agents, &names, n))
+        .collect();
+    wait_until(
+        Duration::from_secs(60),
+        "each replica holds its share",
+        || async {
+            for (b, want) in bridges.iter().zip(&wants) {
+                if b.held().await != *want {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    assert_eq!(
+        sign_ins(&p.sim.requests()),
+        (agents.len(), 0),
+        "each agent signed in once, none forced"
     );
 }

@@ -170,6 +170,11 @@ impl Backend for Scripted {
         Ok(())
     }
 
+    async fn forget_holders(&mut self, _agents: &[String]) -> Result<(), PoolError> {
+        // The script's view lists no holder keys, so none is ever stale.
+        Ok(())
+    }
+
     async fn changed(&mut self) {
         std::future::pending().await
     }

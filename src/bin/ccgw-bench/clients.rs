@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
+use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
 use ccgw_bridge::proto::SignInRequest;
 use futures::StreamExt;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, COOKIE};
@@ -238,6 +239,21 @@ impl Control {
     }
 }
 
+/// `BeginPlay` of the bench's prompt on `agent` (a bridge's or a baseline's API).
+pub async fn begin_play(
+    client: &mut RecordPlayServiceClient<Channel>,
+    agent: &str,
+) -> Result<(), tonic::Status> {
+    client
+        .begin_play(ccgw_bridge::proto::BeginPlayRequest {
+            agent_id: agent.to_owned(),
+            voice_path: VOICE_PATH.into(),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
 /// A plain-text HTTP/2 channel to the bridge.
 pub async fn channel(url: &str) -> Result<Channel, BoxError> {
     Ok(Endpoint::from_shared(url.to_owned())?
@@ -324,17 +340,17 @@ pub async fn bridge_metrics(
         .collect())
 }
 
-/// Sum and count of a histogram over the label values given (`label="value"` pairs).
+/// Sum and count of a histogram over the series given by their whole label sets, as `/metrics`
+/// writes them (`a="x",b="y"`, without braces).
 pub fn histogram_sum_count(
     m: &std::collections::HashMap<String, f64>,
     name: &str,
-    label: &str,
-    values: &[&str],
+    label_sets: &[&str],
 ) -> (f64, f64) {
     let mut sum = 0.0;
     let mut count = 0.0;
-    for v in values {
-        let labels = format!("{{{label}=\"{v}\"}}");
+    for set in label_sets {
+        let labels = format!("{{{set}}}");
         sum += m
             .get(&format!("{name}_sum{labels}"))
             .copied()

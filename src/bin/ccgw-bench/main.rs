@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! ./target/release/ccgw-bench unary|fanout|footprint|soak|all [--quick]
+//! ./target/release/ccgw-bench unary|fanout|footprint|soak|push|all [--quick]
 //!
 //! cargo build --release --features pool --bins   # the pool scenario needs a pool-enabled bridge
 //! ./target/release/ccgw-bench pool [--agents 30000] [--replicas 3]
@@ -24,6 +24,7 @@ mod fanout;
 mod footprint;
 mod pool;
 mod procs;
+mod push;
 mod report;
 mod soak;
 mod unary;
@@ -42,7 +43,10 @@ enum Scenario {
     Footprint,
     /// RSS at steady state: 64 busy agents, 16 play clients, churning watchers.
     Soak,
-    /// All four above, one after the other (not `pool`).
+    /// Poll mode against push mode (issue 24): memory per agent, idle CPU, c=64 throughput
+    /// against the relay's.
+    Push,
+    /// All five above, one after the other (not `pool`).
     All,
     /// Agent pool: etcd, the simulator in this process and --replicas release bridges sharing
     /// --agents agents (default 30,000): cold start, SIGTERM hand-over, SIGKILL take-over,
@@ -66,6 +70,7 @@ struct Args {
     duration: Option<f64>,
     /// unary: agents per path (direct, bridge, relay each sign in this many; BeginPlay/StopPlay
     /// pairs draw from them). Too few and a throughput ratio is refused (pool waits).
+    /// push: agents signed in on each bridge.
     /// pool: agents in the pool (default 30,000; 300 with --quick).
     #[arg(long)]
     agents: Option<usize>,
@@ -166,6 +171,7 @@ async fn run(args: Args) -> ExitCode {
             Scenario::Fanout,
             Scenario::Footprint,
             Scenario::Soak,
+            Scenario::Push,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -186,6 +192,7 @@ async fn run(args: Args) -> ExitCode {
                 };
                 soak::run(&bin, &opts).await
             }
+            Scenario::Push => push::run(&bin, &push_opts(&args)).await,
             Scenario::Pool => pool::run(&bin, &pool_opts(&args)).await,
             Scenario::All => unreachable!(),
         };
@@ -216,6 +223,19 @@ fn unary_opts(a: &Args) -> unary::Opts {
         agents: a.agents.unwrap_or(unary::DEFAULT_AGENTS),
         workers_per_channel: a.workers_per_channel.max(1),
         max_discards: if a.quick { 0 } else { 8 },
+    }
+}
+
+fn push_opts(a: &Args) -> push::Opts {
+    push::Opts {
+        agents: a.agents.unwrap_or(if a.quick { 100 } else { 10_000 }),
+        idle: Duration::from_secs_f64(a.idle_seconds.unwrap_or(if a.quick { 2.0 } else { 30.0 })),
+        duration: Duration::from_secs_f64(a.duration.unwrap_or(if a.quick { 1.0 } else { 8.0 })),
+        concurrency: a
+            .concurrency
+            .as_ref()
+            .and_then(|c| c.last().copied())
+            .unwrap_or(64),
     }
 }
 

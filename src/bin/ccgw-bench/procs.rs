@@ -295,13 +295,20 @@ pub struct Sim {
 
 /// Starts `ccgw-bridge simulate` on an ephemeral loopback port.
 pub fn start_sim(bin: &Path, poll_hold: &str, play_duration: &str) -> Result<Sim, BoxError> {
+    start_sim_with(bin, poll_hold, play_duration, &[])
+}
+
+/// [`start_sim`] with `extra` flags for the simulator.
+pub fn start_sim_with(
+    bin: &Path,
+    poll_hold: &str,
+    play_duration: &str,
+    extra: &[&str],
+) -> Result<Sim, BoxError> {
     let mut cmd = command(bin);
-    cmd.args(["simulate", "--listen", "127.0.0.1:0"]).args([
-        "--poll-hold",
-        poll_hold,
-        "--play-duration",
-        play_duration,
-    ]);
+    cmd.args(["simulate", "--listen", "127.0.0.1:0"])
+        .args(["--poll-hold", poll_hold, "--play-duration", play_duration])
+        .args(extra);
     let (proc, lines) = spawn_announcing(cmd, "sim", &["url=", "ca="], Duration::from_secs(20))?;
     Ok(Sim {
         proc,

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use ccgw_bridge::proto::agent_session_service_client::AgentSessionServiceClient;
 use ccgw_bridge::proto::record_play_service_client::RecordPlayServiceClient;
-use ccgw_bridge::proto::{BeginPlayRequest, StopPlayRequest, WatchAgentEventsRequest};
+use ccgw_bridge::proto::{StopPlayRequest, WatchAgentEventsRequest};
 
-use crate::clients::{self, VOICE_PATH};
+use crate::clients;
 use crate::procs::{self, BoxError};
 use crate::report::{mib, round, Failures, Report};
 
@@ -160,13 +160,7 @@ async fn play_loop(
         k += 1;
         tokio::time::sleep_until(ready[i].into()).await;
         let id = &agents[i];
-        let begin = client
-            .begin_play(BeginPlayRequest {
-                agent_id: id.clone(),
-                voice_path: VOICE_PATH.into(),
-                ..Default::default()
-            })
-            .await;
+        let begin = clients::begin_play(&mut client, id).await;
         if let Err(s) = begin {
             failures.record(format!("BeginPlay {id}: {s}"));
             return;

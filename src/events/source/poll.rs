@@ -5,14 +5,13 @@
 //! arrive. Transport failures back off with jitter (capped well below the 120 s idle limit)
 //! and never end the session; only the gateway saying the agent is gone does.
 
-use super::event::SHUTDOWN_SERVICE;
-use super::hub::Hub;
-use crate::gateway::{AgentAuth, GatewayClient, GatewayError, Interface};
-use crate::telemetry::Metrics;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use super::{grid_pause, AfterFailure, Failures, SessionLink};
+use crate::events::event::SHUTDOWN_SERVICE;
+use crate::events::hub::Hub;
+use crate::gateway::{GatewayError, Interface};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_util::sync::CancellationToken;
 
 /// Pacing of the loop (api-notes §3.1: re-poll 200–500 ms after an answer).
 #[derive(Debug, Clone)]
@@ -54,102 +53,71 @@ pub enum PollEnd {
 }
 
 /// The DR retcodes after which the vendor says to sign in again (api-notes §7).
-const SIGN_IN_AGAIN: [&str; 3] = ["105-005", "105-006", "105-007"];
+pub(super) const SIGN_IN_AGAIN: [&str; 3] = ["105-005", "105-006", "105-007"];
 
-/// Everything one agent's loop needs.
+/// Everything one agent's poll loop needs.
 pub struct Poller {
-    /// Shared gateway client.
-    pub gateway: GatewayClient,
-    /// The agent being polled.
-    pub agent_id: Arc<str>,
-    /// Its Guid and cookies (the loop adopts every `Set-GUID` through it).
-    pub auth: Arc<AgentAuth>,
+    /// What every event source of a session shares.
+    pub link: SessionLink,
     /// Where events go.
     pub hub: Arc<Hub>,
-    /// Unix ms of the last answered poll, for `Session.last_poll_at`.
-    pub last_poll_at: Arc<AtomicU64>,
-    /// Counts polls the gateway answered and after which the loop goes on (not transport
-    /// failures, not the answers that end it), so a call refused for its Guid can wait for the
-    /// poll that would carry a newer one.
-    pub polls: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Stops the loop.
-    pub cancel: CancellationToken,
     /// Pacing.
     pub settings: PollSettings,
-    /// Poll error counters.
-    pub metrics: Arc<Metrics>,
 }
 
 impl Poller {
     /// Runs until the agent is signed out or the loop is cancelled.
     pub async fn run(self) -> PollEnd {
-        let mut failures: u32 = 0;
-        let mut lost_answer = false;
+        let Poller {
+            link,
+            hub,
+            settings,
+        } = self;
+        let mut failures = Failures::default();
         // One registration with the token for the loop's life, not one per poll and per pause.
-        let cancelled = self.cancel.cancelled();
+        let cancelled = link.cancel.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let sent = self.auth.current();
+            let sent = link.auth.current();
             let answer = tokio::select! {
                 biased;
                 () = &mut cancelled => return PollEnd::Cancelled,
-                a = self.gateway.call(Interface::Poll, &self.agent_id, &self.auth, sent.guid.as_ref(), None, None) => a,
+                a = link.gateway.call(Interface::Poll, &link.agent_id, &link.auth, sent.guid.as_ref(), None, None) => a,
             };
-            // Only answers count, and only once the loop knows it goes on: the farewell
-            // (`AgentOther_ShutdownService`), a Guid refusal and a "sign in again" end it, and
-            // none of them shows the gateway still accepting the session's Guid.
-            let answered = answer.is_ok()
-                || matches!(&answer, Err(e @ GatewayError::Retcode { .. }) if !e.is_auth_rejection());
             let pause = match answer {
                 Ok(envelope) => {
-                    failures = 0;
-                    lost_answer = false;
-                    self.last_poll_at.store(unix_ms(), Ordering::Relaxed);
-                    match envelope.event {
+                    failures.answered();
+                    link.last_poll_at.store(unix_ms(), Ordering::Relaxed);
+                    let pause = match envelope.event {
                         Some(raw) => {
                             let shutdown = raw.event_type == SHUTDOWN_SERVICE;
-                            self.hub.publish(raw);
+                            hub.publish(raw);
                             if shutdown {
                                 return PollEnd::SignedOutByGateway;
                             }
                             Duration::ZERO
                         }
-                        None => idle_pause(self.settings.gap, Instant::now()),
-                    }
-                }
-                Err(e) if e.is_auth_rejection() => {
-                    if self.auth.current().generation != sent.generation {
-                        // A Guid arrived meanwhile (e.g. from a call's answer); use it.
-                        continue;
-                    }
-                    // Counted by the session layer, which knows whether the bridge itself
-                    // signed the agent out (an expected end, not an error).
-                    return PollEnd::GuidRefused {
-                        after_lost_answer: lost_answer,
+                        None => idle_pause(settings.gap, Instant::now()),
                     };
+                    // Only answers count, and only once the loop knows it goes on: the
+                    // farewell (`AgentOther_ShutdownService`), a Guid refusal and a "sign in
+                    // again" end it, and none of them shows the gateway still accepting the
+                    // session's Guid.
+                    link.polls.send_modify(|n| *n += 1);
+                    pause
                 }
-                Err(GatewayError::Retcode { retcode, .. })
-                    if SIGN_IN_AGAIN.contains(&retcode.as_str()) =>
-                {
-                    self.metrics.poll_error("sign_in_again");
-                    return PollEnd::SignInAgain(retcode);
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    // The request may have reached the gateway: its answer may have carried a
-                    // new Guid.
-                    lost_answer |= matches!(
-                        e,
-                        GatewayError::Timeout(_) | GatewayError::OutcomeUnknown(_)
-                    );
-                    self.metrics.poll_error(error_kind(&e));
-                    tracing::warn!(agent_id = %self.agent_id, error = %e, failures, "event poll failed; backing off");
-                    backoff(&self.settings, failures)
-                }
+                Err(e) => match link.after_failure(
+                    e,
+                    sent.generation,
+                    &mut failures,
+                    &settings,
+                    "event poll",
+                ) {
+                    AfterFailure::SendAgain => continue,
+                    AfterFailure::End(end) => return end,
+                    AfterFailure::Pause(pause) => pause,
+                },
             };
-            if answered {
-                self.polls.send_modify(|n| *n += 1);
-            }
             if !pause.is_zero() {
                 tokio::select! {
                     biased;
@@ -161,25 +129,16 @@ impl Poller {
     }
 }
 
-/// Where every loop's idle pauses are aligned from.
-static GRID_EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
 /// The pause after an empty answer: `gap`, stretched so it ends on a process-wide grid of
 /// `gap / 2` steps, i.e. between `gap` and 1.5 × `gap` (200–300 ms by default, inside the
 /// vendor's 200–500 ms). Idle agents then re-poll in batches: one timer wake-up sends many polls,
 /// and since the gateway holds each poll equally long, their empty answers come back together
 /// too, instead of two wake-ups of the process per idle poll.
 fn idle_pause(gap: Duration, now: Instant) -> Duration {
-    let step = gap.as_nanos() / 2;
-    if step == 0 {
-        return gap;
-    }
-    let earliest = now.saturating_duration_since(*GRID_EPOCH).as_nanos() + gap.as_nanos();
-    let aligned = earliest.div_ceil(step) * step;
-    gap + Duration::from_nanos((aligned - earliest) as u64)
+    gap + grid_pause(gap / 2, now + gap)
 }
 
-fn error_kind(e: &GatewayError) -> &'static str {
+pub(super) fn error_kind(e: &GatewayError) -> &'static str {
     match e {
         GatewayError::Retcode { .. } => "retcode",
         GatewayError::Unreachable(_) => "unreachable",
@@ -214,7 +173,7 @@ mod tests {
     #[test]
     fn idle_pauses_end_on_a_shared_grid_within_one_and_a_half_gaps() {
         let gap = Duration::from_millis(200);
-        let base = *GRID_EPOCH + Duration::from_secs(7);
+        let base = *super::super::GRID_EPOCH + Duration::from_secs(7);
         let ends: Vec<Instant> = [1, 37, 99, 100]
             .iter()
             .map(|ms| {
