@@ -584,7 +584,7 @@ impl Bench<'_> {
         report.set("cold_start_s", round(cold.as_secs_f64(), 2));
         report.set("cold_sign_ins_per_agent", round(per_agent, 3));
         let e1 = self.etcd.sample(&self.http).await?;
-        self.etcd_rows(report, "cold start", e0, e1, n);
+        self.etcd_rows(report, "cold start", (e0, e1), (n, "agent"));
 
         Ok(())
     }
@@ -846,10 +846,18 @@ impl Bench<'_> {
         );
     }
 
-    fn etcd_rows(&self, report: &mut Report, what: &str, a: EtcdSample, b: EtcdSample, n: f64) {
+    /// etcd's requests and bytes between `a` and `b`, in all and per `n` (agents or moves).
+    fn etcd_rows(
+        &self,
+        report: &mut Report,
+        what: &str,
+        (a, b): (EtcdSample, EtcdSample),
+        n: (f64, &str),
+    ) {
         let (req, bytes) = (b.requests() - a.requests(), b.sent_bytes - a.sent_bytes);
+        let (n, unit) = n;
         report.info(
-            format!("etcd during {what}: requests (Range/Txn), bytes sent; per agent"),
+            format!("etcd during {what}: requests (Range/Txn), bytes sent; per {unit}"),
             format!(
                 "{req:.0} ({:.0}/{:.0}), {} MiB; {:.2} req, {:.0} B",
                 b.range - a.range,
@@ -916,7 +924,12 @@ impl Bench<'_> {
         report.set("rolling_sign_ins_per_agent", round(per_agent, 3));
         report.set("rolling_forcelogins", forcelogins);
         report.set("rolling_s", round(took.as_secs_f64(), 1));
-        self.etcd_rows(report, "rolling restart", e0, e1, gaps.len().max(1) as f64);
+        self.etcd_rows(
+            report,
+            "rolling restart",
+            (e0, e1),
+            (gaps.len().max(1) as f64, "agent moved"),
+        );
         Ok(())
     }
 
