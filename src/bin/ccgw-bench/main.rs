@@ -51,7 +51,8 @@ enum Scenario {
     /// Agent pool: etcd, the simulator in this process and --replicas release bridges sharing
     /// --agents agents (default 30,000): cold start, SIGTERM hand-over, SIGKILL take-over,
     /// rolling restart, etcd cost, RSS/CPU per bridge. Needs `cargo build --release --features
-    /// pool --bins` and etcd (.venv/bin/etcd, --etcd-bin or PATH).
+    /// pool --bins` and etcd (.venv/bin/etcd, --etcd-bin or PATH), and a file-descriptor limit
+    /// of agents + 4,096 (raised when allowed; otherwise it stops and says so).
     Pool,
 }
 
