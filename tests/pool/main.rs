@@ -700,6 +700,14 @@ async fn two_settled(
     let want_a = agents_for_member_of(agents, &names, names[0]);
     let want_b = agents_for_member_of(agents, &names, names[1]);
     settled(&a, &want_a, &b, &want_b).await;
+    // Settled includes the Guid hand-off: a test that kills a bridge next must not kill it
+    // between a sign-in and its holder record (then its agents wait for the gateway's idle
+    // sign-out, the documented price).
+    let all = set(agents);
+    wait_until(SETTLE, "every session's Guid is handed on", || async {
+        tokio::task::block_in_place(|| p.etcd[0].holders("/ccgw-test/")).is_superset(&all)
+    })
+    .await;
     (a, want_a, b, want_b)
 }
 
