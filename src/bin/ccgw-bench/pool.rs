@@ -43,9 +43,11 @@ const PREFIX: &str = "/ccgw-bench/";
 /// First agent id (numeric: the gateway only routes numeric ids).
 const FIRST_ID: usize = 800_000;
 /// RSS formula of docs/memory.md without watchers: 12 MiB + 1.5 × the default 16 MiB event
-/// budget, plus [`KIB_PER_AGENT`] per signed-in agent.
+/// budget, plus [`KIB_PER_AGENT`] per signed-in agent, plus the pool's mirror,
+/// [`KIB_PER_POOL_AGENT`] per agent of the pool (docs/running-replicas.md, sizing).
 const RSS_BASE_KIB: f64 = 36.0 * 1024.0;
 const KIB_PER_AGENT: f64 = 42.0;
+const KIB_PER_POOL_AGENT: f64 = 0.15;
 
 pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     if opts.replicas < 2 || opts.agents == 0 {
@@ -948,14 +950,16 @@ impl Bench<'_> {
             let b = &self.bridges[i];
             let cpu = procs::CpuUse::pct(b.proc.cpu().saturating_sub(c0), wall);
             let rss = b.proc.rss_kib();
-            let limit = RSS_BASE_KIB + KIB_PER_AGENT * held as f64;
+            let limit = RSS_BASE_KIB
+                + KIB_PER_AGENT * held as f64
+                + KIB_PER_POOL_AGENT * self.opts.agents as f64;
             report.target(
                 format!("{} settled: RSS ({held} agents), CPU", b.name),
                 format!("{} MiB, {cpu:.1}% of a core", mib(rss)),
                 rss as f64,
                 limit,
                 false,
-                format!("RSS ≤ {} MiB (docs/memory.md)", mib(limit as u64)),
+                format!("RSS ≤ {} MiB (docs/memory.md + mirror)", mib(limit as u64)),
             );
             json.push(serde_json::json!({
                 "name": b.name, "agents": held, "rss_kib": rss, "cpu_pct": round(cpu, 2),
