@@ -4,6 +4,9 @@
 //! ```text
 //! cargo build --release --bins
 //! ./target/release/ccgw-bench unary|fanout|footprint|soak|push|all [--quick]
+//!
+//! cargo build --release --features pool --bins   # the pool scenario needs a pool-enabled bridge
+//! ./target/release/ccgw-bench pool [--agents 30000] [--replicas 3]
 //! ```
 //!
 //! The simulator (`ccgw-bridge simulate`) and the bridge (the release `ccgw-bridge` binary next to
@@ -19,6 +22,7 @@ mod baseline;
 mod clients;
 mod fanout;
 mod footprint;
+mod pool;
 mod procs;
 mod push;
 mod report;
@@ -42,8 +46,14 @@ enum Scenario {
     /// Poll mode against push mode (issue 24): memory per agent, idle CPU, c=64 throughput
     /// against the relay's.
     Push,
-    /// All five, one after the other.
+    /// All five above, one after the other (not `pool`).
     All,
+    /// Agent pool: etcd, the simulator in this process and --replicas release bridges sharing
+    /// --agents agents (default 30,000): cold start, SIGTERM hand-over, SIGKILL take-over,
+    /// rolling restart, etcd cost, RSS/CPU per bridge. Needs `cargo build --release --features
+    /// pool --bins` and etcd (.venv/bin/etcd, --etcd-bin or PATH), and a file-descriptor limit
+    /// of agents + 4,096 (raised when allowed; otherwise it stops and says so).
+    Pool,
 }
 
 #[derive(Debug, Parser)]
@@ -62,6 +72,7 @@ struct Args {
     /// unary: agents per path (direct, bridge, relay each sign in this many; BeginPlay/StopPlay
     /// pairs draw from them). Too few and a throughput ratio is refused (pool waits).
     /// push: agents signed in on each bridge.
+    /// pool: agents in the pool (default 30,000; 300 with --quick).
     #[arg(long)]
     agents: Option<usize>,
     /// unary: client concurrencies, comma-separated.
@@ -93,6 +104,12 @@ struct Args {
     /// Extra flag for the bridge processes (repeatable), e.g. `--bridge-arg=--poll-gap=500ms`.
     #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
     bridge_arg: Vec<String>,
+    /// pool: bridge replicas sharing the agents.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// pool: the etcd binary (default: .venv/bin/etcd of the source tree, then etcd on PATH).
+    #[arg(long)]
+    etcd_bin: Option<std::path::PathBuf>,
     /// footprint: seconds to measure CPU with 1,000 agents in idle long polls.
     #[arg(long)]
     idle_seconds: Option<f64>,
@@ -177,6 +194,7 @@ async fn run(args: Args) -> ExitCode {
                 soak::run(&bin, &opts).await
             }
             Scenario::Push => push::run(&bin, &push_opts(&args)).await,
+            Scenario::Pool => pool::run(&bin, &pool_opts(&args)).await,
             Scenario::All => unreachable!(),
         };
         match result {
@@ -219,6 +237,17 @@ fn push_opts(a: &Args) -> push::Opts {
             .as_ref()
             .and_then(|c| c.last().copied())
             .unwrap_or(64),
+    }
+}
+
+fn pool_opts(a: &Args) -> pool::Opts {
+    pool::Opts {
+        agents: a
+            .agents
+            .unwrap_or(if a.quick { 300 } else { pool::DEFAULT_AGENTS }),
+        replicas: a.replicas,
+        lease_ttl: Duration::from_secs(6),
+        etcd_bin: a.etcd_bin.clone(),
     }
 }
 

@@ -66,6 +66,39 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, sig: libc::c_int) -> Result<(), BoxError> {
+        let pid = libc::pid_t::try_from(self.pid)?;
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet (the child is reaped
+        // only in `wait_exit` or on drop), so the pid cannot name another process.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    /// Waits (polling every 20 ms, at most `limit`) until the process exited; its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        limit: Duration,
+    ) -> Result<std::process::ExitStatus, BoxError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "pid {} did not exit within {limit:?}; its log:\n{}",
+                    self.pid,
+                    self.log_tail()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -217,13 +250,32 @@ impl CpuUse {
     }
 }
 
+/// Spawns `cmd` (stdin and stdout closed) with its stderr in a log named `name`.
+pub fn spawn_logged(mut cmd: Command, name: &str) -> Result<Proc, BoxError> {
+    let log = log_path(name);
+    let spawned_at = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .map_err(|e| format!("{:?} does not start: {e}", cmd.get_program()))?;
+    let pid = child.id();
+    Ok(Proc {
+        child,
+        pid,
+        log,
+        spawned_at,
+    })
+}
+
 fn log_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("ccgw-bench-{}-{name}.log", std::process::id()))
 }
 
 /// A command for the bridge binary with a clean environment: no `CCGW_*` variable of the caller
 /// leaks in, and logging stays at its production default (info).
-fn command(bin: &Path) -> Command {
+pub fn command(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CCGW_") {
