@@ -211,6 +211,7 @@ impl Sessions {
             polls: Arc::new(tokio::sync::watch::Sender::new(0)),
             cancel: self.shared.shutdown.child_token(),
             signing_out: AtomicBool::new(false),
+            signing_out_as: std::sync::Mutex::new(None),
         });
         let previous = {
             let mut inner = slot.lock();
@@ -337,7 +338,12 @@ impl Sessions {
         if session.signing_out.load(Ordering::Acquire) {
             // The sign-out in progress decides what follows (see `sign_out`).
             tracing::info!(agent_id = %session.agent_id, reason = reason.label(), "the poll loop ended during the sign-out");
-            self.retire(&session, End::SignedOut);
+            let end = session
+                .signing_out_as
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            self.retire(&session, end.unwrap_or(End::SignedOut));
             return;
         }
         if matches!(reason, EndReason::GuidRefused | EndReason::AnswerLost) {
@@ -562,6 +568,10 @@ impl Sessions {
         end: End,
     ) -> Result<(), SessionError> {
         let signing_out = SigningOut::start(session);
+        *session
+            .signing_out_as
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(end.clone());
         let mut result = self.send_logout(session, deadline).await;
         if matches!(&result, Err(e) if e.retcode().is_none()) {
             result = self.send_logout(session, deadline).await;

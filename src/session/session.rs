@@ -55,6 +55,9 @@ pub struct Session {
     /// Set while the bridge signs the agent out, so the poll loop's `100-006` is not taken for
     /// a forced sign-out.
     pub(crate) signing_out: AtomicBool,
+    /// How the sign-out in progress ends the session's streams (a pool hand-over names the new
+    /// owner): the poll loop, if it sees the session end first, closes them the same way.
+    pub(crate) signing_out_as: std::sync::Mutex<Option<crate::events::End>>,
 }
 
 impl Session {

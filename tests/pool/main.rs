@@ -526,7 +526,9 @@ async fn an_etcd_stall_past_the_ttl_ends_no_session_and_signs_nothing_in_again()
 
 /// Issue 23 point 10: a rebalancing hand-over ends the moved agent's watch streams with
 /// FAILED_PRECONDITION `AGENT_MOVED` naming the new owner. Before, they ended with a clean OK,
-/// exactly like a deliberate SignOut, so an app stopped watching and never resumed on b.
+/// exactly like a deliberate SignOut, so an app stopped watching and never resumed on b. The
+/// logout's answer comes 1 s late, so the poll loop sees the session end first: it must close
+/// the streams as the hand-over would (a CI run caught it closing them as a plain sign-out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_ends_watch_streams_with_agent_moved_naming_the_new_owner() {
     use ccgw_bridge::proto::WatchPlayEventsRequest;
@@ -536,6 +538,13 @@ async fn a_hand_over_ends_watch_streams_with_agent_moved_naming_the_new_owner() 
         .into_iter()
         .next()
         .unwrap();
+    p.sim.add_fault(ccgw_bridge::sim::Fault {
+        matcher: ccgw_bridge::sim::FaultMatch::PathContains(format!(
+            "/onlineagent/{moving}/logout"
+        )),
+        kind: ccgw_bridge::sim::FaultKind::Latency(Duration::from_secs(1)),
+        count: Some(1),
+    });
     let mut stream = a
         .play()
         .await
