@@ -37,15 +37,7 @@ async fn secrets_never_reach_logs_errors_or_debug_output() {
         .with_ansi(false)
         .init();
 
-    let sim = SimConfig {
-        auth: AuthMode::Dynamic {
-            rotate_every: Duration::from_millis(100),
-            strict: true,
-            overlap: Duration::ZERO,
-        },
-        password: Some(PASSWORD.into()),
-        ..fast_sim()
-    };
+    let sim = rotating_sim();
     let h = Harness::with(sim, |_| {}).await;
     let mut sessions = h.sessions().await;
     let mut req = sign_in_request("1001");
@@ -153,15 +145,7 @@ async fn push_mode(
     errors: &mut Vec<String>,
     metrics: &mut String,
 ) -> Vec<String> {
-    let sim = SimConfig {
-        auth: AuthMode::Dynamic {
-            rotate_every: Duration::from_millis(100),
-            strict: true,
-            overlap: Duration::ZERO,
-        },
-        password: Some(PASSWORD.into()),
-        ..fast_sim()
-    };
+    let sim = rotating_sim();
     let h = Harness::push(sim, |_| {}).await;
     let mut req = sign_in_request("1001");
     req.password = PASSWORD.into();
@@ -214,4 +198,18 @@ async fn push_mode(
     metrics.push_str(&h.metrics().await);
     h.stop().await.unwrap();
     vec![token]
+}
+
+/// A simulator that checks the password and rotates every Guid every 100 ms under strict
+/// Guids: the most secrets in flight, for the poll and push phases alike.
+fn rotating_sim() -> SimConfig {
+    SimConfig {
+        auth: AuthMode::Dynamic {
+            rotate_every: Duration::from_millis(100),
+            strict: true,
+            overlap: Duration::ZERO,
+        },
+        password: Some(PASSWORD.into()),
+        ..fast_sim()
+    }
 }
