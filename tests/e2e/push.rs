@@ -140,14 +140,7 @@ async fn push_mode_delivers_events_through_the_same_hub_as_polling() {
 
 #[tokio::test]
 async fn heartbeats_keep_a_push_session_past_the_gateways_idle_limit() {
-    let h = Harness::push(
-        SimConfig {
-            idle_timeout: Duration::from_millis(1000),
-            ..fast_sim()
-        },
-        |_| {},
-    )
-    .await;
+    let h = push_idling_after(Duration::from_millis(1000)).await;
     h.sign_in("1001").await;
     // 25 heartbeats at 100 ms span over twice the idle limit (which leaves room for a loaded
     // machine's late timers).
@@ -501,14 +494,7 @@ async fn the_token_and_guids_never_reach_logs_or_metrics() {
 
 #[tokio::test]
 async fn without_heartbeats_the_gateway_signs_out_and_pushes_the_farewell() {
-    let h = Harness::push(
-        SimConfig {
-            idle_timeout: Duration::from_secs(2),
-            ..fast_sim()
-        },
-        |_| {},
-    )
-    .await;
+    let h = push_idling_after(Duration::from_secs(2)).await;
     h.sign_in("1001").await;
     let mut all = watch_from_start(&h, "1001").await;
     // From now on no heartbeat reaches the gateway (a proxy answers 503 for it).
@@ -611,4 +597,16 @@ async fn a_new_sign_in_moves_the_callback_to_the_new_bridge() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// A push-mode bridge on a simulator that signs an agent out after `idle` without a heartbeat.
+async fn push_idling_after(idle: Duration) -> Harness {
+    Harness::push(
+        SimConfig {
+            idle_timeout: idle,
+            ..fast_sim()
+        },
+        |_| {},
+    )
+    .await
 }
