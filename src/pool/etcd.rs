@@ -360,7 +360,7 @@ impl EtcdBackend {
                 for kv in page.kvs() {
                     if let Some(key) = kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix))
                     {
-                        mirror.put(key, kv.value());
+                        mirror.put(key, kv.value(), kv.mod_revision());
                     }
                 }
                 match page.kvs().last() {
@@ -372,10 +372,11 @@ impl EtcdBackend {
         mirror.ok_or_else(|| PoolError::Coordinator("etcd answered no revision".into()))
     }
 
-    /// Applies one watch answer to the mirror. A watch that ended, or that etcd cancelled
-    /// (e.g. its start revision was compacted), may have missed changes: the next sync reads
-    /// the pool again.
-    fn apply(&mut self, answer: Result<Option<WatchResponse>, etcd_client::Error>) {
+    /// Applies one watch answer to the mirror; whether a reconcile should look (anything but
+    /// probes changed, or the watch ended). A watch that ended, or that etcd cancelled (e.g.
+    /// its start revision was compacted), may have missed changes: the next sync reads the
+    /// pool again.
+    fn apply(&mut self, answer: Result<Option<WatchResponse>, etcd_client::Error>) -> bool {
         let resp = match answer {
             Ok(Some(resp)) if !resp.canceled() => resp,
             Ok(Some(resp)) => {
@@ -385,16 +386,17 @@ impl EtcdBackend {
                     "pool: etcd cancelled the watch on the pool; reading its records again"
                 );
                 self.watch = None;
-                return;
+                return true;
             }
             Ok(None) | Err(_) => {
                 self.watch = None;
-                return;
+                return true;
             }
         };
         let Some(mirror) = self.mirror.as_mut() else {
-            return;
+            return true;
         };
+        let mut relevant = false;
         for event in resp.events() {
             let Some(kv) = event.kv() else {
                 continue;
@@ -406,8 +408,9 @@ impl EtcdBackend {
                 EventType::Put => Some(kv.value()),
                 EventType::Delete => None,
             };
-            mirror.changed(key, value, kv.mod_revision());
+            relevant |= mirror.changed(key, value, kv.mod_revision());
         }
+        relevant
     }
 
     /// The client and lease every per-agent request needs, or the reason there are none.
@@ -529,6 +532,16 @@ impl Backend for EtcdBackend {
         Ok(())
     }
 
+    async fn publish_probe(&mut self, ok: bool) -> Result<i64, PoolError> {
+        let (mut client, lease) = self.for_agents().await?;
+        let value = if ok { mirror::PROBE_OK } else { "failing" };
+        let options = PutOptions::new().with_lease(lease);
+        let put = self
+            .bounded(client.put(self.key("probes", &self.instance), value, Some(options)))
+            .await?;
+        Ok(put.header().map_or(0, |h| h.revision()))
+    }
+
     async fn view(&mut self) -> Result<View, PoolError> {
         self.sync().await?;
         let Some(mirror) = &self.mirror else {
@@ -545,6 +558,7 @@ impl Backend for EtcdBackend {
             catalogs: HashMap::new(),
             owners: mirror.owners(),
             holders: mirror.holders(),
+            probes: mirror.probes().clone(),
         };
         let mut client = self.client().await?;
         for (member, digest) in &members {
@@ -651,12 +665,16 @@ impl Backend for EtcdBackend {
     }
 
     async fn changed(&mut self) {
-        // Without a watch the loop's tick reads the pool, and that read opens one.
-        let Some(watch) = self.watch.as_mut() else {
-            return std::future::pending().await;
-        };
-        let answer = watch.message().await;
-        self.apply(answer);
+        loop {
+            // Without a watch the loop's tick reads the pool, and that read opens one.
+            let Some(watch) = self.watch.as_mut() else {
+                return std::future::pending().await;
+            };
+            let answer = watch.message().await;
+            if self.apply(answer) {
+                return;
+            }
+        }
     }
 
     async fn leave(&mut self) -> Result<(), PoolError> {

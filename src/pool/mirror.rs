@@ -8,12 +8,16 @@
 //! Backend-neutral on purpose: the etcd backend feeds it keys relative to the pool's prefix,
 //! and its rules (what a key means, which revision wins) are tested here without a server.
 
+use super::Probe;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+/// A passed probe's record value (anything else reads as failed).
+pub(super) const PROBE_OK: &str = "ok";
+
 /// The kinds of record a reconcile reads (`{prefix}{kind}/…`). Catalogs are read on demand and
 /// cached by digest; names concern joining only.
-pub(super) const MIRRORED: [&str; 3] = ["members", "owners", "holders"];
+pub(super) const MIRRORED: [&str; 4] = ["members", "owners", "holders", "probes"];
 
 /// Members, owners and holder keys at [`Mirror::revision`].
 ///
@@ -26,6 +30,8 @@ pub(super) struct Mirror {
     members: BTreeMap<String, String>,
     owners: Arc<HashMap<String, String>>,
     holders: Arc<HashSet<String>>,
+    /// Instance → its last published gateway probe (`probes/{instance}`: `ok` or `failing`).
+    probes: HashMap<String, Probe>,
     /// Keys this instance changed itself, with the revision of its change: the mirror shows
     /// the change at once (a reconcile right after an acquire must not take its own agent for
     /// one that vanished), and the watch's older events for the key, still on their way, are
@@ -47,32 +53,36 @@ impl Mirror {
         self.revision
     }
 
-    /// A watch event: `key` holds `value` (`None`: deleted) since `revision`.
-    pub(super) fn changed(&mut self, key: &str, value: Option<&[u8]>, revision: i64) {
+    /// A watch event: `key` holds `value` (`None`: deleted) since `revision`. Whether a
+    /// reconcile should look: probes are rewritten every tick by every instance and are read
+    /// only by the next regular pass, so they wake nobody.
+    pub(super) fn changed(&mut self, key: &str, value: Option<&[u8]>, revision: i64) -> bool {
         if let Some(&floor) = self.written.get(key) {
             if revision < floor {
-                return;
+                return false;
             }
             self.written.remove(key);
         }
         match value {
-            Some(value) => self.put(key, value),
+            Some(value) => self.put(key, value, revision),
             None => self.delete(key),
         }
+        !key.starts_with("probes/")
     }
 
     /// This instance's own change of `key` (`None`: deleted), done at `revision`.
     pub(super) fn wrote(&mut self, key: &str, value: Option<&[u8]>, revision: i64) {
         self.written.insert(key.to_owned(), revision);
         match value {
-            Some(value) => self.put(key, value),
+            Some(value) => self.put(key, value, revision),
             None => self.delete(key),
         }
     }
 
-    /// A key (relative to the pool's prefix) now holds `value`. Keys of other kinds, and values
-    /// that are not UTF-8 where text is expected, are ignored (as a direct read ignored them).
-    pub(super) fn put(&mut self, key: &str, value: &[u8]) {
+    /// A key (relative to the pool's prefix) holds `value` since `revision`. Keys of other
+    /// kinds, and values that are not UTF-8 where text is expected, are ignored (as a direct
+    /// read ignored them).
+    pub(super) fn put(&mut self, key: &str, value: &[u8], revision: i64) {
         if let Some(agent) = key.strip_prefix("holders/") {
             if !self.holders.contains(agent) {
                 Arc::make_mut(&mut self.holders).insert(agent.to_owned());
@@ -84,6 +94,10 @@ impl Mirror {
         };
         if let Some(member) = key.strip_prefix("members/") {
             self.members.insert(member.to_owned(), value.to_owned());
+        } else if let Some(instance) = key.strip_prefix("probes/") {
+            let ok = value == PROBE_OK;
+            self.probes
+                .insert(instance.to_owned(), Probe { ok, revision });
         } else if let Some(agent) = key.strip_prefix("owners/") {
             if self.owners.get(agent).map(String::as_str) != Some(value) {
                 Arc::make_mut(&mut self.owners).insert(agent.to_owned(), value.to_owned());
@@ -99,6 +113,8 @@ impl Mirror {
             }
         } else if let Some(member) = key.strip_prefix("members/") {
             self.members.remove(member);
+        } else if let Some(instance) = key.strip_prefix("probes/") {
+            self.probes.remove(instance);
         } else if let Some(agent) = key.strip_prefix("owners/") {
             if self.owners.contains_key(agent) {
                 Arc::make_mut(&mut self.owners).remove(agent);
@@ -114,6 +130,11 @@ impl Mirror {
     /// Agent → owning instance, shared.
     pub(super) fn owners(&self) -> Arc<HashMap<String, String>> {
         self.owners.clone()
+    }
+
+    /// Each instance's last published probe.
+    pub(super) fn probes(&self) -> &HashMap<String, Probe> {
+        &self.probes
     }
 
     /// Agents with a holder record, shared.
@@ -154,13 +175,13 @@ mod tests {
     #[test]
     fn puts_and_deletes_follow_the_keys_kinds() {
         let mut m = Mirror::at(7);
-        m.put("members/b", b"d2");
-        m.put("members/a", b"d1");
-        m.put("owners/1001", b"a");
-        m.put("holders/1001", b"\x00sealed\xff");
-        m.put("catalogs/d1", b"1001\n1002");
-        m.put("names/a", b"a");
-        m.put("owners/1002", b"\xff\xfe");
+        m.put("members/b", b"d2", 1);
+        m.put("members/a", b"d1", 1);
+        m.put("owners/1001", b"a", 1);
+        m.put("holders/1001", b"\x00sealed\xff", 1);
+        m.put("catalogs/d1", b"1001\n1002", 1);
+        m.put("names/a", b"a", 1);
+        m.put("owners/1002", b"\xff\xfe", 1);
         assert_eq!(
             m.members().collect::<Vec<_>>(),
             [("a", "d1"), ("b", "d2")],
@@ -186,18 +207,43 @@ mod tests {
     }
 
     #[test]
+    fn probes_keep_their_revision_and_wake_no_reconcile() {
+        let mut m = Mirror::at(1);
+        assert!(!m.changed("probes/a", Some(PROBE_OK.as_bytes()), 5));
+        assert!(!m.changed("probes/b", Some(b"failing"), 6));
+        assert!(m.changed("owners/1001", Some(b"a"), 7));
+        assert_eq!(
+            m.probes()["a"],
+            Probe {
+                ok: true,
+                revision: 5
+            }
+        );
+        assert_eq!(
+            m.probes()["b"],
+            Probe {
+                ok: false,
+                revision: 6
+            }
+        );
+        // The lease of `a` ended: its probe goes with it.
+        assert!(!m.changed("probes/a", None, 8));
+        assert!(!m.probes().contains_key("a"));
+    }
+
+    #[test]
     fn a_view_handed_out_keeps_its_state_while_the_mirror_moves_on() {
         let mut m = Mirror::at(1);
-        m.put("owners/1001", b"a");
+        m.put("owners/1001", b"a", 1);
         let seen = m.owners();
-        m.put("owners/1001", b"b");
-        m.put("owners/1002", b"b");
+        m.put("owners/1001", b"b", 1);
+        m.put("owners/1002", b"b", 1);
         assert_eq!(seen.get("1001").map(String::as_str), Some("a"));
         assert_eq!(seen.len(), 1);
         assert_eq!(m.owners().len(), 2);
         // An unchanged put copies nothing: the map is still the one handed out.
         let again = m.owners();
-        m.put("owners/1002", b"b");
+        m.put("owners/1002", b"b", 1);
         assert!(Arc::ptr_eq(&again, &m.owners()));
     }
 

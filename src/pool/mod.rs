@@ -139,6 +139,20 @@ pub struct View {
     pub owners: Arc<HashMap<String, String>>,
     /// Agents that have a holder record (see [`Backend::write_holders`]).
     pub holders: Arc<HashSet<String>>,
+    /// Instance → its last published gateway probe (see [`Backend::publish_probe`]): the
+    /// evidence an instance whose own probes fail needs before it steps out.
+    pub probes: HashMap<String, Probe>,
+}
+
+/// One instance's last published gateway probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Whether the probe passed (the gateway answered, and this instance's sign-ins are not
+    /// being refused).
+    pub ok: bool,
+    /// The coordinator's revision at which it was published: revisions order publications of
+    /// different instances without trusting their clocks.
+    pub revision: i64,
 }
 
 /// The result of trying to take an agent.
@@ -202,6 +216,9 @@ pub trait Backend: Send + 'static {
         &mut self,
         agents: Option<&[String]>,
     ) -> impl Future<Output = Result<(), PoolError>> + Send;
+    /// Publishes this instance's latest gateway probe under its lease (a small record,
+    /// rewritten every probe); returns the coordinator's revision of the write.
+    fn publish_probe(&mut self, ok: bool) -> impl Future<Output = Result<i64, PoolError>> + Send;
     /// Reads members and owners.
     fn view(&mut self) -> impl Future<Output = Result<View, PoolError>> + Send;
     /// Writes or deletes holder records (the sealed Guid hand-off), in transactions of bounded

@@ -57,6 +57,10 @@ pub(super) struct OwnershipState {
     pub(super) waiting_for_gateway: HashSet<String>,
     pub(super) hand_overs: u64,
     pub(super) take_overs: u64,
+    /// The pool's own sign-ins refused in a row for a reason that is this instance's (wrong
+    /// password, parameters, rights), with no sign-in succeeding since: a replica with a wrong
+    /// agents file reaches the gateway but cannot serve, so its probe counts as failed.
+    pub(super) refused_sign_ins: u32,
 }
 
 /// Which pool agents this instance owns, and until when its lease is surely valid.
@@ -114,6 +118,7 @@ impl Ownership {
                 waiting_for_gateway: HashSet::new(),
                 hand_overs: 0,
                 take_overs: 0,
+                refused_sign_ins: 0,
             }),
             changes: tokio::sync::watch::Sender::new(0),
             wake: tokio::sync::Notify::new(),

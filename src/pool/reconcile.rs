@@ -10,6 +10,7 @@ use super::{
     choose_among, lease, Acquired, Backend, HolderWrite, LeaseState, Leave, Ownership, PoolConfig,
     PoolError, View,
 };
+use crate::gateway::retcodes::{self, Class};
 use crate::session::{Orphan, OrphanEnd, SessionError, Sessions, SignInGate, SignInParams};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,8 +27,16 @@ const COALESCE: Duration = Duration::from_millis(200);
 const SWEEP_PER_PASS: usize = 1_000;
 
 /// Failed gateway probes in a row (at most one a tick) after which an assignable instance steps
-/// out of the members, so its agents move to members that can serve them.
+/// out of the members, so its agents move to members that can serve them, if a member's probe
+/// passed meanwhile (see [`Reconciler::update_assignable`]).
 const STEP_OUT_AFTER: u32 = 3;
+
+/// Passed probes in a row after which an instance that stepped out for failing ones steps in.
+const STEP_IN_AFTER: u32 = 3;
+
+/// The pool's own sign-ins refused in a row, for a reason that is this instance's, after which
+/// its probe fails (see [`refuses_this_instance`]).
+const SIGN_IN_REFUSALS_FAIL_PROBE: u32 = 3;
 
 pub(super) struct Reconciler<B> {
     backend: B,
@@ -38,8 +47,16 @@ pub(super) struct Reconciler<B> {
     stop: CancellationToken,
     /// The current lease's keep-alive task (it ends when the lease is lost) and its stop.
     keep_alive: Option<(JoinHandle<()>, CancellationToken)>,
-    /// Gateway probes in a row that failed while this instance was assignable.
+    /// Gateway probes in a row that failed.
     failed_probes: u32,
+    /// The revision at which this instance published the first failed probe of the current
+    /// run: a member's passed probe published after it is evidence the fault is here.
+    failing_since: Option<i64>,
+    /// Gateway probes in a row that passed while this instance was not assignable.
+    passed_probes: u32,
+    /// Whether this instance stepped out for failing probes (it steps in again only after
+    /// [`STEP_IN_AFTER`] passes).
+    stepped_out_failing: bool,
     /// When the gateway was last probed: at most once a tick, however often etcd's watch wakes
     /// the loop.
     last_probe: Option<Instant>,
@@ -148,6 +165,9 @@ impl<B: Backend> Reconciler<B> {
             stop,
             keep_alive: None,
             failed_probes: 0,
+            failing_since: None,
+            passed_probes: 0,
+            stepped_out_failing: false,
             last_probe: None,
             keyring: config.keyring.clone(),
             recorded: HashMap::new(),
@@ -204,10 +224,12 @@ impl<B: Backend> Reconciler<B> {
             if self.ownership.lock().lease != LeaseState::Held {
                 continue;
             }
-            self.update_assignable().await;
             self.last_reconcile = Some(Instant::now());
             match self.backend.view().await {
-                Ok(view) => self.reconcile(view).await,
+                Ok(view) => {
+                    self.update_assignable(&view).await;
+                    self.reconcile(view).await
+                }
                 Err(e) => tracing::warn!(error = %e, "pool: reading the pool failed"),
             }
         }
@@ -296,34 +318,83 @@ impl<B: Backend> Reconciler<B> {
         }
     }
 
-    /// An observer becomes assignable once the gateway answers it (a replica with a wrong CA
-    /// or address then never takes an agent away from one that serves it); an assignable
-    /// instance that fails [`STEP_OUT_AFTER`] probes in a row (at most one a tick: a GET that any
-    /// answer satisfies) steps out, so rendezvous moves its agents to members that can serve
-    /// them. In an outage of the gateway itself every instance steps out and nothing moves
-    /// (rendezvous has no member to move to); each steps in again once the gateway answers.
-    async fn update_assignable(&mut self) {
+    /// Probes the gateway (at most once a tick, however often etcd's watch wakes the loop),
+    /// publishes the result for the other instances, and steps in or out on evidence
+    /// (issue 23 point 4):
+    /// - an observer steps in once the gateway answers it (a replica with a wrong CA or
+    ///   address then never takes an agent from one that serves it); after it stepped out for
+    ///   failing probes, only after [`STEP_IN_AFTER`] passes in a row, so a flapping route does
+    ///   not move agents back and forth;
+    /// - an assignable instance steps out only after [`STEP_OUT_AFTER`] failed probes in a row
+    ///   *and* a member's probe passed after its own first failure: then the fault is this
+    ///   instance's, and its agents move to that member. In an outage of the gateway itself
+    ///   every probe fails, no instance has that evidence, and nothing moves.
+    ///
+    /// A probe passes when the gateway answers and this instance's own sign-ins are not being
+    /// refused ([`SIGN_IN_REFUSALS_FAIL_PROBE`] in a row): a replica with wrong passwords
+    /// reaches the gateway but cannot serve. Such a replica stays out until it is restarted
+    /// (its refusals do not heal by themselves; taking its share again would only cut sessions).
+    async fn update_assignable(&mut self, view: &View) {
         if self.last_probe.is_some_and(|t| t.elapsed() < self.tick) {
             return;
         }
         self.last_probe = Some(Instant::now());
+        let probe = probe(&self.sessions, &self.ownership).await;
+        let published = match self.backend.publish_probe(probe.is_ok()).await {
+            Ok(revision) => Some(revision),
+            Err(e) => {
+                tracing::debug!(error = %e, "pool: publishing the gateway probe failed");
+                None
+            }
+        };
         let assignable = self.ownership.lock().assignable;
-        match (assignable, self.sessions.probe_gateway().await) {
-            (false, Ok(())) => {
+        match probe {
+            Ok(()) => {
                 self.failed_probes = 0;
+                self.failing_since = None;
+                if assignable {
+                    return;
+                }
+                self.passed_probes += 1;
+                if self.stepped_out_failing && self.passed_probes < STEP_IN_AFTER {
+                    return;
+                }
                 if self.set_assignable(true).await {
-                    tracing::info!("pool: the gateway answers; taking agents");
+                    tracing::info!(
+                        probes = self.passed_probes,
+                        "pool: the gateway answers; taking agents"
+                    );
+                    self.stepped_out_failing = false;
+                    self.passed_probes = 0;
                 }
             }
-            (false, Err(cause)) => {
-                tracing::debug!(%cause, "pool: the gateway does not answer; staying an observer")
-            }
-            (true, Ok(())) => self.failed_probes = 0,
-            (true, Err(cause)) => {
+            Err(cause) => {
+                self.passed_probes = 0;
+                if self.failed_probes == 0 {
+                    self.failing_since = published;
+                }
                 self.failed_probes += 1;
-                if self.failed_probes >= STEP_OUT_AFTER {
-                    tracing::warn!(%cause, probes = self.failed_probes, "pool: the gateway does not answer this instance; stepping out so other instances take its agents");
-                    self.set_assignable(false).await;
+                if !assignable {
+                    tracing::debug!(%cause, "pool: the gateway probe fails; staying an observer");
+                    return;
+                }
+                if self.failed_probes < STEP_OUT_AFTER {
+                    return;
+                }
+                let me = &self.ownership.instance;
+                let since = self.failing_since.unwrap_or(i64::MAX);
+                let serving = view.probes.iter().find(|(peer, p)| {
+                    *peer != me && p.ok && p.revision > since && view.members.contains(peer)
+                });
+                let Some((peer, _)) = serving else {
+                    if self.failed_probes == STEP_OUT_AFTER {
+                        tracing::warn!(%cause, probes = self.failed_probes, "pool: the gateway probe fails here, and no other member's has passed since: staying in, nothing moves (a whole-gateway outage moves no agent)");
+                    }
+                    return;
+                };
+                tracing::warn!(%cause, probes = self.failed_probes, serving = %peer, "pool: the gateway probe fails here while another member's passes; stepping out so members that can serve take this instance's agents");
+                if self.set_assignable(false).await {
+                    self.stepped_out_failing = true;
                 }
             }
         }
@@ -913,6 +984,34 @@ struct PendingWrite {
     session: Option<(Arc<str>, u64)>,
 }
 
+/// One probe: the gateway answers, and this instance's sign-ins are not being refused.
+async fn probe(sessions: &Sessions, ownership: &Ownership) -> Result<(), String> {
+    sessions.probe_gateway().await?;
+    let refused = ownership.lock().refused_sign_ins;
+    if refused >= SIGN_IN_REFUSALS_FAIL_PROBE {
+        return Err(format!("the gateway refused this instance's last {refused} sign-ins (wrong passwords or parameters in its agents file?); fix them and restart it"));
+    }
+    Ok(())
+}
+
+/// Whether a sign-in refusal is about this instance's configuration (its agents file's
+/// passwords or parameters, its rights) rather than the agent's state or the gateway's health:
+/// such refusals, many in a row, mean this instance cannot serve its share (see
+/// [`SIGN_IN_REFUSALS_FAIL_PROBE`]).
+fn refuses_this_instance(e: &SessionError) -> bool {
+    let SessionError::Gateway(e) = e else {
+        return false;
+    };
+    e.retcode()
+        .and_then(retcodes::lookup)
+        .is_some_and(|(_, _, class)| {
+            matches!(
+                class,
+                Class::Unauthenticated | Class::PermissionDenied | Class::InvalidArgument
+            )
+        })
+}
+
 /// Signs an agent this instance just took in and keeps it signed in. On a take-over, the
 /// previous holder's session is logged out first with its handed-off Guid; then a plain
 /// `login`, never `forcelogin`. `100-002` means the gateway still counts the agent signed in
@@ -936,6 +1035,11 @@ async fn sign_in_owned(
             // Hand the new session's Guid on at once rather than at the next tick: until its
             // record is written, a crash here leaves a session the next owner cannot log out.
             ownership.wake.notify_one();
+        }
+        match &result {
+            Ok(_) => ownership.lock().refused_sign_ins = 0,
+            Err(e) if refuses_this_instance(e) => ownership.lock().refused_sign_ins += 1,
+            Err(_) => {}
         }
         match &result {
             Ok(_) if take_over.is_some() => ownership.took_over(match orphan_end {

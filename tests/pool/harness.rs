@@ -282,11 +282,16 @@ impl Etcd {
 
     /// Agents with a holder record (`holders/{agent}`) under `prefix`, as etcd holds them now.
     pub fn holders(&self, prefix: &str) -> BTreeSet<String> {
+        self.names(prefix, "holders")
+    }
+
+    /// The names of the records of `kind` (`{prefix}{kind}/{name}`), as etcd holds them now.
+    pub fn names(&self, prefix: &str, kind: &str) -> BTreeSet<String> {
         let out = self.ctl(&[
             "get",
             "--prefix",
             "--keys-only",
-            &format!("{prefix}holders/"),
+            &format!("{prefix}{kind}/"),
         ]);
         String::from_utf8_lossy(&out.stdout)
             .lines()

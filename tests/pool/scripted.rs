@@ -6,7 +6,7 @@ use super::*;
 use ccgw_bridge::gateway::{GatewayClient, GatewayConfig};
 use ccgw_bridge::pool::{
     Acquired, Backend, HandOff, HolderWrite, Keyring, LeaseRenewal, Pool, PoolConfig, PoolError,
-    Renewal, View,
+    Probe, Renewal, View,
 };
 use ccgw_bridge::secret::Password;
 use ccgw_bridge::session::{SessionSettings, Sessions, SignInParams};
@@ -32,6 +32,14 @@ struct Coordinator {
     release_batches: Vec<usize>,
     /// Whether this instance was still a member at each release batch.
     member_at_release: Vec<bool>,
+    /// Every member but the scripted instance publishes a passing gateway probe, always newer
+    /// than the instance's own (a peer that serves).
+    peers_serve: bool,
+    /// The scripted instance's last published probe, and the revision counter.
+    probe: Option<Probe>,
+    revision: i64,
+    /// Failed probes the scripted instance published.
+    failed_probes: u32,
     /// Agents released with their holder record kept (the sign-out could not reach the
     /// gateway), so their next owner can log the session out with the Guid inside.
     released_with_proof: Vec<String>,
@@ -80,9 +88,31 @@ impl Backend for Scripted {
         Ok(())
     }
 
+    async fn publish_probe(&mut self, ok: bool) -> Result<i64, PoolError> {
+        Ok(self.script.with(|c| {
+            c.revision += 1;
+            c.failed_probes += u32::from(!ok);
+            c.probe = Some(Probe {
+                ok,
+                revision: c.revision,
+            });
+            c.revision
+        }))
+    }
+
     async fn view(&mut self) -> Result<View, PoolError> {
         let me = self.me.clone();
         Ok(self.script.with(|c| View {
+            probes: c
+                .members
+                .iter()
+                .filter(|m| **m != me && c.peers_serve)
+                .map(|m| {
+                    let revision = c.revision + 1;
+                    (m.clone(), Probe { ok: true, revision })
+                })
+                .chain(c.probe.map(|p| (me.clone(), p)))
+                .collect(),
             members: c.members.clone(),
             // Only this instance publishes a list; the script's peers are taken to list all.
             catalogs: [(me, Arc::default())].into(),
@@ -607,17 +637,14 @@ async fn a_drain_steps_out_of_the_members_first_and_releases_each_agent_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_the_gateway_stops_answering_steps_out_and_gives_its_agents_up_with_their_proof(
-) {
-    let agents: Vec<String> = (2601..2607).map(|a| a.to_string()).collect();
-    let t = in_process(&agents).await;
+/// `agents` signed in by "a" alone, then a peer joins the members (its probes passing when
+/// `serves`) and "a" hands it its share; the agents "a" keeps.
+async fn a_and_a_peer(t: &InProcess, agents: &[String], serves: bool) -> BTreeSet<String> {
     wait_until(SETTLE, "every agent signed in", || async {
         agents.iter().all(|a| t.sessions.has_running_session(a))
     })
     .await;
-    // A peer that serves joins; "a" keeps its rendezvous share.
-    let peer = "peer-ok".to_string();
+    let peer = "peer".to_string();
     let members = vec!["a".to_string(), peer.clone()];
     let mine: BTreeSet<String> = agents
         .iter()
@@ -625,11 +652,26 @@ async fn an_instance_the_gateway_stops_answering_steps_out_and_gives_its_agents_
         .cloned()
         .collect();
     assert!(!mine.is_empty() && mine.len() < agents.len(), "{mine:?}");
-    t.script.with(|c| c.members.push(peer.clone()));
+    t.script.with(|c| {
+        c.members.push(peer);
+        c.peers_serve = serves;
+    });
     wait_until(SETTLE, "a hands the peer its share", || async {
         t.owned() == mine
+            && t.script
+                .with(|c| c.owners.keys().cloned().collect::<BTreeSet<_>>() == mine)
     })
     .await;
+    mine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_the_gateway_stops_answering_steps_out_and_gives_its_agents_up_with_their_proof(
+) {
+    let agents: Vec<String> = (2601..2607).map(|a| a.to_string()).collect();
+    let t = in_process(&agents).await;
+    // A peer that serves joins; "a" keeps its rendezvous share.
+    let mine = a_and_a_peer(&t, &agents, true).await;
     // The gateway stops answering "a" (its TLS trust rotated wrongly, a network policy…).
     t.sim.shutdown();
     wait_until(SETTLE, "a stepped out and gave its agents up", || async {
@@ -650,4 +692,24 @@ async fn an_instance_the_gateway_stops_answering_steps_out_and_gives_its_agents_
     );
     assert!(t.owned().is_empty());
     assert!(mine.iter().all(|x| !t.sessions.has_running_session(x)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_whole_gateway_outage_an_instance_without_a_serving_peer_stays_in_and_nothing_moves() {
+    let agents: Vec<String> = (2611..2617).map(|a| a.to_string()).collect();
+    let t = in_process(&agents).await;
+    // A peer is a member, but its probes fail too (it publishes none that pass).
+    let mine = a_and_a_peer(&t, &agents, false).await;
+    let owners = t.script.with(|c| c.owners.clone());
+    t.sim.shutdown();
+    // Twice the failed probes after which an instance with evidence steps out.
+    wait_until(SETTLE, "a published six failed probes", || async {
+        t.script.with(|c| c.failed_probes >= 6)
+    })
+    .await;
+    t.script.with(|c| {
+        assert!(c.members.contains(&"a".to_string()), "a stepped out");
+        assert_eq!(c.owners, owners, "agents moved in a whole-gateway outage");
+    });
+    assert_eq!(t.owned(), mine);
 }
