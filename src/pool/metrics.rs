@@ -15,6 +15,8 @@ pub struct PoolMetrics {
     hand_overs: Counter,
     take_overs: Family<[(&'static str, &'static str); 1], Counter>,
     waiting_for_gateway: Gauge,
+    reconciles: Counter,
+    probe_ok: Gauge,
 }
 
 impl PoolMetrics {
@@ -51,7 +53,25 @@ impl PoolMetrics {
             "Agents owned here that the gateway still counts as signed in elsewhere (100-002): a previous holder's session without a usable Guid, or a person; retried with back-off, never forced",
             m.waiting_for_gateway.clone(),
         );
+        registry.register(
+            "pool_reconciles",
+            "Passes of the reconcile loop over the pool's mirror (at most one a tick plus one per 200 ms of etcd changes): etcd's request counters divided by this give its cost per reconcile",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "pool_gateway_probe_ok",
+            "1 when this instance's last gateway probe passed (the gateway answered and its sign-ins are not being refused), 0 when it failed; published to the other instances as step-out evidence",
+            m.probe_ok.clone(),
+        );
         m
+    }
+
+    pub(super) fn reconciled(&self) {
+        self.reconciles.inc();
+    }
+
+    pub(super) fn probed(&self, ok: bool) {
+        self.probe_ok.set(i64::from(ok));
     }
 
     pub(super) fn set(&self, owned: usize, lease: LeaseState) {

@@ -225,6 +225,7 @@ impl<B: Backend> Reconciler<B> {
                 continue;
             }
             self.last_reconcile = Some(Instant::now());
+            self.ownership.metrics.reconciled();
             match self.backend.view().await {
                 Ok(view) => {
                     self.update_assignable(&view).await;
@@ -340,6 +341,7 @@ impl<B: Backend> Reconciler<B> {
         }
         self.last_probe = Some(Instant::now());
         let probe = probe(&self.sessions, &self.ownership).await;
+        self.ownership.metrics.probed(probe.is_ok());
         let published = match self.backend.publish_probe(probe.is_ok()).await {
             Ok(revision) => Some(revision),
             Err(e) => {

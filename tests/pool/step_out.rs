@@ -48,6 +48,14 @@ async fn a_replica_whose_sign_ins_are_refused_steps_out_and_its_share_is_served_
         bad.log_text().contains("refused this instance's last"),
         "bad's log names the cause"
     );
+    assert!(has_sample(
+        &bad.metrics().await,
+        "ccgw_pool_gateway_probe_ok 0"
+    ));
+    assert!(has_sample(
+        &good.metrics().await,
+        "ccgw_pool_gateway_probe_ok 1"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,4 +85,10 @@ async fn a_whole_gateway_outage_moves_no_agent() {
     );
     assert_eq!(a.held().await, want_a);
     assert_eq!(b.held().await, want_b);
+    for bridge in [&a, &b] {
+        assert!(has_sample(
+            &bridge.metrics().await,
+            "ccgw_pool_gateway_probe_ok 0"
+        ));
+    }
 }
