@@ -63,7 +63,7 @@ impl Event {
             + self.event_type.capacity()
             + json_bytes(&self.content)
             + frames * (json_bytes(&self.content) + names + 32)
-            + std::mem::size_of::<Arc<Self>>()
+            + super::hub::SLOT_BYTES
             + super::budget::ENTRY_BYTES
     }
 }

@@ -6,8 +6,9 @@
 //!
 //! A window is bounded three ways: its own event count (`--event-window`), and the bridge-wide
 //! byte budget and age of [`EventBudget`], which may drop a session's oldest events earlier.
+//! Either way a watcher that has not read them yet has fallen behind, and is told so.
 
-use super::budget::EventBudget;
+use super::budget::{Charge, EventBudget};
 use super::event::Event;
 use crate::gateway::RawEvent;
 use crate::proto::PlayEventType;
@@ -66,7 +67,7 @@ pub enum SubscribeError {
 }
 
 struct Window {
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<Held>,
     next_seq: u64,
     end: Option<End>,
 }
@@ -76,6 +77,15 @@ impl Window {
         self.next_seq - self.events.len() as u64
     }
 }
+
+/// A retained event and its charge in the budget's ledger.
+struct Held {
+    event: Arc<Event>,
+    charge: Charge,
+}
+
+/// Memory one window slot takes; part of every event's charge.
+pub(super) const SLOT_BYTES: usize = std::mem::size_of::<Held>();
 
 /// The per-session event hub.
 pub struct Hub {
@@ -89,11 +99,10 @@ pub struct Hub {
     session_id: Arc<str>,
     /// Newest sequence published (0 before the first), readable without the window lock.
     newest: AtomicU64,
-    /// Newest sequence whose budget charge is released (by the window cap, the budget, or
-    /// `u64::MAX` once the hub is dropped); written under the budget's lock only.
-    released_through: AtomicU64,
-    /// Each watcher's next sequence: the budget does not evict from the oldest one that is
-    /// still in the window.
+    /// Oldest sequence the window holds (the next one if empty), readable without its lock.
+    oldest: AtomicU64,
+    /// Each watcher's next sequence: the budget prefers not to evict from the oldest one that
+    /// is still in the window.
     cursors: Mutex<Vec<Weak<AtomicU64>>>,
     /// Whether a play runs, as the events tell: from `AgentMediaEvent_Play` until it failed
     /// (`_Play_Fail`) or stopped (`_StopPlayDone`, also when it ends by itself); `_Play_Succ`
@@ -127,7 +136,7 @@ impl Hub {
             agent_id,
             session_id,
             newest: AtomicU64::new(0),
-            released_through: AtomicU64::new(0),
+            oldest: AtomicU64::new(1),
             cursors: Mutex::new(Vec::new()),
             playing: AtomicBool::new(false),
         }
@@ -138,33 +147,23 @@ impl Hub {
         self.playing.load(Ordering::Acquire)
     }
 
-    /// See the field; for the budget.
-    pub(super) fn released_through(&self) -> u64 {
-        self.released_through.load(Ordering::Acquire)
-    }
-
-    /// Raises [`Hub::released_through`] (under the budget's lock).
-    pub(super) fn set_released_through(&self, sequence: u64) {
-        self.released_through.fetch_max(sequence, Ordering::AcqRel);
-    }
-
-    /// The oldest sequence the budget must not evict: the session's newest event, or the next
-    /// event of its oldest watcher still in the window, whichever is older.
+    /// The oldest sequence the budget would rather not evict: the session's newest event, or the
+    /// next event of its oldest watcher still in the window, whichever is older.
     pub(super) fn protected_from(&self) -> u64 {
-        let released = self.released_through();
+        let oldest = self.oldest.load(Ordering::Acquire);
         let cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         cursors
             .iter()
             .filter_map(Weak::upgrade)
             .map(|c| c.load(Ordering::Acquire))
-            .filter(|&next| next > released)
+            .filter(|&next| next >= oldest)
             .fold(self.newest.load(Ordering::Acquire), u64::min)
     }
 
     /// Numbers and stores an event, wakes every watcher, then lets the budget drop the oldest
     /// retained events bridge-wide if it is exceeded. Events after the end are dropped.
     pub fn publish(self: &Arc<Self>, raw: RawEvent) -> Option<Arc<Event>> {
-        let (event, dropped) = {
+        let (event, evictions) = {
             let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
             if w.end.is_some() {
                 return None;
@@ -181,7 +180,6 @@ impl Hub {
             } else {
                 None
             };
-            w.events.push_back(event.clone());
             self.newest.store(event.sequence, Ordering::Release);
             match event.play_type {
                 Some(PlayEventType::PlayFailed | PlayEventType::PlayStopped) => {
@@ -190,30 +188,52 @@ impl Hub {
                 Some(_) => self.playing.store(true, Ordering::Release),
                 None => {}
             }
-            (event, dropped)
+            // Entered in the ledger under the window's lock, so the window and the ledger agree
+            // on what this session holds (and its entries are in sequence order).
+            let (charge, evictions) = self.budget.charge(
+                self,
+                event.sequence,
+                event.retained_bytes(),
+                dropped.map(|d| d.charge),
+                &self.metrics,
+            );
+            w.events.push_back(Held {
+                event: event.clone(),
+                charge,
+            });
+            self.oldest.store(w.first_seq(), Ordering::Release);
+            (event, evictions)
         };
-        if let Some(dropped) = dropped {
-            let released = (dropped.sequence, dropped.retained_bytes());
-            self.budget
-                .release(self, std::iter::once(released), false, &self.metrics);
-        }
         self.metrics.event_received();
         self.tick.send_replace(());
-        self.budget
-            .charge(self, event.sequence, event.retained_bytes(), &self.metrics)
-            .apply(&self.metrics);
+        evictions.apply(&self.metrics);
         Some(event)
     }
 
-    /// Drops every retained event up to and including `sequence` (the budget's eviction);
-    /// how many were still held. Watchers still behind it are told they overran, like with the
-    /// per-session cap.
+    /// Drops every retained event up to and including `sequence` (the budget's eviction) and
+    /// releases their charges (those the ledger has not dropped already); how many were still
+    /// held. Watchers still behind it are told they overran, like with the per-session cap.
     pub(super) fn evict_through(&self, sequence: u64) -> u64 {
         let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
         let keep = w.next_seq.saturating_sub(sequence + 1) as usize;
         let drop = w.events.len().saturating_sub(keep);
-        w.events.drain(..drop);
+        self.budget
+            .release(w.events.drain(..drop).map(|h| h.charge), &self.metrics);
+        // A window the budget emptied gives its slots back: only held events are charged for
+        // theirs.
+        if w.events.capacity() > 4 * w.events.len() + 16 {
+            let len = w.events.len();
+            w.events.shrink_to(2 * len);
+        }
+        self.oldest.store(w.first_seq(), Ordering::Release);
         drop as u64
+    }
+
+    /// What the events this window holds are charged (for the budget's tests).
+    #[cfg(test)]
+    pub(super) fn held_bytes(&self) -> usize {
+        let w = self.window.read().unwrap_or_else(|p| p.into_inner());
+        w.events.iter().map(|h| h.event.retained_bytes()).sum()
     }
 
     /// Ends the stream for every watcher (the first reason given wins).
@@ -323,7 +343,7 @@ impl Subscription {
                     };
                 }
                 if self.next < w.next_seq {
-                    let event = w.events[(self.next - first) as usize].clone();
+                    let event = w.events[(self.next - first) as usize].event.clone();
                     self.next += 1;
                     self.cursor.store(self.next, Ordering::Release);
                     return Next::Event(event);
@@ -343,13 +363,8 @@ impl Drop for Hub {
     /// The session is gone: its retained events no longer count against the budget.
     fn drop(&mut self) {
         let window = self.window.get_mut().unwrap_or_else(|p| p.into_inner());
-        let held: Vec<(u64, usize)> = window
-            .events
-            .iter()
-            .map(|e| (e.sequence, e.retained_bytes()))
-            .collect();
         self.budget
-            .release(self, held.into_iter(), true, &self.metrics);
+            .release(window.events.drain(..).map(|h| h.charge), &self.metrics);
     }
 }
 
@@ -361,13 +376,12 @@ impl Drop for Subscription {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::budget::ENTRY_BYTES;
+pub(super) mod tests {
     use super::*;
     use serde_json::Value;
     use std::time::Duration;
 
-    fn raw(name: &str) -> RawEvent {
+    pub(in crate::events) fn raw(name: &str) -> RawEvent {
         RawEvent {
             event_type: name.into(),
             content: Value::Null,
@@ -396,7 +410,7 @@ mod tests {
         assert!(!h.playing());
     }
 
-    fn hub_in(cap: usize, budget: &EventBudget) -> Arc<Hub> {
+    pub(in crate::events) fn hub_in(cap: usize, budget: &EventBudget) -> Arc<Hub> {
         Arc::new(Hub::new(
             cap,
             budget,
@@ -407,7 +421,7 @@ mod tests {
     }
 
     /// What one `raw("X")` event is charged.
-    fn charge_of_one() -> usize {
+    pub(in crate::events) fn charge_of_one() -> usize {
         let h = hub(1);
         h.publish(raw("X")).unwrap().retained_bytes()
     }
@@ -510,7 +524,8 @@ mod tests {
         for _ in 0..3 {
             b.publish(raw("X"));
         }
-        // a's two and b's first went to the budget; each counted once, as events.
+        // a's first and b's two oldest went to the budget (a's newest is spared); each counted
+        // once, as events.
         assert_eq!(
             sample(&metrics, "ccgw_events_evicted_total{cause=\"budget\"} "),
             "3"
@@ -552,12 +567,11 @@ mod tests {
     }
 
     /// Issue 17 defect 12: an event the session's own window cap dropped no longer counts
-    /// against the budget (only its ledger entry does, until the ledger drops that too), so a
-    /// busy session's released events do not push out a quiet session's real ones.
+    /// against the budget (its ledger entry goes with it), so a busy session's released events
+    /// do not push out a quiet session's real ones.
     #[tokio::test]
     async fn events_the_window_cap_dropped_are_no_longer_charged() {
         let one = charge_of_one();
-        assert!(2 * ENTRY_BYTES <= one, "{one}");
         let budget = EventBudget::new(3 * one, Duration::from_secs(3600));
         let quiet = hub_in(100, &budget);
         quiet.publish(raw("X"));
@@ -565,7 +579,7 @@ mod tests {
         for _ in 0..3 {
             busy.publish(raw("X"));
         }
-        assert_eq!(budget.used(), 2 * one + 2 * ENTRY_BYTES);
+        assert_eq!(budget.used(), 2 * one);
         assert_eq!(oldest_held(&quiet), 1, "the quiet session keeps its event");
     }
 
@@ -579,7 +593,7 @@ mod tests {
             a.publish(raw("X"));
         }
         drop(a);
-        assert_eq!(budget.used(), 3 * ENTRY_BYTES);
+        assert_eq!(budget.used(), 0);
     }
 
     /// Issue 17 defect 13: another session's publish never evicts a session's newest event, nor

@@ -2,6 +2,8 @@
 //! fan-out to watchers.
 
 mod budget;
+#[cfg(test)]
+mod budget_tests;
 mod event;
 mod hub;
 mod source;

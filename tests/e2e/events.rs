@@ -488,6 +488,34 @@ async fn until_watchers(h: &Harness, agent: &str, n: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_slows_nobody_and_is_told_where_it_stopped() {
     let h = Harness::with(fast_sim(), |c| c.sessions.event_window = 64).await;
+    stall_a_watcher_and_read_it_at_last(&h).await;
+}
+
+/// Issue 23 point 7: a stalled watcher holds no more than the event budget, even when its
+/// session's window (4,096) would hold everything; the budget overtaking it ends its stream as
+/// the window cap does.
+#[tokio::test]
+async fn a_stalled_watcher_is_told_where_it_stopped_when_the_budget_overtakes_it() {
+    const BUDGET: usize = 256 << 10;
+    let h = Harness::with(fast_sim(), |c| {
+        c.sessions.event_budget =
+            ccgw_bridge::events::EventBudget::new(BUDGET, Duration::from_secs(3600))
+    })
+    .await;
+    stall_a_watcher_and_read_it_at_last(&h).await;
+    let metrics = h.metrics().await;
+    let used: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ccgw_retained_event_bytes "))
+        .expect("ccgw_retained_event_bytes exported")
+        .parse()
+        .unwrap();
+    assert!(used <= BUDGET, "{used}");
+}
+
+/// Publishes 3,000 events of ~1 KB to agent 1001 while one watcher reads everything and
+/// another reads nothing, then reads the stalled one: contiguous events, then WATCHER_OVERRUN.
+async fn stall_a_watcher_and_read_it_at_last(h: &Harness) {
     h.sign_in("1001").await;
     // Separate connections: HTTP/2 flow control is per connection as well as per stream.
     // A small client window, so the stalled stream stops being drained quickly.
