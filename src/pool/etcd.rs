@@ -97,10 +97,35 @@ fn digest(agents: &[String]) -> String {
 /// The lease's keep-alive stream: [`LeaseRenewal`] on etcd, run by the keep-alive task.
 pub struct EtcdLease {
     client: Client,
+    /// The last attempt timed out: its connection may be a black hole (a dead peer, a
+    /// partition that drops packets without a reset), which HTTP/2 keep-alive notices only
+    /// after up to two more bounds. The next attempt connects afresh instead (issue 23
+    /// point 3: a blackholed renewal must not cost the lease).
+    reconnect: bool,
     id: i64,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     /// For keep-alive failures worded as every other etcd failure (cause and fix).
     setup: hints::OwnedSetup,
+}
+
+/// A client of `setup`'s endpoints whose every request, connection attempt and HTTP/2
+/// keep-alive ping is bounded by `bound`.
+async fn connect(setup: &hints::Setup<'_>, bound: Duration) -> Result<Client, etcd_client::Error> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(bound)
+        .with_timeout(bound)
+        .with_keep_alive(bound, bound);
+    if let Some(tls) = setup.tls {
+        let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, &key[..]));
+        }
+        options = options.with_tls(config);
+    }
+    if let Some(auth) = setup.auth {
+        options = options.with_user(auth.user.clone(), auth.password.expose());
+    }
+    Client::connect(setup.endpoints, Some(options)).await
 }
 
 /// Whether etcd answered that the lease no longer exists (expired or revoked).
@@ -143,21 +168,7 @@ impl EtcdBackend {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(self.bound())
-            .with_timeout(self.bound())
-            .with_keep_alive(self.bound(), self.bound());
-        if let Some(tls) = &self.tls {
-            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
-            if let Some((cert, key)) = &tls.identity {
-                config = config.identity(Identity::from_pem(cert, &key[..]));
-            }
-            options = options.with_tls(config);
-        }
-        if let Some(auth) = &self.auth {
-            options = options.with_user(auth.user.clone(), auth.password.expose());
-        }
-        let client = Client::connect(&self.endpoints, Some(options))
+        let client = connect(&self.setup(), self.bound())
             .await
             .map_err(|e| hints::describe(e, &self.setup()))?;
         self.client = Some(client.clone());
@@ -424,13 +435,27 @@ impl LeaseRenewal for EtcdLease {
     /// One keep-alive round trip on the lease's stream (opened on first use), within `bound`.
     async fn renew(&mut self, bound: Duration) -> Result<Renewal, PoolError> {
         let deadline = tokio::time::Instant::now() + bound;
+        if self.reconnect {
+            let setup = self.setup.borrowed();
+            match tokio::time::timeout_at(deadline, connect(&setup, bound)).await {
+                Ok(Ok(client)) => {
+                    self.client = client;
+                    self.reconnect = false;
+                }
+                Ok(Err(e)) => return Err(self.setup.describe(e)),
+                Err(_) => return Err(PoolError::Coordinator("connecting timed out".into())),
+            }
+        }
         if self.keeper.is_none() {
             // Opening the stream sends a first keep-alive; a lease that is gone fails it.
             match tokio::time::timeout_at(deadline, self.client.lease_keep_alive(self.id)).await {
                 Ok(Ok(keeper)) => self.keeper = Some(keeper),
                 Ok(Err(e)) if lease_gone(&e) => return Ok(Renewal::Lost),
                 Ok(Err(e)) => return Err(self.setup.describe(e)),
-                Err(_) => return Err(PoolError::Coordinator("keep-alive timed out".into())),
+                Err(_) => {
+                    self.reconnect = true;
+                    return Err(PoolError::Coordinator("keep-alive timed out".into()));
+                }
             }
         }
         let Some((keeper, stream)) = self.keeper.as_mut() else {
@@ -459,6 +484,7 @@ impl LeaseRenewal for EtcdLease {
             }
             Err(_) => {
                 self.keeper = None;
+                self.reconnect = true;
                 Err(PoolError::Coordinator("keep-alive timed out".into()))
             }
         }
@@ -500,6 +526,7 @@ impl Backend for EtcdBackend {
         self.watch = None;
         let lease = EtcdLease {
             client,
+            reconnect: false,
             id,
             keeper: None,
             setup: hints::OwnedSetup {

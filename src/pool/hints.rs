@@ -28,14 +28,16 @@ pub(super) struct OwnedSetup {
 impl OwnedSetup {
     /// [`describe`] with this setup.
     pub(super) fn describe(&self, e: etcd_client::Error) -> PoolError {
-        describe(
-            e,
-            &Setup {
-                endpoints: &self.endpoints,
-                tls: self.tls.as_ref(),
-                auth: self.auth.as_ref(),
-            },
-        )
+        describe(e, &self.borrowed())
+    }
+
+    /// This setup as [`Setup`].
+    pub(super) fn borrowed(&self) -> Setup<'_> {
+        Setup {
+            endpoints: &self.endpoints,
+            tls: self.tls.as_ref(),
+            auth: self.auth.as_ref(),
+        }
     }
 }
 

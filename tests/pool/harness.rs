@@ -804,3 +804,55 @@ pub fn validate_flags(
         .map_err(|e| e.to_string())
         .and_then(|c| c.bridge.validate(None).map_err(|e| e.to_string()))
 }
+
+/// A TCP proxy in front of one etcd member that can turn every connection open so far into a
+/// black hole — bytes neither forwarded nor refused, both sockets held open — while new
+/// connections pass: a path that dies silently, as behind a partition or a lost NAT entry.
+pub struct Blackhole {
+    /// `http://127.0.0.1:{port}`, for `--etcd-endpoints`.
+    pub url: String,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    /// A proxy to the etcd member at `client_url` (`http://host:port`).
+    pub async fn start(client_url: &str) -> Blackhole {
+        let target = client_url.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = tokio::sync::watch::Sender::new(0u64);
+        let cuts = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                // Subscribed at accept: only a cut after this connection opened holds it.
+                let mut cut = cuts.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {
+                            // Silent from now on; the sockets stay open until the test ends.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        Blackhole { url, cut, task }
+    }
+
+    /// Every connection open now stops forwarding, silently; later ones pass.
+    pub fn swallow_open_connections(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -7,6 +7,7 @@ mod etcd_security;
 mod harness;
 mod interleavings;
 mod ownership_table;
+mod renewal;
 mod scale;
 mod scripted;
 mod step_out;
