@@ -9,6 +9,7 @@ mod interleavings;
 mod ownership_table;
 mod scale;
 mod scripted;
+mod watchers;
 
 use ccgw_bridge::pool::choose;
 use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};
