@@ -19,7 +19,7 @@
 //! `block_in_place`, `etcdctl` in `spawn_blocking`).
 //!
 //! The suite runs seeds 7, 8 and 9 (fixed schedules, so a landing is never decided by the
-//! draw); `CCGW_CHAOS_SEED=<n>` replays or explores another (`random` draws one; each seed is
+//! draw), and seeds 7 and 9 again in push mode with watchers (issue 24); `CCGW_CHAOS_SEED=<n>` replays or explores another (`random` draws one; each seed is
 //! printed first), and `CCGW_CHAOS_SECS=<n>` sets how long faults are injected per seed
 //! (default 20 s; soak runs use more).
 
@@ -250,7 +250,9 @@ async fn a_seeded_schedule_of_faults_with_people_keeps_every_pool_promise() {
 /// sessions there are does, the invariant does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_schedule_of_faults_in_push_mode_loses_and_duplicates_no_event() {
-    for seed in seeds(&[7]) {
+    // 7: SIGKILL, SIGTERM, etcd, slow gateway, bad CA, a supervisor; 9: SIGSTOP past the TTL
+    // (a watcher's stream stalls while its agent moves), SIGTERM twice, etcd, slow gateway.
+    for seed in seeds(&[7, 9]) {
         run_seed(seed, Events::Push).await;
     }
 }

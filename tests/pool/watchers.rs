@@ -413,10 +413,11 @@ impl Watching {
             agents.len()
         );
         eprintln!(
-            "figure: push chaos seed {seed}: {} events accepted by bridges, {} received by watchers, 0 lost within a session, 0 duplicated, 0 reordered; {} gateway sessions: {} received whole, {} cut at their end ({} events), {} ended before their watcher reached them ({} events)",
+            "figure: push chaos seed {seed}: {} events accepted by bridges, {} received by watchers, 0 lost within a session, 0 duplicated, 0 reordered; {} gateway sessions ({} without injected events): {} received whole, {} cut at their end ({} events), {} ended before their watcher reached them ({} events)",
             total.recorded,
             total.received,
             total.sessions,
+            total.sessions - total.whole - total.cut - total.unobserved,
             total.whole,
             total.cut,
             total.cut_events,
