@@ -23,8 +23,13 @@ Usage: python3 checks.py --formula docs/memory.md --flags docs/configuration.md 
    TLS and a token. Every Service's and PodDisruptionBudget's selector selects some pod template of
    its file (a typo would select nothing, which the API server accepts silently).
 6. Push mode (--events=push): an https --callback-url the gateway can dial (not 0.0.0.0 or
-   loopback; $(POD_IP) from status.podIP), the callback port declared, the certificate's key
-   from a Secret.
+   loopback; every $(VAR) in it an env var of the container, $(POD_IP) from status.podIP), the
+   callback port declared, the certificate's key from a Secret, and a NetworkPolicy of the file
+   selecting the pods that admits some source (the gateway) to the callback port. In a pool,
+   the callback host is the pod's own: $(POD_IP), or the pod's DNS name
+   $(X).{subdomain}.… with X the pod name and {subdomain} the pod's subdomain (a headless
+   Service, checked by 4); a shared address (a Service) sends the gateway's callbacks to
+   replicas that do not hold the agent.
 5. A pooled bridge reaches etcd securely: https:// endpoints only (no `http://`), --etcd-ca-cert,
    a client certificate, and its key and the etcd user's password file mounted from Secrets.
 """
@@ -248,6 +253,9 @@ def check_file(name, formula, figures):
             if flag(args, "--events") == "push" or \
                     (env.get("CCGW_EVENTS") or {}).get("value") == "push":
                 check_push(where, c, pod)
+                check_callback_ingress(where, c, labels, docs)
+                if pooled:
+                    check_per_pod_callback(where, c, pod, env)
             listen = flag(args, "--listen") or "127.0.0.1:50051"
             api_port = int(listen.rsplit(":", 1)[1])
             port_names = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
@@ -378,11 +386,54 @@ def check_push(where, container, pod):
             error(where, f"--events=push without {f}")
         elif f == "--callback-key" and not secret_mounted(path, container, pod):
             error(where, f"{f}={path} is not mounted from a Secret")
+    env = {e.get("name"): e for e in container.get("env") or []}
     if url and "$(POD_IP)" in url:
-        env = {e.get("name"): e for e in container.get("env") or []}
         field = (((env.get("POD_IP") or {}).get("valueFrom") or {}).get("fieldRef") or {})
         if field.get("fieldPath") != "status.podIP":
             error(where, "--callback-url uses $(POD_IP), but POD_IP is not status.podIP")
+    for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", url or ""):
+        if var not in env:
+            error(where, f"--callback-url uses $({var}), which is no env var of the container: "
+                         f"the kubelet passes it on unexpanded")
+
+
+def field_path(env, var):
+    """The downward-API field env var `var` comes from (None for anything else)."""
+    return (((env.get(var) or {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+
+
+def check_per_pod_callback(where, container, pod, env):
+    """A pooled bridge signs its agents in with callBackUri = <--callback-url>/<agent>: the
+    gateway must reach exactly this replica there, so the host is the pod's own address."""
+    url = flag(container.get("args") or [], "--callback-url") or ""
+    host = re.sub(r"^https://", "", url).split("/", 1)[0].rsplit(":", 1)[0]
+    if host == "$(POD_IP)":
+        return
+    m = re.match(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)\.([a-z0-9-]+)\.", host)
+    if m and field_path(env, m.group(1)) == "metadata.name" and m.group(2) == pod.get("subdomain"):
+        return
+    error(where, f"--callback-url host {host!r} is not this pod's own address: in a pool each "
+                 f"replica must be called back itself ($(POD_IP) from status.podIP, or "
+                 f"$(<pod name>).<the pod's subdomain>.…); a shared address sends callbacks to "
+                 f"replicas that do not hold the agent")
+
+
+def check_callback_ingress(where, container, labels, docs):
+    """The gateway opens connections to the callback port: some NetworkPolicy of the file that
+    selects the pods must admit a source to it (by number or by the container port's name)."""
+    listen = flag(container.get("args") or [], "--callback-listen") or "0.0.0.0:9443"
+    port = int(listen.rsplit(":", 1)[1])
+    names = {p.get("name") for p in container.get("ports") or [] if p.get("containerPort") == port}
+    for np in (d for d in docs if d.get("kind") == "NetworkPolicy"):
+        spec = np.get("spec") or {}
+        if not selects((spec.get("podSelector") or {}).get("matchLabels"), labels):
+            continue
+        for rule in spec.get("ingress") or []:
+            if rule.get("from") and any(p.get("port") == port or p.get("port") in names
+                                        for p in rule.get("ports") or []):
+                return
+    error(where, f"no NetworkPolicy of the file admits the gateway to the callback port {port}: "
+                 f"add one selecting these pods with an ingress rule from the gateway's network")
 
 
 def main(argv):

@@ -3,8 +3,8 @@
 # (unknown or misspelled fields are errors), offline; then checks.py checks what the schemas
 # cannot (resource figures from docs/memory.md's formula, a pool's disruption budget and node spread,
 # per-pod DNS for routing, native sidecars, a pool's etcd reached over TLS with a client certificate
-# and Secrets, never http://), and checks_test.py that those checks catch what they
-# are for.
+# and Secrets, never http://, push mode's callback address, Secret and NetworkPolicy), and
+# checks_test.py that those checks catch what they are for.
 #
 # Validator: PyPI `kubernetes-validate`, which ships the JSON schemas of each Kubernetes release
 # inside the package, so no schema host is contacted. It is installed into a private virtualenv

@@ -214,6 +214,12 @@ impl Simulator {
         self.shared.push.pushed(agent_id)
     }
 
+    /// [`Simulator::pushed`] with the gateway session of each delivery: what a test compares
+    /// watchers with session by session (a pool's hand-overs change sessions).
+    pub fn pushed_records(&self, agent_id: &str) -> Vec<Pushed> {
+        self.shared.push.records(agent_id)
+    }
+
     /// Waits (event driven) until at least `n` events were delivered to the agent's callbacks;
     /// returns them all.
     pub async fn wait_pushed(&self, agent_id: &str, n: usize) -> Vec<serde_json::Value> {

@@ -55,6 +55,9 @@ pub enum PushFault {
 pub struct Pushed {
     /// The agent.
     pub agent_id: String,
+    /// The gateway session it was pushed for (the simulator numbers each agent's sessions in
+    /// the order they began), so a test can compare what watchers saw session by session.
+    pub session: u64,
     /// The event object as sent.
     pub event: Value,
 }
@@ -111,6 +114,15 @@ impl Push {
             .collect()
     }
 
+    /// Every delivery to `agent_id`'s callbacks, with its session, in delivery order.
+    pub fn records(&self, agent_id: &str) -> Vec<Pushed> {
+        lock(&self.record)
+            .iter()
+            .filter(|p| p.agent_id == agent_id)
+            .cloned()
+            .collect()
+    }
+
     /// Waits (event driven) until at least `n` events were delivered to `agent_id`.
     pub async fn wait_pushed(&self, agent_id: &str, n: usize) -> Vec<Value> {
         loop {
@@ -125,9 +137,10 @@ impl Push {
         }
     }
 
-    fn record(&self, agent_id: &str, events: &[Value]) {
+    fn record(&self, agent_id: &str, session: u64, events: &[Value]) {
         lock(&self.record).extend(events.iter().map(|event| Pushed {
             agent_id: agent_id.to_owned(),
+            session,
             event: event.clone(),
         }));
         self.recorded.notify_waiters();
@@ -216,11 +229,11 @@ pub(crate) async fn pusher(shared: Arc<Shared>, agent: Arc<Agent>, serial: u64) 
         };
         if delivered {
             failures = 0;
-            shared.push.record(&agent.id, &events);
+            shared.push.record(&agent.id, serial, &events);
             if fault == Some(PushFault::Duplicate)
                 && post(&shared, &target, &guid, &body, None).await
             {
-                shared.push.record(&agent.id, &events);
+                shared.push.record(&agent.id, serial, &events);
             }
             settle_farewell(&agent, serial);
         } else {

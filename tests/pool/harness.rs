@@ -438,7 +438,20 @@ pub struct PoolSetup {
     pub agents_file: PathBuf,
     pub endpoints: String,
     pub lease_ttl: &'static str,
+    /// Push mode (`--events push`): the callback server's certificate and key.
+    pub push: Option<PushFiles>,
 }
+
+/// The callback server's certificate and key files of push-mode bridges: the simulator's own
+/// leaf (for 127.0.0.1, signed by the CA the simulator trusts for callbacks).
+#[derive(Clone)]
+pub struct PushFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The callback path under each bridge's `--callback-url`.
+pub const CALLBACK_PATH: &str = "/ccgw/events";
 
 impl PoolSetup {
     /// Bridges in `dir` on `sim`, sharing `agents` through the etcd members `etcd`, TTL 3 s.
@@ -451,6 +464,26 @@ impl PoolSetup {
             agents_file: agents_file(dir, agents),
             endpoints: endpoints.join(","),
             lease_ttl: "3s",
+            push: None,
+        }
+    }
+
+    /// The same bridges in push mode: each gets a callback listener on a port of its own,
+    /// presenting the simulator's certificate, and heartbeats every 500 ms (the chaos
+    /// simulator signs agents out after 5 s without one).
+    pub fn in_push_mode(&self, sim: &Simulator) -> PoolSetup {
+        let write = |name: &str, pem: &str| {
+            let file = self.dir.join(name);
+            std::fs::write(&file, pem).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            file
+        };
+        PoolSetup {
+            push: Some(PushFiles {
+                cert: write("callback.crt", sim.server_cert_pem()),
+                key: write("callback.key", sim.server_key_pem()),
+            }),
+            ..self.clone()
         }
     }
 }
@@ -460,6 +493,8 @@ pub struct Bridge {
     pub name: String,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The callback listener in push mode (a port of its own, picked like the others).
+    pub callback: Option<SocketAddr>,
     pub log: PathBuf,
     setup: PoolSetup,
     extra: Vec<String>,
@@ -479,6 +514,10 @@ impl Bridge {
             name: name.to_owned(),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            callback: setup
+                .push
+                .as_ref()
+                .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))),
             log: setup.dir.join(format!("bridge-{name}.log")),
             setup: setup.clone(),
             child: None,
@@ -510,6 +549,9 @@ impl Bridge {
                     self.child = None;
                     self.grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
                     self.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    if self.callback.is_some() {
+                        self.callback = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+                    }
                     break;
                 }
                 assert!(Instant::now() < until, "{} does not serve", self.name);
@@ -535,6 +577,18 @@ impl Bridge {
         // An `--etcd-prefix` among the extra flags replaces the pool's default one.
         if !self.extra.iter().any(|a| a == "--etcd-prefix") {
             cmd.args(["--etcd-prefix", "/ccgw-test/"]);
+        }
+        if let (Some(files), Some(callback)) = (&s.push, self.callback) {
+            cmd.args(["--events", "push", "--heartbeat-interval", "500ms"])
+                .args(["--callback-listen", &callback.to_string()])
+                .args([
+                    "--callback-url",
+                    &format!("https://{callback}{CALLBACK_PATH}"),
+                ])
+                .arg("--callback-cert")
+                .arg(&files.cert)
+                .arg("--callback-key")
+                .arg(&files.key);
         }
         let child = cmd
             .args(["--listen", &self.grpc.to_string()])

@@ -11,6 +11,7 @@ mod renewal;
 mod scale;
 mod scripted;
 mod step_out;
+mod watchers;
 
 use ccgw_bridge::pool::choose;
 use ccgw_bridge::proto::{GetSessionRequest, SignInRequest};
