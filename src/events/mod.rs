@@ -14,6 +14,6 @@ pub use hub::{End, Hub, Next, SubscribeError, Subscription};
 pub use source::poll::{backoff, unix_ms, PollEnd, PollSettings, Poller};
 pub use source::push::{
     constant_time_eq, parse_callback, CallbackBatch, CallbackError, Closed, Heartbeat,
-    HeartbeatSettings, PushInbox, ServiceToken,
+    HeartbeatSettings, PushInbox, ServiceToken, HEARTBEAT_LANES,
 };
 pub use source::SessionLink;

@@ -27,6 +27,9 @@ pub struct RecordedRequest {
     pub body: String,
     /// Agent id from the path, when the path is an agent interface.
     pub agent_id: Option<String>,
+    /// Which TLS connection brought it: the simulator numbers connections from 0 in the order
+    /// their handshakes completed, so tests can count the connections a kind of request used.
+    pub connection: u64,
 }
 
 impl RecordedRequest {

@@ -121,9 +121,11 @@ fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     }
 }
 
-/// Serves one HTTP request (gateway interface or control plane).
+/// Serves one HTTP request (gateway interface or control plane) that arrived on connection
+/// number `connection`.
 pub(crate) async fn handle(
     shared: &Shared,
+    connection: u64,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Dropped> {
     let (parts, body) = request.into_parts();
@@ -164,6 +166,7 @@ pub(crate) async fn handle(
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
         agent_id: agent_id.map(str::to_owned),
+        connection,
     });
 
     let fault = shared.faults.take(path, interface);

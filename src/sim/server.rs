@@ -50,13 +50,13 @@ async fn connection(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared
             _ => return,
         },
     };
-    shared.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    let number = shared.tls_handshakes.fetch_add(1, Ordering::Relaxed);
     let _open = OpenConnection::new(Arc::clone(&shared));
 
     let service_state = Arc::clone(&shared);
     let service = hyper::service::service_fn(move |request| {
         let shared = Arc::clone(&service_state);
-        async move { routes::handle(&shared, request).await }
+        async move { routes::handle(&shared, number, request).await }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(MAX_H2_STREAMS);

@@ -3,6 +3,7 @@
 //! poll mode. Every bad input at the callback is refused, counted and changes nothing.
 
 use crate::helpers::*;
+use ccgw_bridge::events::HEARTBEAT_LANES;
 use ccgw_bridge::proto::*;
 use ccgw_bridge::sim::{
     AuthMode, Fault, FaultKind, FaultMatch, Interface, PushFault, RecordedRequest, SimConfig,
@@ -150,6 +151,32 @@ async fn heartbeats_keep_a_push_session_past_the_gateways_idle_limit() {
     }
     assert!(h.sim.signed_in("1001"), "heartbeats keep the session");
     assert!(h.sim.session_ends().iter().all(|e| e.agent_id != "1001"));
+}
+
+#[tokio::test]
+async fn heartbeats_of_many_agents_reuse_a_few_kept_alive_connections() {
+    const AGENTS: usize = 64;
+    let h = Harness::push(fast_sim(), |_| {}).await;
+    let agents: Vec<String> = (2001..).take(AGENTS).map(|i| i.to_string()).collect();
+    futures::future::join_all(agents.iter().map(|a| h.sign_in(a))).await;
+    // Three rounds in which every agent beat at least once (at 100 ms: ≥ 192 heartbeats).
+    let mut used = std::collections::HashSet::new();
+    for _ in 0..3 {
+        h.sim.clear_requests();
+        for agent in &agents {
+            h.sim.wait_for_request(is_heartbeat(agent)).await;
+        }
+        let requests = h.sim.requests();
+        let beats = requests.iter().filter(|r| r.path.ends_with("/handshake"));
+        used.extend(beats.map(|r| r.connection));
+    }
+    // Beats share the bridge's lanes: a connection per lane, plus the few a check-out racing a
+    // connection's return to the pool opens; not one per agent.
+    assert!(
+        used.len() <= 2 * HEARTBEAT_LANES,
+        "the heartbeats of {AGENTS} agents came over {} connections",
+        used.len()
+    );
 }
 
 #[tokio::test]

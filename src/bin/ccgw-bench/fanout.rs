@@ -109,27 +109,41 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     // held poll and the measured path is the bridge's delivery.
     let sim = procs::start_sim(bin, "60s", "600s")?;
     let bridge = procs::start_bridge(bin, &sim, &["--poll-timeout", "90s"]).await?;
-    let floor = procs::start_baseline("broadcast", &sim, 0, 0)?;
-    let control = Control::new(&sim)?;
     let ids: Vec<String> = (0..n).map(|i| (400_000 + i).to_string()).collect();
     let ch0 = clients::channel(&bridge.url).await?;
     clients::sign_in_via_bridge(&ch0, &ids, 64).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let failures = Arc::new(Failures::default());
+    bridge_against_floor(&mut report, Prefix::default(), &sim, &bridge, &ids, opts).await?;
+    report.notes.push(format!(
+        "logs: {} {}",
+        bridge.proc.log.display(),
+        sim.proc.log.display(),
+    ));
+    Ok(report)
+}
 
-    let b = measure(
-        &Target::Bridge {
-            control: &control,
-            ch0: &ch0,
-        },
-        &bridge.url,
-        &bridge.proc,
-        &sim.proc,
-        &ids,
-        opts,
-        &failures,
-    )
-    .await?;
+/// How a scenario names the fan-out's rows and JSON keys (`push` measures it in push mode
+/// beside its own figures).
+#[derive(Default, Clone, Copy)]
+pub struct Prefix {
+    pub label: &'static str,
+    pub key: &'static str,
+}
+
+/// The fan-out on `bridge` (`ids` signed in on it; events released through the simulator, so
+/// polled or pushed, whichever mode the bridge runs in) and then on the floor, in one run;
+/// figures and failures into `report`.
+pub async fn bridge_against_floor(
+    report: &mut Report,
+    prefix: Prefix,
+    sim: &procs::Sim,
+    bridge: &procs::Bridge,
+    ids: &[String],
+    opts: &Opts,
+) -> Result<(), BoxError> {
+    let floor = procs::start_baseline("broadcast", sim, 0, 0)?;
+    let failures = Arc::new(Failures::default());
+    let b = on_bridge(sim, bridge, ids, opts, &failures).await?;
     let floor_ch = clients::channel(&floor.url).await?;
     let f = measure(
         &Target::Floor {
@@ -138,20 +152,63 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         &floor.url,
         &floor.proc,
         &sim.proc,
-        &ids,
+        ids,
         opts,
         &failures,
     )
     .await?;
-    summarize(&mut report, opts, b, f);
-    failures.add_to(&mut report);
-    report.notes.push(format!(
-        "logs: {} {} {}",
-        bridge.proc.log.display(),
-        sim.proc.log.display(),
-        floor.proc.log.display()
-    ));
-    Ok(report)
+    summarize(report, prefix, opts, b, f);
+    failures.add_to(report);
+    report
+        .notes
+        .push(format!("floor log: {}", floor.proc.log.display()));
+    Ok(())
+}
+
+/// Events delivered on `bridge`: one watcher on each of `ids`, `rounds` rounds of one event per
+/// agent released through the simulator, every delivery checked. The bridge's CPU during the
+/// measured rounds and the deliveries counted.
+pub async fn deliveries(
+    sim: &procs::Sim,
+    bridge: &procs::Bridge,
+    ids: &[String],
+    rounds: usize,
+    report: &mut Report,
+) -> Result<(CpuUse, u64), BoxError> {
+    let failures = Arc::new(Failures::default());
+    let opts = Opts {
+        agents: ids.len(),
+        watchers: 1,
+        rounds,
+    };
+    let m = on_bridge(sim, bridge, ids, &opts, &failures).await?;
+    failures.add_to(report);
+    Ok((m.cpu, m.delivered))
+}
+
+/// [`measure`] on `bridge`, its events released through the simulator's control plane.
+async fn on_bridge(
+    sim: &procs::Sim,
+    bridge: &procs::Bridge,
+    ids: &[String],
+    opts: &Opts,
+    failures: &Arc<Failures>,
+) -> Result<Measured, BoxError> {
+    let control = Control::new(sim)?;
+    let ch0 = clients::channel(&bridge.url).await?;
+    measure(
+        &Target::Bridge {
+            control: &control,
+            ch0: &ch0,
+        },
+        &bridge.url,
+        &bridge.proc,
+        &sim.proc,
+        ids,
+        opts,
+        failures,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -390,19 +447,20 @@ fn ms(s: &Samples, q: f64) -> f64 {
     us(s.q(q)) / 1000.0
 }
 
-fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
+fn summarize(report: &mut Report, prefix: Prefix, opts: &Opts, b: Measured, f: Measured) {
+    let Prefix { label: l, key: k } = prefix;
     let (n, m) = (opts.agents, opts.watchers);
     let streams = n * m;
     let (bf, ff) = (figures(&b), figures(&f));
     report.info(
-        "shape (streams over HTTP/2 connections)",
+        format!("{l}shape (streams over HTTP/2 connections)"),
         format!(
             "{n} agents × {m} watchers = {streams} streams over {} conns",
             b.n_conn
         ),
     );
     report.info(
-        "rounds measured (after warm-up)",
+        format!("{l}rounds measured (after warm-up)"),
         format!("{} (+{WARMUP_ROUNDS})", opts.rounds),
     );
     for (label, pick) in [
@@ -415,7 +473,7 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
             (&bf.fw, &ff.fw)
         };
         report.info(
-            format!("{label} p50 / p99: bridge; floor"),
+            format!("{l}{label} p50 / p99: bridge; floor"),
             format!(
                 "{:.2} / {:.2} ms; {:.2} / {:.2} ms",
                 ms(x, 0.5),
@@ -426,12 +484,12 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
         );
     }
     report.info(
-        format!("round → last of all {streams} watchers p50: bridge; floor"),
+        format!("{l}round → last of all {streams} watchers p50: bridge; floor"),
         format!("{:.2} ms; {:.2} ms", ms(&bf.rd, 0.5), ms(&ff.rd, 0.5)),
     );
     let (bp99, fp99) = (ms(&bf.rd, 0.99), ms(&ff.rd, 0.99));
     report.target(
-        format!("round → last of all {streams} watchers p99, bridge vs floor"),
+        format!("{l}round → last of all {streams} watchers p99, bridge vs floor"),
         format!("{bp99:.2} vs {fp99:.2} ms (×{:.2})", bp99 / fp99.max(1e-9)),
         bp99 - fp99,
         0.0,
@@ -439,7 +497,7 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
         "≤ the floor's",
     );
     report.target(
-        "CPU per delivered event, bridge vs floor",
+        format!("{l}CPU per delivered event, bridge vs floor"),
         format!(
             "{:.2} vs {:.2} µs ({} / {} deliveries)",
             bf.cpu_per_delivery, ff.cpu_per_delivery, b.delivered, f.delivered
@@ -450,7 +508,9 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
         "≤ the floor's",
     );
     report.info(
-        "release spread within a round p99: bridge (simulator control) / floor (BeginPlay)",
+        format!(
+            "{l}release spread within a round p99: bridge (simulator control) / floor (BeginPlay)"
+        ),
         format!(
             "{:.2} / {:.2} ms",
             ms(&bf.spread, 0.99),
@@ -458,7 +518,7 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
         ),
     );
     report.info(
-        "CPU share during rounds: bridge / simulator / bench; floor",
+        format!("{l}CPU share during rounds: bridge / simulator / bench; floor"),
         format!(
             "{:.0}% / {:.0}% / {:.0}%; {:.0}% of a core",
             CpuUse::pct(b.cpu.bridge, b.cpu.wall),
@@ -468,7 +528,7 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
         ),
     );
     report.info(
-        "CPU of other processes on the machine during rounds (bridge / floor)",
+        format!("{l}CPU of other processes on the machine during rounds (bridge / floor)"),
         format!(
             "{:.0}% / {:.0}% of a core",
             b.cpu.foreign_pct(),
@@ -476,7 +536,7 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
         ),
     );
     report.info(
-        "time to open all streams (bridge / floor)",
+        format!("{l}time to open all streams (bridge / floor)"),
         format!(
             "{:.2} / {:.2} s",
             b.open_time.as_secs_f64(),
@@ -484,46 +544,46 @@ fn summarize(report: &mut Report, opts: &Opts, b: Measured, f: Measured) {
         ),
     );
     report.info(
-        "RSS with the streams open (bridge / floor)",
+        format!("{l}RSS with the streams open (bridge / floor)"),
         format!(
             "{:.1} / {:.1} MiB",
             b.rss as f64 / 1024.0,
             f.rss as f64 / 1024.0
         ),
     );
-    report.set("agents", n);
-    report.set("watchers_per_agent", m);
-    report.set("streams", streams);
-    report.set("rounds", opts.rounds);
+    report.set(&format!("{k}agents"), n);
+    report.set(&format!("{k}watchers_per_agent"), m);
+    report.set(&format!("{k}streams"), streams);
+    report.set(&format!("{k}rounds"), opts.rounds);
     for (who, x, fig) in [("bridge", &b, &bf), ("floor", &f, &ff)] {
         report.set(
-            &format!("{who}_event_to_last_watcher_p50_ms"),
+            &format!("{k}{who}_event_to_last_watcher_p50_ms"),
             round(ms(&fig.ev, 0.5), 3),
         );
         report.set(
-            &format!("{who}_event_to_last_watcher_p99_ms"),
+            &format!("{k}{who}_event_to_last_watcher_p99_ms"),
             round(ms(&fig.ev, 0.99), 3),
         );
         report.set(
-            &format!("{who}_round_to_last_watcher_p50_ms"),
+            &format!("{k}{who}_round_to_last_watcher_p50_ms"),
             round(ms(&fig.rd, 0.5), 3),
         );
         report.set(
-            &format!("{who}_round_to_last_watcher_p99_ms"),
+            &format!("{k}{who}_round_to_last_watcher_p99_ms"),
             round(ms(&fig.rd, 0.99), 3),
         );
         report.set(
-            &format!("{who}_cpu_per_delivery_us"),
+            &format!("{k}{who}_cpu_per_delivery_us"),
             round(fig.cpu_per_delivery, 3),
         );
-        report.set(&format!("{who}_deliveries"), x.delivered);
+        report.set(&format!("{k}{who}_deliveries"), x.delivered);
         report.set(
-            &format!("{who}_cpu_pct"),
+            &format!("{k}{who}_cpu_pct"),
             round(CpuUse::pct(x.cpu.bridge, x.cpu.wall), 1),
         );
-        report.set(&format!("{who}_rss_kib"), x.rss);
+        report.set(&format!("{k}{who}_rss_kib"), x.rss);
         report.set(
-            &format!("{who}_foreign_cpu_pct"),
+            &format!("{k}{who}_foreign_cpu_pct"),
             round(x.cpu.foreign_pct(), 1),
         );
     }

@@ -33,6 +33,13 @@ use clap::{Parser, ValueEnum};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Where the pool scenario's bridges get events from (the bridge's `--events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Events {
+    Poll,
+    Push,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// BeginPlay/StopPlay pairs at concurrency 1 and 64, bridge vs direct.
@@ -43,8 +50,8 @@ enum Scenario {
     Footprint,
     /// RSS at steady state: 64 busy agents, 16 play clients, churning watchers.
     Soak,
-    /// Poll mode against push mode (issue 24): memory per agent, idle CPU, c=64 throughput
-    /// against the relay's.
+    /// Poll mode against push mode (issue 24): memory per agent, idle CPU, CPU per delivered
+    /// event and c=64 throughput against the relay's; the fan-out in push mode against the floor.
     Push,
     /// All five above, one after the other (not `pool`).
     All,
@@ -52,7 +59,8 @@ enum Scenario {
     /// --agents agents (default 30,000): cold start, SIGTERM hand-over, SIGKILL take-over,
     /// rolling restart, etcd cost, RSS/CPU per bridge. Needs `cargo build --release --features
     /// pool --bins` and etcd (.venv/bin/etcd, --etcd-bin or PATH), and a file-descriptor limit
-    /// of agents + 4,096 (raised when allowed; otherwise it stops and says so).
+    /// of agents + 4,096, with --events push agents / 4 + 4,096 (raised when allowed; otherwise
+    /// it stops and says so).
     Pool,
 }
 
@@ -107,6 +115,11 @@ struct Args {
     /// pool: bridge replicas sharing the agents.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// pool: how the bridges get events; `push` gives every bridge its own callback listener,
+    /// certificate and `--callback-url` (no connection held per agent, so larger pools fit a
+    /// file-descriptor limit).
+    #[arg(long, value_enum, default_value_t = Events::Poll)]
+    events: Events,
     /// pool: the etcd binary (default: .venv/bin/etcd of the source tree, then etcd on PATH).
     #[arg(long)]
     etcd_bin: Option<std::path::PathBuf>,
@@ -237,6 +250,9 @@ fn push_opts(a: &Args) -> push::Opts {
             .as_ref()
             .and_then(|c| c.last().copied())
             .unwrap_or(64),
+        event_agents: if a.quick { 20 } else { 256 },
+        event_rounds: if a.quick { 10 } else { 40 },
+        fanout: fanout_opts(a),
     }
 }
 
@@ -246,6 +262,7 @@ fn pool_opts(a: &Args) -> pool::Opts {
             .agents
             .unwrap_or(if a.quick { 300 } else { pool::DEFAULT_AGENTS }),
         replicas: a.replicas,
+        push: a.events == Events::Push,
         lease_ttl: Duration::from_secs(6),
         etcd_bin: a.etcd_bin.clone(),
     }

@@ -28,6 +28,9 @@ use crate::report::{mib, round, Report, Samples};
 pub struct Opts {
     pub agents: usize,
     pub replicas: usize,
+    /// Push mode (`--events push`): every bridge with its own callback listener, certificate
+    /// and `--callback-url`; no bridge holds a long poll per agent.
+    pub push: bool,
     /// `--lease-ttl` of every bridge (the bridge's default).
     pub lease_ttl: Duration,
     /// etcd binary; default `.venv/bin/etcd` of the source tree, then `etcd` on PATH.
@@ -47,6 +50,8 @@ const FIRST_ID: usize = 800_000;
 /// [`KIB_PER_POOL_AGENT`] per agent of the pool (docs/running-replicas.md, sizing).
 const RSS_BASE_KIB: f64 = 36.0 * 1024.0;
 const KIB_PER_AGENT: f64 = 42.0;
+/// The same in push mode: issue 24's target per signed-in agent (`ccgw-bench push` measures it).
+const KIB_PER_PUSH_AGENT: f64 = 8.0;
 const KIB_PER_POOL_AGENT: f64 = 0.15;
 
 pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
@@ -57,7 +62,11 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     let dir = TempDir::new()?;
     let mut report = Report::new("pool");
     let etcd = Etcd::start(&etcd_bin(opts)?, &dir.0).await?;
-    let sim = Arc::new(start_sim().await?);
+    let callback_ca = opts
+        .push
+        .then(|| crate::push::CallbackCa::new("pool"))
+        .transpose()?;
+    let sim = Arc::new(start_sim(callback_ca.as_ref()).await?);
     let ids: Arc<Vec<String>> = Arc::new(
         (FIRST_ID..FIRST_ID + opts.agents)
             .map(|i| i.to_string())
@@ -72,6 +81,7 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
         key_file: key_file(&dir.0)?,
         etcd_url: etcd.url.clone(),
         ttl: opts.lease_ttl,
+        callback_ca,
     };
     let mut bench = Bench {
         opts,
@@ -101,13 +111,20 @@ pub async fn run(bin: &Path, opts: &Opts) -> Result<Report, BoxError> {
     Ok(report)
 }
 
-/// Raises this process's `RLIMIT_NOFILE` (the bridges inherit it) to what the run needs: the
-/// simulator holds one HTTPS connection per agent (the bridges' gateway client is HTTP/1.1, one
-/// connection per long poll), a bridge one per agent it holds (N / (R − 1) during a take-over,
-/// below the simulator's need). Fails at once, with the limit to ask for, when the hard limit
+/// Raises this process's `RLIMIT_NOFILE` (the bridges inherit it) to what the run needs: in
+/// poll mode the simulator holds one HTTPS connection per agent (the bridges' gateway client is
+/// HTTP/1.1, one connection per long poll), a bridge one per agent it holds (N / (R − 1) during
+/// a take-over, below the simulator's need); in push mode no connection is held per agent
+/// (heartbeats share a few lanes per bridge), so a quarter per agent is margin for the
+/// sign-ins' and callbacks' own. Fails at once, with the limit to ask for, when the hard limit
 /// is too low and cannot be raised here (no `CAP_SYS_RESOURCE`).
 fn raise_nofile(opts: &Opts) -> Result<u64, BoxError> {
-    let need = (opts.agents + 4096) as u64;
+    let per_agent = if opts.push {
+        opts.agents / 4
+    } else {
+        opts.agents
+    };
+    let need = (per_agent + 4096) as u64;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -186,10 +203,13 @@ fn etcd_bin(opts: &Opts) -> Result<PathBuf, BoxError> {
 }
 
 /// The simulator: any password, and an idle timeout far beyond the run, so only bridges end
-/// sessions.
-async fn start_sim() -> Result<Simulator, BoxError> {
+/// sessions; in push mode it trusts the bridges' callback certificates.
+async fn start_sim(callback_ca: Option<&crate::push::CallbackCa>) -> Result<Simulator, BoxError> {
     let config = SimConfig {
         idle_timeout: Duration::from_secs(24 * 3600),
+        callback_ca_pem: callback_ca
+            .map(|ca| std::fs::read_to_string(ca.ca_path()))
+            .transpose()?,
         ..SimConfig::default()
     };
     Ok(Simulator::start(config, "127.0.0.1:0".parse()?).await?)
@@ -456,6 +476,8 @@ struct Setup {
     key_file: PathBuf,
     etcd_url: String,
     ttl: Duration,
+    /// Push mode: what signs each bridge's callback certificate.
+    callback_ca: Option<crate::push::CallbackCa>,
 }
 
 /// One replica.
@@ -471,6 +493,10 @@ impl Setup {
         let listen = format!("127.0.0.1:{}", procs::free_port()?);
         let admin = format!("127.0.0.1:{}", procs::free_port()?);
         let extra = procs::BRIDGE_EXTRA.get_or_init(procs::BridgeExtra::default);
+        let push = match &self.callback_ca {
+            Some(ca) => ca.push_flags(name)?,
+            None => Vec::new(),
+        };
         let mut cmd = procs::command(&self.bin);
         cmd.args(["--gateway-url", &self.sim_url])
             .arg("--ca-cert")
@@ -483,6 +509,7 @@ impl Setup {
             .args(["--lease-ttl", &format!("{}ms", self.ttl.as_millis())])
             .arg("--pool-key-file")
             .arg(&self.key_file)
+            .args(&push)
             .args(&extra.args)
             .envs(extra.env.iter().map(|(k, v)| (k, v)));
         let proc = procs::spawn_logged(cmd, &format!("pool-{name}-{}", procs::free_port()?))?;
@@ -527,9 +554,15 @@ impl Bench<'_> {
     async fn phases(&mut self, report: &mut Report) -> Result<(), BoxError> {
         let ttl = self.opts.lease_ttl.as_secs_f64();
         report.info(
-            "agents / replicas / lease TTL",
-            format!("{} / {} / {ttl} s", self.opts.agents, self.opts.replicas),
+            "agents / replicas / lease TTL / events",
+            format!(
+                "{} / {} / {ttl} s / {}",
+                self.opts.agents,
+                self.opts.replicas,
+                if self.opts.push { "push" } else { "poll" }
+            ),
         );
+        report.set("events", if self.opts.push { "push" } else { "poll" });
         report.set("agents", self.opts.agents);
         report.set("replicas", self.opts.replicas);
         report.set("lease_ttl_s", ttl);
@@ -950,8 +983,13 @@ impl Bench<'_> {
             let b = &self.bridges[i];
             let cpu = procs::CpuUse::pct(b.proc.cpu().saturating_sub(c0), wall);
             let rss = b.proc.rss_kib();
+            let per_agent = if self.opts.push {
+                KIB_PER_PUSH_AGENT
+            } else {
+                KIB_PER_AGENT
+            };
             let limit = RSS_BASE_KIB
-                + KIB_PER_AGENT * held as f64
+                + per_agent * held as f64
                 + KIB_PER_POOL_AGENT * self.opts.agents as f64;
             report.target(
                 format!("{} settled: RSS ({held} agents), CPU", b.name),

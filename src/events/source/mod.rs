@@ -116,11 +116,43 @@ static GRID_EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// on it, or `step` is 0). Loops of many agents that wait on the same grid wake together: one
 /// timer wake-up serves them all, instead of one per agent.
 fn grid_pause(step: Duration, at: Instant) -> Duration {
+    phased_grid_pause(step, Duration::ZERO, at)
+}
+
+/// Like [`grid_pause`], on the grid of `step` shifted by `phase` (taken modulo `step`): loops
+/// with the same phase wake together, loops with different phases at different points.
+fn phased_grid_pause(step: Duration, phase: Duration, at: Instant) -> Duration {
     let step = step.as_nanos();
     if step == 0 {
         return Duration::ZERO;
     }
-    let since = at.saturating_duration_since(*GRID_EPOCH).as_nanos();
+    // Shifted forward by `step - phase`, so the grid's points are `epoch + k·step + phase`
+    // without going below the epoch.
+    let since =
+        at.saturating_duration_since(*GRID_EPOCH).as_nanos() + step - phase.as_nanos() % step;
     let aligned = since.div_ceil(step) * step;
     Duration::from_nanos((aligned - since) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phased_grid_wakes_at_its_phase_of_every_step() {
+        let step = Duration::from_secs(30);
+        let phase = Duration::from_secs(7);
+        let at = *GRID_EPOCH + Duration::from_secs(61);
+        // Grid points: epoch + 7 s, + 37 s, + 67 s, …
+        assert_eq!(phased_grid_pause(step, phase, at), Duration::from_secs(6));
+        let on_point = *GRID_EPOCH + Duration::from_secs(67);
+        assert_eq!(phased_grid_pause(step, phase, on_point), Duration::ZERO);
+        // A phase beyond the step wraps; no phase is the plain grid.
+        assert_eq!(
+            phased_grid_pause(step, phase + step, at),
+            Duration::from_secs(6)
+        );
+        assert_eq!(grid_pause(step, at), Duration::from_secs(29));
+        assert_eq!(phased_grid_pause(Duration::ZERO, phase, at), Duration::ZERO);
+    }
 }
