@@ -581,7 +581,7 @@ impl Bench<'_> {
         report.set("etcd_db_bytes_before", e0.db_bytes);
         report.set("etcd_db_bytes_after", e9.db_bytes);
         report.notes.push(format!(
-            "gaps are sampled every {} ms at the simulator (a session replaced between two samples counts as 0); etcd requests = grpc_server_handled_total for Range + Txn; the bridge exports no reconcile count, so etcd cost is given per agent moved and per second while settled",
+            "gaps are sampled every {} ms at the simulator (a session replaced between two samples counts as 0); etcd requests = grpc_server_handled_total for Range + Txn; per reconcile while settled from the bridges' ccgw_pool_reconciles_total",
             SAMPLE.as_millis()
         ));
         Ok(())
@@ -972,11 +972,13 @@ impl Bench<'_> {
     async fn settled_rows(&mut self, report: &mut Report) -> Result<(), BoxError> {
         let window = Duration::from_secs(10);
         let e0 = self.etcd.sample(&self.http).await?;
+        let r0 = self.reconciles().await?;
         let cpu0: Vec<Duration> = self.bridges.iter().map(|b| b.proc.cpu()).collect();
         let t0 = Instant::now();
         tokio::time::sleep(window).await;
         let wall = t0.elapsed();
         let e1 = self.etcd.sample(&self.http).await?;
+        let reconciles = self.reconciles().await? - r0;
         let mut json = Vec::new();
         for (i, &c0) in cpu0.iter().enumerate() {
             let held = self.held(i).await?.len();
@@ -1013,7 +1015,45 @@ impl Bench<'_> {
         );
         report.set("etcd_settled_requests_per_s", round(per_s, 2));
         report.set("etcd_settled_bytes_per_s", round(bytes_s, 0));
+        let per = |x: f64| x / reconciles.max(1.0);
+        report.info(
+            "etcd while settled: requests / bytes sent per reconcile (all replicas)",
+            format!(
+                "{:.2} / {:.0} B over {reconciles:.0} reconciles",
+                per(e1.requests() - e0.requests()),
+                per(e1.sent_bytes - e0.sent_bytes)
+            ),
+        );
+        report.set("settled_reconciles", reconciles);
+        report.set(
+            "etcd_requests_per_reconcile",
+            round(per(e1.requests() - e0.requests()), 3),
+        );
+        report.set(
+            "etcd_bytes_per_reconcile",
+            round(per(e1.sent_bytes - e0.sent_bytes), 0),
+        );
         Ok(())
+    }
+
+    /// Reconcile passes of every running replica so far (`ccgw_pool_reconciles_total`).
+    async fn reconciles(&self) -> Result<f64, BoxError> {
+        let mut total = 0.0;
+        for b in &self.bridges {
+            let text = self
+                .http
+                .get(format!("{}/metrics", b.admin_url))
+                .send()
+                .await?
+                .text()
+                .await?;
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("ccgw_pool_reconciles_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        Ok(total)
     }
 }
 
