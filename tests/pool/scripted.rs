@@ -40,9 +40,19 @@ struct Coordinator {
     revision: i64,
     /// Failed probes the scripted instance published.
     failed_probes: u32,
+    /// What the scripted instance published, in order: `Probe(ok)`, and its membership changes.
+    history: Vec<Step>,
     /// Agents released with their holder record kept (the sign-out could not reach the
     /// gateway), so their next owner can log the session out with the Guid inside.
     released_with_proof: Vec<String>,
+}
+
+/// One thing the scripted instance told the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Probe(bool),
+    In,
+    Out,
 }
 
 #[derive(Clone, Default)]
@@ -80,7 +90,13 @@ impl Backend for Scripted {
     async fn set_assignable(&mut self, agents: Option<&[String]>) -> Result<(), PoolError> {
         let me = self.me.clone();
         self.script.with(|c| {
+            let was = c.members.contains(&me);
             c.members.retain(|m| *m != me);
+            match (was, agents.is_some()) {
+                (false, true) => c.history.push(Step::In),
+                (true, false) => c.history.push(Step::Out),
+                _ => {}
+            }
             if agents.is_some() {
                 c.members.push(me);
             }
@@ -92,6 +108,7 @@ impl Backend for Scripted {
         Ok(self.script.with(|c| {
             c.revision += 1;
             c.failed_probes += u32::from(!ok);
+            c.history.push(Step::Probe(ok));
             c.probe = Some(Probe {
                 ok,
                 revision: c.revision,
@@ -712,4 +729,40 @@ async fn in_a_whole_gateway_outage_an_instance_without_a_serving_peer_stays_in_a
         assert_eq!(c.owners, owners, "agents moved in a whole-gateway outage");
     });
     assert_eq!(t.owned(), mine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stepped_out_for_failed_probes_steps_in_only_after_three_passes() {
+    let agents: Vec<String> = (2621..2627).map(|a| a.to_string()).collect();
+    let t = in_process(&agents).await;
+    a_and_a_peer(&t, &agents, true).await;
+    // The gateway drops "a"'s next three probes (a plain GET of the base URL), then answers.
+    t.sim.add_fault(Fault {
+        matcher: FaultMatch::Interface(Interface::Other),
+        kind: FaultKind::DropConnection,
+        count: Some(3),
+    });
+    wait_until(SETTLE, "a stepped out and came back", || async {
+        t.script.with(|c| {
+            let out = c.history.iter().position(|s| *s == Step::Out);
+            out.is_some_and(|o| c.history[o..].contains(&Step::In))
+        })
+    })
+    .await;
+    let history = t.script.with(|c| c.history.clone());
+    let out = history.iter().rposition(|s| *s == Step::Out).unwrap();
+    let back = out + history[out..].iter().position(|s| *s == Step::In).unwrap();
+    let passes = history[out..back]
+        .iter()
+        .filter(|s| **s == Step::Probe(true))
+        .count();
+    assert!(
+        passes >= 3,
+        "stepped in after {passes} passed probes: {history:?}"
+    );
+    assert_eq!(
+        history[back - 3..back],
+        [Step::Probe(true); 3],
+        "the three probes before stepping in passed: {history:?}"
+    );
 }
