@@ -1040,17 +1040,10 @@ impl Bench<'_> {
     async fn reconciles(&self) -> Result<f64, BoxError> {
         let mut total = 0.0;
         for b in &self.bridges {
-            let text = self
-                .http
-                .get(format!("{}/metrics", b.admin_url))
-                .send()
-                .await?
-                .text()
-                .await?;
-            total += text
-                .lines()
-                .find_map(|l| l.strip_prefix("ccgw_pool_reconciles_total "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
+            let metrics = crate::clients::bridge_metrics(&self.http, &b.admin_url).await?;
+            total += metrics
+                .get("ccgw_pool_reconciles_total")
+                .copied()
                 .unwrap_or(0.0);
         }
         Ok(total)
